@@ -1,0 +1,49 @@
+"""Epoch x epoch mask overlap matrix (1 - normalised Hamming distance), as .npy and .csv."""
+import argparse
+import os
+
+import numpy as np
+
+import _common  # noqa: F401
+
+from models.earlybird import overlap_matrix
+from models.pruning import canonical_pruner
+from runners.errors import UserError, run_cli
+from runners.masks import load_mask_series
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--mask_dir", required=True)
+    p.add_argument("--pruning_ratio", type=float, required=True)
+    p.add_argument("--pruner", default="magnitude")
+    p.add_argument("--doc", default=None)
+    p.add_argument("--start_epoch", type=int, default=0)
+    p.add_argument("--end_epoch", type=int, default=None)
+    p.add_argument("--output", default=None, help="output stem (default: in --mask_dir)")
+    return p.parse_args(argv)
+
+
+def main(argv=None):
+    a = parse_args(argv)
+    try:
+        pruner = canonical_pruner(a.pruner)
+    except ValueError as e:
+        raise UserError(str(e))
+    series = load_mask_series(a.mask_dir, a.pruning_ratio, pruner, a.start_epoch, a.end_epoch,
+                              doc=a.doc)
+    epochs = [e for e, _ in series]
+    mat = overlap_matrix([m for _, m in series])
+    stem = a.output or os.path.join(a.mask_dir, f"overlap-{a.pruning_ratio:g}-{pruner}")
+    np.save(stem + ".npy", mat)
+    with open(stem + ".csv", "w") as f:
+        f.write("epoch," + ",".join(map(str, epochs)) + "\n")
+        for e, row in zip(epochs, mat):
+            f.write(f"{e}," + ",".join(f"{v:.6f}" for v in row) + "\n")
+    print(f"overlap of {len(epochs)} epochs ({epochs[0]}..{epochs[-1]}) -> {stem}.npy, "
+          f"{stem}.csv")
+    return 0
+
+
+if __name__ == "__main__":
+    run_cli(main)

@@ -1,0 +1,34 @@
+"""Heatmap PNG of the epoch x epoch mask overlap per ratio, and the distance-to-window
+curves (max Hamming distance of each epoch's mask to the previous window-1 masks)."""
+import argparse
+
+import _common  # noqa: F401
+
+from models.pruning import canonical_pruner
+from runners.errors import UserError, run_cli
+from runners.plots import plot_mask_series
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--mask_dir", required=True)
+    p.add_argument("--pruning_ratio", type=float, nargs="+", required=True)
+    p.add_argument("--pruner", default="magnitude")
+    p.add_argument("--doc", default=None)
+    p.add_argument("--window", type=int, default=5)
+    p.add_argument("--threshold", type=float, default=0.1)
+    p.add_argument("--out_dir", default=None, help="default: --mask_dir")
+    a = p.parse_args(argv)
+    try:
+        pruner = canonical_pruner(a.pruner)
+    except ValueError as e:
+        raise UserError(str(e))
+    paths = plot_mask_series(a.mask_dir, a.pruning_ratio, pruner, a.out_dir or a.mask_dir,
+                             doc=a.doc, window=a.window, threshold=a.threshold)
+    for name, path in paths.items():
+        print(f"{name}: {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    run_cli(main)

@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Fine-tune early-bird tickets: the traditional EB ticket (all timesteps) and the TA-EB tickets
+# (one per timestep region of the config's taeb.regions, trained in parallel).
+set -euo pipefail
+cd "$(dirname "$0")"
+CONFIG=${CONFIG:-cifar10.yml}
+EXP=${EXP:-checkpoints}
+DOC=${DOC:-cifar10}
+PRUNER=${PRUNER:-magnitude}
+RATIO=${RATIO:-0.3}
+EB_EPOCH=${EB_EPOCH:-7}              # from find_earlybird.py
+GPUS=${GPUS:-}                       # e.g. 0,1,2,3 (empty: all visible GPUs, or the CPU)
+PYTHON=${PYTHON:-python}
+TICKET="$EXP/pruned/$DOC/models/${DOC}_pruned-$RATIO-$PRUNER-$EB_EPOCH.pth"
+
+# Traditional EB ticket: prune the EB epoch's checkpoint, then fine-tune on all timesteps.
+if [ ! -f "$TICKET" ]; then
+  "$PYTHON" earlybird_scripts/prune.py --config "$CONFIG" --exp "$EXP" --doc "$DOC" --ni \
+    --use_ema --restore_from "$EXP/logs/$DOC/ckpt_ep$EB_EPOCH.pth" --pruner "$PRUNER" \
+    --pruning_ratio "$RATIO" --save_pruned_model
+fi
+"$PYTHON" main.py --config "$CONFIG" --timesteps 100 --eta 0 --ni --exp "$EXP" \
+  --doc "${DOC}_eb_$RATIO" --skip_type quad --use_ema --load_pruned_model "$TICKET"
+
+# One region ticket by hand: the same plus --ts_range LO HI.
+#   $PYTHON main.py ... --doc ${DOC}_taeb_240_440 --load_pruned_model TICKET --ts_range 240 440
+
+# TA-EB: every region of taeb.regions, in parallel (one GPU each), manifest in
+# $EXP/tickets/$DOC/tickets.yml. A rerun finishes only unfinished tickets.
+"$PYTHON" earlybird_scripts/train_tickets.py --config "$CONFIG" --exp "$EXP" --doc "$DOC" \
+  ${GPUS:+--gpus "$GPUS"}

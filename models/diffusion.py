@@ -1,0 +1,169 @@
+"""Diffusion math (DESIGN.md steps 1 and 6): schedules, noising, the eps-loss, timestep
+samplers, and the DDIM / DDPM samplers.
+
+Nothing here is an ``nn.Module``: every function takes the network as an argument, so the UNet
+knows nothing about betas and torch-pruning traces the bare network. Small t = little noise.
+"""
+import math
+
+import numpy as np
+import torch
+
+
+def get_beta_schedule(beta_schedule, *, beta_start, beta_end, num_diffusion_timesteps):
+    """The DDIM codebase's schedules, as a float64 numpy array of length T."""
+    T = num_diffusion_timesteps
+    if beta_schedule == "quad":
+        betas = np.linspace(beta_start ** 0.5, beta_end ** 0.5, T, dtype=np.float64) ** 2
+    elif beta_schedule == "linear":
+        betas = np.linspace(beta_start, beta_end, T, dtype=np.float64)
+    elif beta_schedule == "const":
+        betas = beta_end * np.ones(T, dtype=np.float64)
+    elif beta_schedule == "jsd":  # 1/T, 1/(T-1), ..., 1
+        betas = 1.0 / np.linspace(T, 1, T, dtype=np.float64)
+    elif beta_schedule == "sigmoid":
+        x = np.linspace(-6, 6, T)
+        betas = (1 / (np.exp(-x) + 1)) * (beta_end - beta_start) + beta_start
+    elif beta_schedule == "cosine":  # Nichol & Dhariwal 2021, s = 0.008, betas capped at 0.999
+        s = 0.008
+        f = lambda t: math.cos((t / T + s) / (1 + s) * math.pi / 2) ** 2
+        betas = np.array([min(1 - f(i + 1) / f(i), 0.999) for i in range(T)], dtype=np.float64)
+    else:
+        raise ValueError(f"unknown beta schedule {beta_schedule!r}")
+    assert betas.shape == (T,)
+    return betas
+
+
+class Diffusion:
+    """The schedule of one config, its tensors on ``device``."""
+
+    def __init__(self, diffusion_cfg, device="cpu"):
+        betas = get_beta_schedule(diffusion_cfg["beta_schedule"],
+                                  beta_start=diffusion_cfg["beta_start"],
+                                  beta_end=diffusion_cfg["beta_end"],
+                                  num_diffusion_timesteps=diffusion_cfg["num_diffusion_timesteps"])
+        self.num_timesteps = len(betas)
+        self.betas = torch.from_numpy(betas).float().to(device)
+        self.alphas_cumprod = torch.cumprod(1.0 - self.betas, dim=0)
+
+    def q_sample(self, x0, t, noise):
+        """x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) noise. x0, noise: [B, C, H, W], t: [B]."""
+        a = self.alphas_cumprod.index_select(0, t).view(-1, 1, 1, 1)
+        return x0 * a.sqrt() + noise * (1.0 - a).sqrt()
+
+    def loss(self, model, x0, t, noise=None, weights=None):
+        """eps-prediction loss: squared error summed over pixels, mean over the batch.
+
+        Returns a 0-d tensor (no host sync)."""
+        if noise is None:
+            noise = torch.randn_like(x0)
+        xt = self.q_sample(x0, t, noise)
+        out = model(xt, t)
+        per_sample = (noise - out.float()).square().sum(dim=(1, 2, 3))
+        if weights is not None:
+            per_sample = per_sample * weights
+        return per_sample.mean()
+
+
+class RegionTimestepSampler:
+    """Antithetic timestep sampling inside [lo, hi): t and lo + hi - 1 - t in one batch.
+
+    With the full range [0, T) it is the DDIM codebase's sampler (t and T - 1 - t)."""
+
+    def __init__(self, lo, hi):
+        if not 0 <= lo < hi:
+            raise ValueError(f"empty timestep region [{lo}, {hi})")
+        self.lo, self.hi = lo, hi
+
+    def sample(self, n, device, generator=None):
+        t = torch.randint(self.lo, self.hi, (n // 2 + 1,), generator=generator,
+                          device="cpu" if generator is not None else device)
+        t = torch.cat([t, self.lo + self.hi - 1 - t], dim=0)[:n]
+        return t.to(device)
+
+
+def timestep_sequence(skip_type, num_steps, num_timesteps):
+    """The timesteps a sampler visits, ascending (the DDIM codebase's uniform / quad skips)."""
+    if skip_type == "uniform":
+        skip = max(num_timesteps // num_steps, 1)
+        seq = list(range(0, num_timesteps, skip))
+    elif skip_type == "quad":
+        seq = (np.linspace(0, np.sqrt(num_timesteps * 0.8), num_steps) ** 2).astype(int)
+        seq = sorted(set(int(s) for s in seq))
+    else:
+        raise ValueError(f"unknown skip type {skip_type!r}")
+    return seq
+
+
+def _eps(model, x, t, i):
+    # A stitched set of tickets picks its network from the host-side step index, so routing
+    # never reads t back from the device.
+    pick = getattr(model, "for_timestep", None)
+    net = pick(i) if pick is not None else model
+    return net(x, t).float()
+
+
+def _abar(alphas_cumprod, i):
+    return alphas_cumprod[i] if i >= 0 else alphas_cumprod.new_tensor(1.0)
+
+
+@torch.no_grad()
+def generalized_steps(model, x, seq, alphas_cumprod, eta=0.0, generator=None, autocast=None):
+    """DDIM sampling (eta=0 deterministic, eta=1 DDPM-like). x: [B, C, H, W] noise -> x0."""
+    n = x.size(0)
+    seq_next = [-1] + list(seq[:-1])
+    for i, j in zip(reversed(seq), reversed(seq_next)):
+        t = torch.full((n,), i, device=x.device, dtype=torch.long)
+        at, at_next = _abar(alphas_cumprod, i), _abar(alphas_cumprod, j)
+        with autocast() if autocast else _null():
+            e = _eps(model, x, t, i)
+        x0_t = (x - e * (1 - at).sqrt()) / at.sqrt()
+        c1 = eta * ((1 - at / at_next) * (1 - at_next) / (1 - at)).sqrt()
+        c2 = ((1 - at_next) - c1 ** 2).sqrt()
+        noise = torch.randn(x.shape, generator=generator, device=x.device) if eta > 0 else 0.0
+        x = at_next.sqrt() * x0_t + c1 * noise + c2 * e
+    return x
+
+
+@torch.no_grad()
+def ddpm_steps(model, x, seq, betas, generator=None, autocast=None):
+    """DDPM ancestral sampling ("ddpm_noisy") over a possibly skipped sequence."""
+    n = x.size(0)
+    alphas_cumprod = torch.cumprod(1 - betas, dim=0)
+    seq_next = [-1] + list(seq[:-1])
+    for i, j in zip(reversed(seq), reversed(seq_next)):
+        t = torch.full((n,), i, device=x.device, dtype=torch.long)
+        at, at_next = _abar(alphas_cumprod, i), _abar(alphas_cumprod, j)
+        beta_t = 1 - at / at_next
+        with autocast() if autocast else _null():
+            e = _eps(model, x, t, i)
+        x0 = ((x - e * (1 - at).sqrt()) / at.sqrt()).clamp(-1, 1)
+        mean = ((at_next.sqrt() * beta_t) * x0 + ((1 - beta_t).sqrt() * (1 - at_next)) * x) / (1.0 - at)
+        if j >= 0:
+            # fixedlarge variance (beta_t), as the DDIM codebase's ddpm_steps
+            noise = torch.randn(x.shape, generator=generator, device=x.device)
+            x = mean + beta_t.sqrt() * noise
+        else:
+            x = mean
+    return x
+
+
+class _null:
+    def __enter__(self):
+        return None
+
+    def __exit__(self, *a):
+        return False
+
+
+def sample_images(model, diffusion, noise, *, timesteps, skip_type, sample_type, eta,
+                  generator=None, autocast=None):
+    """Run a sampler from ``noise`` [B, C, H, W]; returns images in [-1, 1] (not clamped)."""
+    seq = timestep_sequence(skip_type, timesteps, diffusion.num_timesteps)
+    if sample_type == "generalized":
+        return generalized_steps(model, noise, seq, diffusion.alphas_cumprod, eta=eta,
+                                 generator=generator, autocast=autocast)
+    if sample_type == "ddpm_noisy":
+        return ddpm_steps(model, noise, seq, diffusion.betas, generator=generator,
+                          autocast=autocast)
+    raise ValueError(f"unknown sample type {sample_type!r}")

@@ -1,0 +1,200 @@
+"""Structural (channel) pruning of the UNet with torch-pruning (DESIGN.md step 2).
+
+Masks: for every pruning group of the dependency graph (in its deterministic order), one 0/1
+entry per channel of the group's root layer (1 = pruned), concatenated.
+
+How a ratio p becomes kept channels (torch-pruning's GroupNorm handling is not used, see
+shared/reference/torch-pruning-notes.md): every group keeps round((1 - p) * C / u) * u of its
+C channels, at least u, where u is the GroupNorm group size (C / model.gn_groups) for groups
+that feed a GroupNorm and 1 otherwise. Channels are ranked per channel by importance. After
+pruning, each GroupNorm keeps its original group size where it can: its number of groups
+becomes the divisor of its new width closest to new_width / original_group_size. So realised
+MACs follow (1 - p)^2 closely and fall monotonically with p, every layer is pruned, and
+GroupNorm stays valid.
+
+A pruned model is stored as its state dict plus torch-pruning's pruning history (lists of
+ints) and rebuilt on a fresh dense UNet with ``DependencyGraph.load_pruning_history``.
+"""
+import numpy as np
+import torch
+import torch.nn as nn
+import torch_pruning as tp
+
+from models.unet import UNet
+
+PRUNERS = ("magnitude", "taylor", "random", "diff-pruning")
+ALIASES = {"ours": "diff-pruning", "diff_pruning": "diff-pruning", "l2": "magnitude"}
+
+
+def canonical_pruner(name):
+    name = ALIASES.get(name, name)
+    if name not in PRUNERS:
+        raise ValueError(f"unknown pruner {name!r} (expected one of {', '.join(PRUNERS)}, "
+                         f"or 'ours')")
+    return name
+
+
+def example_inputs(model_args, device="cpu"):
+    r, c = model_args["resolution"], model_args["in_channels"]
+    return (torch.randn(1, c, r, r, device=device),
+            torch.ones(1, dtype=torch.long, device=device))
+
+
+def build_graph(model, model_args):
+    device = next(model.parameters()).device
+    return tp.DependencyGraph().build_dependency(model, example_inputs=example_inputs(
+        model_args, device))
+
+
+def count_params_macs(model, model_args):
+    """(parameters, MACs per image) of a UNet."""
+    device = next(model.parameters()).device
+    macs, params = tp.utils.count_ops_and_params(model, example_inputs(model_args, device))
+    return int(params), int(macs)
+
+
+def kept_channels(channels, unit, ratio):
+    """How many of ``channels`` a group keeps at pruning ratio ``ratio``."""
+    slots = channels // unit
+    keep = int(np.floor((1.0 - ratio) * slots + 0.5))
+    return max(1, min(slots, keep)) * unit
+
+
+class MaskExtractor:
+    """Dependency graph and group layout of one architecture, built once; computes importance
+    scores from any weights of that architecture and masks at any ratio."""
+
+    def __init__(self, model_args, device="cpu"):
+        self.model_args = dict(model_args)
+        self.device = torch.device(device)
+        self.model = UNet(**model_args).to(self.device).eval()
+        self.DG = build_graph(self.model, model_args)
+        self.groups = list(self.DG.get_all_groups(ignored_layers=[self.model.conv_out],
+                                                  root_module_types=(nn.Conv2d, nn.Linear)))
+        names = {m: n for n, m in self.model.named_modules()}
+        gn_groups = model_args.get("gn_groups", 32)
+        self.layout = []  # (root name, channels, unit)
+        for g in self.groups:
+            root = g[0].dep.target.module
+            c = self.DG.get_out_channels(root)
+            has_gn = any(isinstance(d.dep.target.module, nn.GroupNorm) for d in g)
+            unit = c // gn_groups if has_gn and c % gn_groups == 0 and c >= gn_groups else 1
+            self.layout.append((names[root], int(c), int(unit)))
+
+    @property
+    def mask_length(self):
+        return sum(c for _, c, _ in self.layout)
+
+    def load_weights(self, state_dict):
+        self.model.load_state_dict(state_dict)
+
+    def scores(self, pruner, *, diffusion=None, data=None, taylor_steps=16, thr=0.05,
+               seed=0):
+        """Per-group importance, a list of [C] tensors, for the currently loaded weights."""
+        pruner = canonical_pruner(pruner)
+        if pruner == "magnitude":
+            imp = tp.importance.GroupMagnitudeImportance(p=2)
+            with torch.no_grad():
+                return [imp(g).float().cpu() for g in self.groups]
+        if pruner == "random":
+            gen = torch.Generator().manual_seed(seed)
+            return [torch.rand(c, generator=gen) for _, c, _ in self.layout]
+        if data is None or diffusion is None:
+            raise ValueError(f"the {pruner} pruner needs a batch of real data")
+        self._accumulate_gradients(pruner, diffusion, data, taylor_steps, thr, seed)
+        imp = tp.importance.GroupTaylorImportance()
+        out = [imp(g).float().cpu() for g in self.groups]
+        self.model.zero_grad(set_to_none=True)
+        return out
+
+    def _accumulate_gradients(self, pruner, diffusion, x0, steps, thr, seed):
+        """Sum diffusion-loss gradients over timesteps (DESIGN.md step 2).
+
+        taylor: ``steps`` timesteps spread over [0, T). diff-pruning: from t=0 upward, stopping
+        once the loss falls below thr x its maximum (Diff-Pruning, NeurIPS 2023)."""
+        T = diffusion.num_timesteps
+        x0 = x0.to(self.device)
+        gen = torch.Generator().manual_seed(seed)
+        self.model.zero_grad(set_to_none=True)
+        ts = np.linspace(0, T - 1, max(steps, 1)).round().astype(int)
+        max_loss = 0.0
+        for t_val in ts:
+            noise = torch.randn(x0.shape, generator=gen).to(self.device)
+            t = torch.full((x0.shape[0],), int(t_val), dtype=torch.long, device=self.device)
+            loss = diffusion.loss(self.model, x0, t, noise)
+            loss.backward()
+            if pruner == "diff-pruning":
+                val = float(loss)
+                max_loss = max(max_loss, val)
+                if val < thr * max_loss:
+                    break
+
+    def masks_from_scores(self, scores, ratio):
+        """0/1 uint8 mask (1 = pruned) at ``ratio``, concatenated over groups."""
+        if not 0.0 < ratio < 1.0:
+            raise ValueError(f"pruning ratio must be in (0, 1), got {ratio}")
+        parts = []
+        for (_, c, unit), s in zip(self.layout, scores):
+            keep = kept_channels(c, unit, ratio)
+            m = np.zeros(c, dtype=np.uint8)
+            order = torch.argsort(s, stable=True).numpy()
+            m[order[:c - keep]] = 1
+            parts.append(m)
+        return np.concatenate(parts)
+
+    def split(self, mask):
+        """Concatenated mask -> list of per-group masks."""
+        if mask.size != self.mask_length:
+            raise ValueError(f"mask has {mask.size} entries, this architecture has "
+                             f"{self.mask_length}")
+        out, i = [], 0
+        for _, c, _ in self.layout:
+            out.append(mask[i:i + c])
+            i += c
+        return out
+
+    def prune(self, state_dict, mask):
+        """A new pruned UNet carrying ``state_dict``'s surviving weights, and its history."""
+        model = UNet(**self.model_args).to(self.device)
+        model.load_state_dict(state_dict)
+        DG = build_graph(model, self.model_args)
+        modules = dict(model.named_modules())
+        gn_sizes = _gn_group_sizes(model)
+        for (name, _, _), m in zip(self.layout, self.split(mask)):
+            idxs = np.flatnonzero(m).tolist()
+            if not idxs:
+                continue
+            root = modules[name]
+            handler = DG.get_pruner_of_module(root).prune_out_channels
+            group = DG.get_pruning_group(root, handler, idxs)
+            group.prune()
+        fix_groupnorms(model, gn_sizes)
+        history = [[str(n), bool(o), [int(i) for i in idx]] for n, o, idx in
+                   DG.pruning_history()]
+        return model, history
+
+
+def _gn_group_sizes(model):
+    return {n: m.num_channels // m.num_groups for n, m in model.named_modules()
+            if isinstance(m, nn.GroupNorm)}
+
+
+def fix_groupnorms(model, group_sizes):
+    """Give each pruned GroupNorm the number of groups nearest width / original group size
+    that divides its width."""
+    for name, m in model.named_modules():
+        if isinstance(m, nn.GroupNorm) and name in group_sizes:
+            c = m.num_channels
+            target = c / group_sizes[name]
+            divisors = [d for d in range(1, c + 1) if c % d == 0]
+            m.num_groups = min(divisors, key=lambda d: (abs(d - target), -d))
+
+
+def rebuild_pruned(model_args, history):
+    """A pruned UNet (random weights) from a dense architecture and a pruning history."""
+    model = UNet(**model_args)
+    gn_sizes = _gn_group_sizes(model)
+    DG = build_graph(model, model_args)
+    DG.load_pruning_history([[n, bool(o), list(idx)] for n, o, idx in history])
+    fix_groupnorms(model, gn_sizes)
+    return model

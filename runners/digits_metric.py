@@ -1,0 +1,124 @@
+"""The bundled default's quality metric (DESIGN.md, "The bundled default").
+
+NOT Inception FID: Inception weights cannot be downloaded offline. It is the Fréchet distance
+between generated digits and held-out real digits in the 64-d penultimate features of a small
+CNN classifier trained on the digits' training split ("digits-FD"), reported next to that
+classifier's accuracy on held-out real digits (which shows the features mean something).
+"""
+import os
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from PIL import Image
+
+from datasets import data_transform, digits_split, resize_uint8
+from runners.checkpoint import atomic_save, load_checkpoint
+from runners.errors import UserError
+from runners.fid import feature_statistics, frechet_distance
+
+
+class DigitClassifier(nn.Module):
+    def __init__(self, image_size, feature_dim=64):
+        super().__init__()
+        self.image_size = image_size
+        self.convs = nn.Sequential(
+            nn.Conv2d(1, 32, 3, padding=1), nn.ReLU(),
+            nn.Conv2d(32, 64, 3, stride=2, padding=1), nn.ReLU(),
+            nn.Conv2d(64, 64, 3, stride=2, padding=1), nn.ReLU())
+        self.fc = nn.Linear(64 * (image_size // 4) ** 2, feature_dim)
+        self.head = nn.Linear(feature_dim, 10)
+
+    def features(self, x):
+        return F.relu(self.fc(self.convs(x).flatten(1)))
+
+    def forward(self, x):
+        return self.head(self.features(x))
+
+
+def real_digits(image_size, train):
+    images, labels = digits_split(train)
+    return data_transform(resize_uint8(images, image_size)), labels
+
+
+def train_classifier(image_size, epochs=15, seed=0):
+    torch.manual_seed(seed)
+    x, y = real_digits(image_size, train=True)
+    model = DigitClassifier(image_size)
+    opt = torch.optim.Adam(model.parameters(), lr=2e-3)
+    g = torch.Generator().manual_seed(seed)
+    for _ in range(epochs):
+        perm = torch.randperm(len(x), generator=g)
+        for i in range(0, len(x), 64):
+            idx = perm[i:i + 64]
+            xb = x[idx]
+            # small random shifts: robustness to imperfect generated digits
+            shift = torch.randint(-1, 2, (2,), generator=g).tolist()
+            xb = torch.roll(xb, shifts=shift, dims=(2, 3))
+            loss = F.cross_entropy(model(xb), y[idx])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    return model.eval()
+
+
+def load_or_train_classifier(image_size, cache_dir):
+    """The classifier for this image size, trained once and cached in ``cache_dir``."""
+    path = os.path.join(cache_dir, f"digits_classifier_{image_size}.pth")
+    model = DigitClassifier(image_size)
+    if os.path.isfile(path):
+        model.load_state_dict(load_checkpoint(path)["model"])
+        return model.eval(), path
+    model = train_classifier(image_size)
+    os.makedirs(cache_dir, exist_ok=True)
+    atomic_save({"model": model.state_dict(), "model_args": {"image_size": image_size},
+                 "version": 1}, path)
+    return model, path
+
+
+@torch.no_grad()
+def features_of(model, x):
+    return torch.cat([model.features(x[i:i + 256]) for i in range(0, len(x), 256)]).numpy()
+
+
+def load_folder(folder, image_size, n=None):
+    """A folder of generated PNGs -> float [-1, 1] tensor [N, 1, S, S]."""
+    if not os.path.isdir(folder):
+        raise UserError(f"sample folder not found: {folder}")
+    files = sorted(f for f in os.listdir(folder) if f.lower().endswith(".png"))
+    if n is not None:
+        if len(files) < n:
+            raise UserError(f"{folder}: {len(files)} images, fewer than the {n} asked for")
+        files = files[:n]
+    if not files:
+        raise UserError(f"{folder}: no PNG images")
+    arrs = []
+    for f in files:
+        try:
+            with Image.open(os.path.join(folder, f)) as im:
+                a = np.array(im.convert("L"))
+        except OSError:
+            raise UserError(f"{os.path.join(folder, f)}: not a readable image")
+        if a.shape != (image_size, image_size):
+            raise UserError(f"{os.path.join(folder, f)}: size {a.shape[::-1]}, expected "
+                            f"{image_size}x{image_size}")
+        arrs.append(a)
+    return data_transform(torch.from_numpy(np.stack(arrs))[:, None])
+
+
+def evaluate(samples, image_size, cache_dir):
+    """samples: [N, 1, S, S] in [-1, 1] -> dict(digits_fd, classifier_acc, n)."""
+    model, _ = load_or_train_classifier(image_size, cache_dir)
+    x_test, y_test = real_digits(image_size, train=False)
+    with torch.no_grad():
+        acc = float((model(x_test).argmax(1) == y_test).float().mean())
+    mu_r, s_r = feature_statistics(features_of(model, x_test))
+    mu_g, s_g = feature_statistics(features_of(model, samples))
+    with torch.no_grad():
+        pred = model(samples).argmax(1)
+    class_hist = torch.bincount(pred, minlength=10).tolist()
+    return {"digits_fd": frechet_distance(mu_g, s_g, mu_r, s_r), "classifier_acc": acc,
+            "n": int(samples.shape[0]), "class_histogram": class_hist,
+            "metric": "digits-FD: Fréchet distance in a digit classifier's 64-d features vs "
+                      "held-out real digits (not Inception FID)"}

@@ -1,0 +1,72 @@
+"""Figures of the early-bird analysis: overlap heatmaps and distance-to-window curves."""
+import os
+
+import matplotlib
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from models.earlybird import find_earlybird, overlap_matrix  # noqa: E402
+from runners.masks import load_mask_series  # noqa: E402
+
+
+def plot_heatmap(mat, epochs, title, path):
+    fig, ax = plt.subplots(figsize=(5.5, 4.5))
+    im = ax.imshow(mat, cmap="viridis", vmin=min(0.5, float(mat.min())), vmax=1.0,
+                   origin="lower", extent=(epochs[0] - .5, epochs[-1] + .5,
+                                           epochs[0] - .5, epochs[-1] + .5))
+    fig.colorbar(im, ax=ax, label="mask overlap (1 - Hamming distance)")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("epoch")
+    ax.set_title(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def window_distances(series, window):
+    """[(epoch, max distance to the previous window-1 masks)] over the whole series."""
+    out = []
+    for i, (e, m) in enumerate(series):
+        prev = series[max(0, i - window + 1):i]
+        if prev:
+            out.append((e, max(float(np.mean(m != p)) for _, p in prev)))
+    return out
+
+
+def plot_distance_curves(curves, threshold, path):
+    """curves: {label: (epochs, max distances, eb_epoch)}."""
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for label, (epochs, dists, eb) in curves.items():
+        line, = ax.plot(epochs, dists, marker="o", ms=3, label=label)
+        if eb is not None:
+            ax.axvline(eb, color=line.get_color(), ls=":", lw=1)
+    ax.axhline(threshold, color="gray", ls="--", lw=1, label=f"threshold {threshold:g}")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("max Hamming distance to the window")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def plot_mask_series(mask_dir, ratios, pruner, out_dir, *, doc=None, window=5, threshold=0.1):
+    """Heatmap per ratio and one distance-curve figure; returns {name: path}."""
+    os.makedirs(out_dir, exist_ok=True)
+    curves, paths = {}, {}
+    for r in ratios:
+        series = load_mask_series(mask_dir, r, pruner, doc=doc)
+        epochs = [e for e, _ in series]
+        heat = os.path.join(out_dir, f"overlap-{r:g}-{pruner}.png")
+        plot_heatmap(overlap_matrix([m for _, m in series]), epochs,
+                     f"mask overlap, ratio {r:g} ({pruner})", heat)
+        paths[f"overlap {r:g}"] = heat
+        eb, _ = find_earlybird(series, window, threshold)
+        pts = window_distances(series, window)
+        if pts:
+            curves[f"ratio {r:g}"] = ([e for e, _ in pts], [d for _, d in pts], eb)
+    if curves:
+        path = os.path.join(out_dir, f"distances-{pruner}.png")
+        plot_distance_curves(curves, threshold, path)
+        paths["distances"] = path
+    return paths

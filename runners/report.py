@@ -1,0 +1,223 @@
+"""The results report (DESIGN.md step 8): one row per method found under {exp}, in the shape
+of the paper's tables, with training time as critical path and total, and figures.
+
+Conventions (what the pipeline and the shell scripts write):
+  dense run               {exp}/logs/{doc}                 (costs.jsonl, ckpt.pth)
+  EB ticket at p          {exp}/logs/{doc}_eb_{p}          fine-tuned from ckpt_ep{EB}
+  train-prune-finetune    {exp}/logs/{doc}_tpf_{p}         fine-tuned from the last epoch
+  TA-EB tickets           {exp}/tickets/{doc}/tickets.yml
+  samples / metric        {exp}/samples/{method}/ and {exp}/samples/{method}.metric.json
+"""
+import glob
+import json
+import os
+import re
+
+import yaml
+
+from runners.checkpoint import atomic_write_text, load_checkpoint
+from runners.errors import UserError
+
+
+def _costs(log_dir):
+    path = os.path.join(log_dir, "costs.jsonl")
+    if not os.path.isfile(path):
+        return []
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def _metric(exp, method):
+    path = os.path.join(exp, "samples", f"{method}.metric.json")
+    if not os.path.isfile(path):
+        return None
+    with open(path) as f:
+        m = json.load(f)
+    if "fid" in m:
+        return ("FID", m["fid"])
+    if "digits_fd" in m:
+        return ("digits-FD", m["digits_fd"])
+    return None
+
+
+def _arch_cost(ckpt_path):
+    """(params, MACs) of a checkpoint's network (pruning metadata when present)."""
+    c = load_checkpoint(ckpt_path)
+    p = c.get("pruning") or {}
+    if p.get("params") is not None:
+        return p["params"], p["macs"], p.get("epoch"), p.get("ratio")
+    from models.pruning import count_params_macs
+    from runners.checkpoint import build_model
+    model = build_model(c["model_args"], c.get("pruning"))
+    params, macs = count_params_macs(model, c["model_args"])
+    return params, macs, None, None
+
+
+def _sum(costs, key="wall_s", upto=None):
+    return sum(c[key] + c.get("earlybird_s", 0.0) * (key == "wall_s") for c in costs
+               if upto is None or c["epoch"] <= upto)
+
+
+def collect(exp, doc, *, sampling_steps=100, skip_type="quad"):
+    """Rows of the results table (dicts) and notes on what is missing."""
+    rows, notes = [], []
+    dense_dir = os.path.join(exp, "logs", doc)
+    dense_costs = _costs(dense_dir)
+    if not dense_costs:
+        raise UserError(f"{dense_dir}: no dense training run here (no costs.jsonl)")
+    dense_ckpt = os.path.join(dense_dir, "ckpt.pth")
+    params0, macs0, _, _ = _arch_cost(dense_ckpt)
+    dense_wall = _sum(dense_costs)
+    rows.append({"method": "Dense", "params": params0, "macs": macs0,
+                 "eb_epoch": None, "epochs": len(dense_costs), "critical_s": dense_wall,
+                 "total_s": dense_wall, "metric": _metric(exp, doc), "key": doc})
+
+    def finetune_row(kind, label, path):
+        p_str = path.rsplit("_", 1)[-1]
+        ck = os.path.join(path, "ckpt.pth")
+        costs = _costs(path)
+        if not os.path.isfile(ck) or not costs:
+            notes.append(f"{label} at p={p_str}: fine-tuning has not run ({path})")
+            return
+        params, macs, eb, ratio = _arch_cost(ck)
+        ft = _sum(costs)
+        pre = dense_wall if kind == "tpf" else _sum(dense_costs, upto=eb)
+        rows.append({"method": f"{label} (p={p_str})", "params": params, "macs": macs,
+                     "eb_epoch": eb if kind == "eb" else None, "epochs": len(costs),
+                     "critical_s": pre + ft, "total_s": pre + ft,
+                     "metric": _metric(exp, os.path.basename(path)),
+                     "key": os.path.basename(path), "kind": kind})
+
+    for path in sorted(glob.glob(os.path.join(exp, "logs", f"{doc}_tpf_*"))):
+        finetune_row("tpf", "Train-prune-finetune", path)
+    for path in sorted(glob.glob(os.path.join(exp, "logs", f"{doc}_eb_*"))):
+        finetune_row("eb", "EB ticket", path)
+    if not any(r.get("kind") == "tpf" for r in rows):
+        notes.append("train-prune-finetune: missing")
+    if not any(r.get("kind") == "eb" for r in rows):
+        notes.append("EB ticket: missing")
+
+    man_path = os.path.join(exp, "tickets", doc, "tickets.yml")
+    if os.path.isfile(man_path):
+        with open(man_path) as f:
+            man = yaml.safe_load(f)
+        from models.diffusion import timestep_sequence
+        tickets = man["tickets"]
+        T = man["num_timesteps"]
+        seq = timestep_sequence(skip_type, sampling_steps, T)
+        def macs_at(t):
+            return next(k["macs"] for k in tickets if k["range"][0] <= t < k["range"][1])
+        avg_macs = sum(macs_at(t) for t in seq) / len(seq)
+        eb_max = max(k["eb_epoch"] for k in tickets)
+        pre = _sum(dense_costs, upto=eb_max)
+        regions = ", ".join(f"[{k['range'][0]},{k['range'][1]}):{k['pruning_ratio']:g}"
+                            for k in tickets)
+        rows.append({"method": f"TA-EB ({regions})", "params": sum(k["params"] for k in tickets),
+                     "macs": avg_macs, "eb_epoch": eb_max,
+                     "epochs": max(k["epochs"] for k in tickets),
+                     "critical_s": pre + max(k["wall_s"] for k in tickets),
+                     "total_s": pre + sum(k["wall_s"] for k in tickets),
+                     "metric": _metric(exp, f"{doc}_taeb"), "key": f"{doc}_taeb",
+                     "kind": "taeb"})
+    else:
+        notes.append(f"TA-EB tickets: missing ({man_path})")
+
+    tpf = [r for r in rows if r.get("kind") == "tpf"]
+    for r in rows:
+        r["speedup_dense"] = dense_wall / r["critical_s"] if r["critical_s"] else None
+        r["speedup_tpf"] = (tpf[0]["critical_s"] / r["critical_s"]) if tpf and r["critical_s"] \
+            else None
+    for r in rows:
+        if r["metric"] is None:
+            notes.append(f"{r['method']}: no sample metric yet "
+                         f"({exp}/samples/{r['key']}.metric.json)")
+    return rows, notes
+
+
+def _fmt(v, spec):
+    return "–" if v is None else format(v, spec)
+
+
+def table(rows):
+    metric_name = next((r["metric"][0] for r in rows if r["metric"]), "metric")
+    head = (f"| Method | Params (M) | MACs (M) | EB epoch | Train time, critical path (s) | "
+            f"Train time, total (s) | Speed-up vs dense | Speed-up vs train-prune-finetune | "
+            f"{metric_name} |")
+    lines = [head, "|" + "---|" * 9]
+    for r in rows:
+        lines.append(
+            f"| {r['method']} | {r['params'] / 1e6:.3f} | {r['macs'] / 1e6:.2f} | "
+            f"{_fmt(r['eb_epoch'], 'd')} | {r['critical_s']:.1f} | {r['total_s']:.1f} | "
+            f"{_fmt(r['speedup_dense'], '.2f')}x | "
+            f"{(_fmt(r['speedup_tpf'], '.2f') + 'x') if r['speedup_tpf'] else '–'} | "
+            f"{_fmt(r['metric'][1] if r['metric'] else None, '.2f')} |")
+    return "\n".join(lines)
+
+
+def plot_losses(exp, rows, path):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for r in rows:
+        if r.get("kind") == "taeb":
+            for d in sorted(glob.glob(os.path.join(exp, "logs", r["key"] + "_*"))):
+                c = _costs(d)
+                ax.plot([x["epoch"] for x in c], [x["loss"] for x in c], ls="--",
+                        label=os.path.basename(d))
+            continue
+        c = _costs(os.path.join(exp, "logs", r["key"]))
+        ax.plot([x["epoch"] for x in c], [x["loss"] for x in c], label=r["method"])
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("training loss (epoch mean)")
+    ax.set_yscale("log")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def write_report(exp, doc, out_dir=None, *, sampling_steps=100, skip_type="quad",
+                 metric_note=""):
+    rows, notes = collect(exp, doc, sampling_steps=sampling_steps, skip_type=skip_type)
+    out_dir = out_dir or os.path.join(exp, "report", doc)
+    os.makedirs(out_dir, exist_ok=True)
+    figures = []
+    loss_png = os.path.join(out_dir, "loss_curves.png")
+    plot_losses(exp, rows, loss_png)
+    figures.append(("Training loss", loss_png))
+    mask_dir = os.path.join(exp, "pruned", doc, "masks")
+    eb_json = os.path.join(exp, "logs", doc, "earlybird.json")
+    if os.path.isdir(mask_dir) and os.path.isfile(eb_json):
+        with open(eb_json) as f:
+            eb = json.load(f)
+        from runners.plots import plot_mask_series
+        try:
+            paths = plot_mask_series(mask_dir, [float(r) for r in eb["ratios"]], eb["pruner"],
+                                     out_dir, doc=doc, window=eb["window"],
+                                     threshold=eb["threshold"])
+            if "distances" in paths:
+                figures.append(("Hamming distance to the FIFO window", paths["distances"]))
+            figures += [(f"Mask {k}", v) for k, v in paths.items() if k != "distances"]
+        except UserError as e:
+            notes.append(f"mask plots: {e}")
+    for r in rows:
+        grid = os.path.join(exp, "samples", f"{r['key']}_grid.png")
+        if os.path.isfile(grid):
+            figures.append((f"Samples: {r['method']}", grid))
+    md = [f"# Results: {doc}", "",
+          "Training time is wall-clock from each run's costs.jsonl. EB rows count dense "
+          "training up to the EB epoch plus fine-tuning; TA-EB counts its slowest ticket on "
+          "the critical path (tickets train in parallel) and all tickets in the total; "
+          "train-prune-finetune counts the whole dense run plus fine-tuning. TA-EB MACs are "
+          f"averaged over the {sampling_steps}-step {skip_type} sampling schedule.", ""]
+    if metric_note:
+        md += [metric_note, ""]
+    md += [table(rows), ""]
+    if notes:
+        md += ["Missing or incomplete:", ""] + [f"- {n}" for n in notes] + [""]
+    for title, path in figures:
+        md += [f"## {title}", "", f"![{title}]({os.path.relpath(path, out_dir)})", ""]
+    path = os.path.join(out_dir, "results.md")
+    atomic_write_text(path, "\n".join(md))
+    return path, rows, notes
