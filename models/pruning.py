@@ -124,7 +124,7 @@ class MaskExtractor:
             loss = diffusion.loss(self.model, x0, t, noise)
             loss.backward()
             if pruner == "diff-pruning":
-                val = float(loss)
+                val = loss.detach().item()
                 max_loss = max(max_loss, val)
                 if val < thr * max_loss:
                     break

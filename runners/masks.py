@@ -89,4 +89,20 @@ def load_mask_series(mask_dir, ratio, pruner, start_epoch=0, end_epoch=None, doc
     if missing:
         raise UserError(f"{mask_dir}: masks missing for epoch(s) "
                         f"{', '.join(map(str, missing[:20]))} (ratio {ratio:g}, {pruner})")
-    return [(e, np.load(found[e])) for e in epochs]
+    series = []
+    for e in epochs:
+        mask = np.load(found[e])
+        if series and mask.shape != series[0][1].shape:
+            raise UserError(f"{found[e]}: {mask.size} entries, epoch {series[0][0]} has "
+                            f"{series[0][1].size}: masks of different architectures cannot "
+                            f"be compared")
+        meta_path = found[e][:-4] + ".json"
+        if os.path.isfile(meta_path):
+            with open(meta_path) as f:
+                meta = json.load(f)
+            if "ratio" in meta and abs(float(meta["ratio"]) - ratio) > 1e-9 or \
+                    "pruner" in meta and meta["pruner"] != pruner:
+                raise UserError(f"{meta_path}: mask of ratio {meta.get('ratio')} / pruner "
+                                f"{meta.get('pruner')}, not {ratio:g} / {pruner}")
+        series.append((e, mask))
+    return series

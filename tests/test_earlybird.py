@@ -1,0 +1,124 @@
+"""Hamming distance, the FIFO early-bird rule, overlap matrices and their CLIs."""
+import json
+import os
+
+import numpy as np
+import pytest
+
+from conftest import run_py
+from models.earlybird import (EarlyBirdDetector, MaskMismatch, find_earlybird, hamming,
+                              overlap_matrix)
+from runners.masks import mask_stem, save_mask
+
+
+def test_hamming():
+    a = np.array([0, 1, 1, 0], dtype=np.uint8)
+    assert hamming(a, a) == 0.0
+    assert hamming(a, 1 - a) == 1.0
+    assert hamming(a, np.array([0, 1, 0, 0])) == 0.25
+    with pytest.raises(MaskMismatch, match="different lengths"):
+        hamming(a, np.zeros(5))
+
+
+def _sequence(n_epochs, settle_at, size=200, seed=0):
+    """Masks that change a lot until ``settle_at``, then only 2% per epoch."""
+    rng = np.random.RandomState(seed)
+    masks, m = [], rng.randint(0, 2, size)
+    for e in range(n_epochs):
+        if e < settle_at:
+            m = rng.randint(0, 2, size)
+        else:
+            m = m.copy()
+            flip = rng.choice(size, size // 50, replace=False)
+            m[flip] = 1 - m[flip]
+        masks.append((e, m.astype(np.uint8)))
+    return masks
+
+
+def test_fifo_rule_finds_known_epoch():
+    # the last random mask is epoch 5; epochs 6.. drift 2% each, so the window 5..9 is the
+    # first whose masks are all within 0.1 (at most 4 x 2% apart)
+    eb, det = find_earlybird(_sequence(20, 6), window=5, threshold=0.1)
+    assert eb == 9
+    assert det.found and det.history[-1][0] == 9
+    # a tighter threshold needs a tighter window: 0.05 admits at most 2 drifts
+    assert find_earlybird(_sequence(20, 6), window=3, threshold=0.05)[0] == 7
+
+
+def test_fifo_rule_none_found_and_window_longer_than_sequence():
+    assert find_earlybird(_sequence(12, 100), window=5, threshold=0.1)[0] is None
+    assert find_earlybird(_sequence(3, 0), window=5, threshold=0.1)[0] is None
+
+
+def test_detector_refuses_masks_of_other_lengths():
+    det = EarlyBirdDetector(3, 0.1)
+    det.push(0, np.zeros(10))
+    with pytest.raises(MaskMismatch):
+        det.push(1, np.zeros(11))
+
+
+def test_overlap_matrix_symmetric_with_unit_diagonal():
+    masks = [m for _, m in _sequence(6, 3)]
+    mat = overlap_matrix(masks)
+    assert mat.shape == (6, 6)
+    assert np.allclose(mat, mat.T) and np.allclose(np.diag(mat), 1.0)
+    assert mat[0, 1] == pytest.approx(1 - hamming(masks[0], masks[1]))
+
+
+def _write_series(folder, masks, ratio=0.3, pruner="magnitude"):
+    for e, m in masks:
+        save_mask(str(folder), mask_stem("run", ratio, pruner, e), m, {"epoch": e})
+
+
+def test_find_earlybird_cli(tmp_path):
+    _write_series(tmp_path, _sequence(20, 6))
+    res = run_py(["earlybird_scripts/find_earlybird.py", "--mask_dir", str(tmp_path),
+                  "--pruning_ratio", "0.3", "--pruner", "magnitude"])
+    assert res.returncode == 0, res.stderr
+    assert "EarlyBird found at epoch: 9" in res.stdout
+    out = json.load(open(tmp_path / "earlybird-0.3-magnitude.json"))
+    assert out["eb_epoch"] == 9
+    res = run_py(["earlybird_scripts/calculate_overlap.py", "--mask_dir", str(tmp_path),
+                  "--pruning_ratio", "0.3"])
+    assert res.returncode == 0
+    mat = np.load(tmp_path / "overlap-0.3-magnitude.npy")
+    assert mat.shape == (20, 20)
+    res = run_py(["earlybird_scripts/plot_overlap.py", "--mask_dir", str(tmp_path),
+                  "--pruning_ratio", "0.3"])
+    assert res.returncode == 0, res.stderr
+    assert os.path.getsize(tmp_path / "overlap-0.3-magnitude.png") > 1000
+    assert os.path.getsize(tmp_path / "distances-magnitude.png") > 1000
+
+
+def test_find_earlybird_cli_no_ticket(tmp_path):
+    _write_series(tmp_path, _sequence(8, 100))
+    res = run_py(["earlybird_scripts/find_earlybird.py", "--mask_dir", str(tmp_path),
+                  "--pruning_ratio", "0.3"])
+    assert res.returncode == 0 and "no early-bird ticket in epochs 0..7" in res.stdout
+
+
+def test_find_earlybird_bad_inputs(tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    res = run_py(["earlybird_scripts/find_earlybird.py", "--mask_dir", str(empty),
+                  "--pruning_ratio", "0.3"])
+    assert res.returncode == 2 and "no masks" in res.stderr
+    gap = tmp_path / "gap"
+    _write_series(gap, [x for x in _sequence(8, 0) if x[0] not in (3, 5)])
+    res = run_py(["earlybird_scripts/find_earlybird.py", "--mask_dir", str(gap),
+                  "--pruning_ratio", "0.3"])
+    assert res.returncode == 2 and "missing for epoch(s) 3, 5" in res.stderr
+    mixed = tmp_path / "mixed"
+    _write_series(mixed, [(0, np.zeros(10, np.uint8)), (1, np.zeros(12, np.uint8))])
+    res = run_py(["earlybird_scripts/find_earlybird.py", "--mask_dir", str(mixed),
+                  "--pruning_ratio", "0.3", "--window", "2"])
+    assert res.returncode == 2 and "entries" in res.stderr
+
+
+def test_online_earlybird_record(trained):
+    rec = json.load(open(os.path.join(trained["log"], "earlybird.json")))
+    assert set(rec["ratios"]) == {"0.3", "0.5"}
+    for r in rec["ratios"].values():
+        assert set(r["max_distance"]) == {"0", "1", "2", "3"}
+    masks = os.listdir(os.path.join(trained["exp"], "pruned", "tiny", "masks"))
+    assert len([m for m in masks if m.endswith(".npy")]) == 8
