@@ -1,0 +1,62 @@
+"""The report on partial experiments, and a shortened run of the whole pipeline."""
+import copy
+import os
+import shutil
+import time
+
+from conftest import TINY, run_py, write_config
+from runners.report import write_report
+
+
+def test_report_marks_missing_stages(trained, tmp_path):
+    exp = tmp_path / "exp"
+    shutil.copytree(trained["log"], exp / "logs" / "tiny")
+    path, rows, notes = write_report(str(exp), "tiny", sampling_steps=5)
+    assert [r["method"] for r in rows] == ["Dense"]
+    text = open(path).read()
+    assert "| Dense |" in text and "Missing or incomplete" in text
+    assert any("TA-EB tickets: missing" in n for n in notes)
+    assert any("EB ticket: missing" in n for n in notes)
+    assert os.path.isfile(exp / "report" / "tiny" / "loss_curves.png")
+    res = run_py(["earlybird_scripts/report.py", "--exp", str(tmp_path / "nothing"), "--doc",
+                  "x"])
+    assert res.returncode == 2 and "no dense training run" in res.stderr
+
+
+def test_whole_pipeline_shortened(tmp_path):
+    cfg = copy.deepcopy(TINY)
+    cfg["training"]["n_epochs"] = 4
+    cfg["taeb"]["regions"] = [{"range": [0, 40], "pruning_ratio": 0.3},
+                              {"range": [40, 100], "pruning_ratio": 0.5}]
+    cfg["earlybird"].update(ratios=[0.3, 0.5], window=2, threshold=0.5)
+    path = write_config(tmp_path / "pipe.yml", cfg)
+    exp = str(tmp_path / "runs")
+    args = ["earlybird_scripts/run_pipeline.py", "--config", path, "--exp", exp, "--doc",
+            "pipe", "--pruning_ratio", "0.5", "--finetune_epochs", "1", "--n_samples", "12"]
+    t0 = time.time()
+    res = run_py(args, timeout=900)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    first_run = time.time() - t0
+    for rel in ["logs/pipe/ckpt_ep3.pth", "logs/pipe/earlybird.json",
+                "pruned/pipe/masks/pipe_pruned-0.5-magnitude-3.npy",
+                "pruned/pipe/masks/overlap-0.5-magnitude.png",
+                "logs/pipe_eb_0.5/ckpt.pth", "logs/pipe_tpf_0.5/ckpt.pth",
+                "tickets/pipe/tickets.yml", "samples/pipe_taeb/000011.png",
+                "samples/pipe_taeb.metric.json", "samples/pipe.metric.json",
+                "report/pipe/results.md", "report/pipe/distances-magnitude.png"]:
+        assert os.path.isfile(os.path.join(exp, rel)), rel
+    table = open(os.path.join(exp, "report", "pipe", "results.md")).read()
+    for row in ("| Dense |", "| Train-prune-finetune (p=0.5) |", "| EB ticket (p=0.5) |",
+                "| TA-EB ([0,40):0.3, [40,100):0.5) |"):
+        assert row in table
+    assert "Missing" not in table
+    assert "| Dense |" in res.stdout  # the table is printed at the end
+    # a second run reuses every finished stage
+    dense = os.path.join(exp, "logs", "pipe", "ckpt.pth")
+    mtime = os.path.getmtime(dense)
+    t0 = time.time()
+    res = run_py(args, timeout=900)
+    assert res.returncode == 0
+    assert os.path.getmtime(dense) == mtime
+    assert "dense training" not in res.stdout and "TA-EB tickets (parallel)" not in res.stdout
+    assert time.time() - t0 < first_run
