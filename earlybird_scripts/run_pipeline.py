@@ -94,17 +94,22 @@ def main(argv=None):
 
     # 2. EB epochs from the masks (the offline script on the same masks)
     eb = {}
+    newest_mask = max((os.path.getmtime(os.path.join(mask_dir, f)) for f in os.listdir(mask_dir)
+                       if f.endswith(".npy")), default=0.0) if os.path.isdir(mask_dir) else 0.0
     for r in ratios:
         out = os.path.join(mask_dir, f"earlybird-{r:g}-{pruner}.json")
-        run([PY, script("find_earlybird.py"), "--mask_dir", mask_dir, "--pruning_ratio",
-             f"{r:g}", "--pruner", pruner, "--doc", a.doc, "--window", str(eb_cfg["window"]),
-             "--threshold", str(eb_cfg["threshold"]), "--output", out], f"EB epoch, p={r:g}")
+        if not (os.path.isfile(out) and os.path.getmtime(out) >= newest_mask):
+            run([PY, script("find_earlybird.py"), "--mask_dir", mask_dir, "--pruning_ratio",
+                 f"{r:g}", "--pruner", pruner, "--doc", a.doc, "--window", str(eb_cfg["window"]),
+                 "--threshold", str(eb_cfg["threshold"]), "--output", out],
+                f"EB epoch, p={r:g}")
         with open(out) as f:
             eb[r] = json.load(f)["eb_epoch"]
-    run([PY, script("plot_overlap.py"), "--mask_dir", mask_dir, "--pruning_ratio",
-         *[f"{r:g}" for r in ratios], "--pruner", pruner, "--doc", a.doc,
-         "--window", str(eb_cfg["window"]), "--threshold", str(eb_cfg["threshold"])],
-        "overlap heatmaps")
+    if not os.path.isfile(os.path.join(mask_dir, f"distances-{pruner}.png")):
+        run([PY, script("plot_overlap.py"), "--mask_dir", mask_dir, "--pruning_ratio",
+             *[f"{r:g}" for r in ratios], "--pruner", pruner, "--doc", a.doc,
+             "--window", str(eb_cfg["window"]), "--threshold", str(eb_cfg["threshold"])],
+            "overlap heatmaps")
     fallback = []
     for r in ratios:
         if eb[r] is None:
@@ -162,12 +167,15 @@ def main(argv=None):
                (f"{a.doc}_taeb", ["--tickets", manifest])]
     for name, src in methods:
         folder = os.path.join(samples, name)
+        metric = os.path.join(samples, f"{name}.metric.json")
+        have = all(os.path.isfile(os.path.join(folder, f"{i:06d}.png")) for i in range(n_samples))
+        if have and os.path.isfile(metric):
+            continue
         run([PY, os.path.join(ROOT, "main.py"), "--config", a.config, "--exp", a.exp,
              "--doc", a.doc, "--ni", "--sample", "--fid", "--use_ema",
              "--timesteps", str(s["timesteps"]), "--skip_type", s["skip_type"],
              "--eta", str(s["eta"]), "--image_folder", folder, "--n_samples", str(n_samples)]
             + src + ovr, f"sample {name}")
-        metric = os.path.join(samples, f"{name}.metric.json")
         if cfg["data"]["dataset"] == "DIGITS":
             run([PY, script("digits_metric.py"), folder, "--image_size",
                  str(cfg["data"]["image_size"]), "--n_samples", str(n_samples), "--cache_dir",

@@ -266,6 +266,7 @@ def train(cfg, opts):
         eb.restore(start_epoch)
 
     n_epochs = cfg["training"]["n_epochs"]
+    channels_last = use_channels_last(cfg, device)
     log_every = max(cfg["training"]["log_every"], 1)
     grad_clip = cfg["optim"]["grad_clip"]
     stopped_by = None
@@ -275,27 +276,18 @@ def train(cfg, opts):
             t_wall, t_proc = time.perf_counter(), time.process_time()
             train_model.train()
             loss_sum = torch.zeros((), device=device)
-            n_seen = 0
+            n_seen, n_images = 0, 0
             first = start_step_in_epoch if epoch == start_epoch else 0
             bar = tqdm(stream.epoch(epoch, first), total=len(stream), initial=first,
                        desc=f"epoch {epoch}", disable=rank != 0, leave=False, dynamic_ncols=True)
             t_log = time.perf_counter()
             step_in_epoch = first
             for x in bar:
-                if use_channels_last(cfg, device):
-                    x = x.contiguous(memory_format=torch.channels_last)
-                t = sampler.sample(x.shape[0], device)
-                with autocast():
-                    loss = diffusion.loss(train_model, x, t)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip) \
-                    if grad_clip > 0 else torch.zeros((), device=device)
-                optimizer.step()
-                if ema is not None:
-                    ema.update(model)
-                loss_sum += loss.detach()
+                loss, gnorm = train_step(train_model, model, x, sampler, diffusion, optimizer,
+                                         ema, autocast, grad_clip, channels_last)
+                loss_sum += loss
                 n_seen += 1
+                n_images += x.shape[0]
                 step += 1
                 step_in_epoch += 1
                 if step % log_every == 0 and rank == 0:
@@ -329,7 +321,7 @@ def train(cfg, opts):
                 ep_path = os.path.join(dirs["log"], f"ckpt_ep{epoch}.pth")
                 ck.atomic_save({k: v for k, v in state.items() if k != "optimizer"}, ep_path)
                 ck.atomic_save(state, latest)
-                record = {"epoch": epoch, "steps": n_seen, "images": n_seen * x.shape[0] * world,
+                record = {"epoch": epoch, "steps": n_seen, "images": n_images * world,
                           "wall_s": wall, "process_s": proc, "loss": mean_loss,
                           "world_size": world, "device": str(device.type)}
                 if eb is not None:
@@ -366,6 +358,24 @@ def train(cfg, opts):
     if stopped_by is not None:
         return 128 + stopped_by
     return 0
+
+
+def train_step(train_model, model, x, sampler, diffusion, optimizer, ema, autocast, grad_clip,
+               channels_last=False):
+    """One optimizer step; returns (loss, grad norm) as device tensors (no host sync)."""
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    t = sampler.sample(x.shape[0], x.device)
+    with autocast():
+        loss = diffusion.loss(train_model, x, t)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip) if grad_clip > 0 \
+        else torch.zeros((), device=x.device)
+    optimizer.step()
+    if ema is not None:
+        ema.update(model)
+    return loss.detach(), gnorm
 
 
 def _state(model, ema, optimizer, epoch, step, step_in_epoch, cfg, model_args, pruning, device,

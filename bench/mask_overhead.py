@@ -1,0 +1,61 @@
+"""Time to extract the masks of one checkpoint at three ratios, next to the time of one dense
+training epoch (measured step time x steps per epoch).
+
+  python bench/mask_overhead.py --config cifar10.yml --batch 8
+"""
+import argparse
+import time
+
+import torch
+
+from common import bench_config, median_time, our_step_fn, print_table
+from models.pruning import MaskExtractor
+from models.unet import UNet, model_args_from_config
+from train_step import SMOKE
+
+DATASET_SIZE = {"CIFAR10": 50000, "CELEBA": 162770, "DIGITS": 1437, "FASHION_MNIST": 60000}
+
+
+def measure(cfg, batch, device, iters, ratios=(0.3, 0.6, 0.8)):
+    args = model_args_from_config(cfg)
+    torch.manual_seed(0)
+    model = UNet(**args)
+    sd = model.state_dict()
+    t0 = time.perf_counter()
+    ex = MaskExtractor(args)  # built once per run (online) or per process (offline)
+    t_graph = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    ex.load_weights(sd)
+    scores = ex.scores("magnitude")
+    for r in ratios:
+        ex.masks_from_scores(scores, r)
+    t_masks = time.perf_counter() - t0
+    d = cfg["data"]
+    x = torch.rand(batch, d["channels"], d["image_size"], d["image_size"]) * 2 - 1
+    t_step = median_time(our_step_fn(cfg, model, x, device), device, min(2, iters), iters)
+    n = DATASET_SIZE.get(d["dataset"], 50000)
+    steps = -(-n // batch)
+    epoch = t_step * steps
+    return [[f"{t_graph:.2f}", f"{t_masks:.2f}", f"{t_step * 1000:.1f}", steps,
+             f"{epoch:.0f}", f"{100 * t_masks / epoch:.4f}%",
+             f"{100 * (t_masks + t_graph) / epoch:.4f}%"]]
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--config", default="cifar10.yml")
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--iters", type=int, default=3)
+    p.add_argument("--smoke", action="store_true")
+    a = p.parse_args(argv)
+    cfg = bench_config(a.config, SMOKE if a.smoke else [])
+    rows = measure(cfg, a.batch, torch.device(a.device), 2 if a.smoke else a.iters)
+    print_table(f"mask extraction vs one dense epoch ({a.config}, batch {a.batch})",
+                ["graph build (s)", "masks at 3 ratios (s)", "step (ms)", "steps/epoch",
+                 "epoch (s)", "masks / epoch", "(masks + graph) / epoch"], rows)
+    return rows
+
+
+if __name__ == "__main__":
+    main()
