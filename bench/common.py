@@ -71,7 +71,8 @@ def tickets(cfg, ratios, device="cpu"):
 
 
 def our_step_fn(cfg, model, batch, device):
-    """A closure running one step of our training loop (fast path per cfg['fast'])."""
+    """A closure running one step of our training loop (fast path per cfg['fast']).
+    batch: a tensor used every step, or a callable returning the next batch."""
     model = model.to(device).train()
     if use_channels_last(cfg, device):
         model = model.to(memory_format=torch.channels_last)
@@ -82,9 +83,10 @@ def our_step_fn(cfg, model, batch, device):
     autocast = autocast_for(cfg, device)
     cl = use_channels_last(cfg, device)
     train_model = torch.compile(model) if cfg["fast"]["compile"] else model
-    x = batch.to(device)
+    fixed = None if callable(batch) else batch.to(device)
 
     def step():
+        x = fixed if fixed is not None else batch().to(device)
         return train_step(train_model, model, x, sampler, diffusion, opt, ema, autocast,
                           cfg["optim"]["grad_clip"], cl)
     return step

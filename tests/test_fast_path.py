@@ -1,0 +1,78 @@
+"""Fast-path switches keep results (CPU), and the benchmark suite runs in smoke mode."""
+import copy
+import os
+
+import torch
+
+from conftest import ROOT, run_py
+from datasets import BatchStream, TensorImages
+from models.ema import EMA
+from models.unet import UNet
+
+ARGS = dict(in_channels=1, out_ch=1, ch=16, ch_mult=[1, 2], num_res_blocks=1,
+            attn_resolutions=[4], dropout=0.0, resolution=8, gn_groups=8)
+
+
+def test_channels_last_matches_contiguous():
+    torch.manual_seed(0)
+    a = UNet(**ARGS)
+    b = copy.deepcopy(a).to(memory_format=torch.channels_last)
+    x, t = torch.randn(4, 1, 8, 8), torch.tensor([1, 20, 50, 99])
+    ya = a(x, t)
+    yb = b(x.contiguous(memory_format=torch.channels_last), t)
+    assert torch.allclose(ya, yb, atol=1e-5)
+    ya.square().sum().backward()
+    yb.square().sum().backward()
+    for (n, pa), pb in zip(a.named_parameters(), b.parameters()):
+        assert torch.allclose(pa.grad, pb.grad, atol=1e-4, rtol=1e-4), n
+
+
+def test_foreach_ema_equals_loop_ema():
+    torch.manual_seed(0)
+    model = UNet(**ARGS)
+    e1, e2 = EMA(model, 0.9, foreach=True), EMA(model, 0.9, foreach=False)
+    for _ in range(3):
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(torch.randn_like(p) * 0.1)
+        e1.update(model)
+        e2.update(model)
+    for (n, a), b in zip(e1.state_dict().items(), e2.state_dict().values()):
+        assert torch.allclose(a, b, atol=1e-6), n
+
+
+def test_on_device_batches_equal_dataloader_batches():
+    images = torch.randint(0, 256, (37, 1, 8, 8), dtype=torch.uint8)
+    ds = TensorImages(images, "test")
+    kw = dict(batch_size=8, seed=5, device="cpu", random_flip=True)
+    on = BatchStream(ds, on_device=True, **kw)
+    off = BatchStream(ds, on_device=False, **kw)
+    assert on.images is not None and off.images is None
+    for epoch in (0, 3):
+        a, b = list(on.epoch(epoch)), list(off.epoch(epoch))
+        assert len(a) == len(b) == 5
+        for x, y in zip(a, b):
+            assert torch.equal(x, y)
+    # resuming mid-epoch replays the same remaining batches
+    assert all(torch.equal(x, y) for x, y in zip(list(on.epoch(1))[2:], on.epoch(1, 2)))
+    # flips happen, and the data are rescaled to [-1, 1]
+    allx = torch.cat(list(on.epoch(0)))
+    assert allx.min() >= -1 and allx.max() <= 1
+
+
+def test_bench_suite_smoke():
+    for script in ("suite.py", "train_step.py", "ticket_speed.py", "mask_overhead.py"):
+        res = run_py([os.path.join(ROOT, "bench", script), "--smoke", "--device", "cpu"],
+                     cwd=os.path.join(ROOT, "bench"), timeout=300)
+        assert res.returncode == 0, res.stderr[-2000:]
+        assert "|" in res.stdout
+
+
+def test_gpu_check_falls_back_on_cpu(tmp_path):
+    import subprocess
+    env = dict(os.environ, OUT=str(tmp_path), CUDA_VISIBLE_DEVICES="", OMP_NUM_THREADS="1")
+    res = subprocess.run(["bash", os.path.join(ROOT, "bench", "gpu_check.sh")], cwd=ROOT,
+                         env=env, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert "no CUDA device" in res.stdout and "seed-style loop" in res.stdout
+    assert os.path.isfile(tmp_path / "gpu_check.txt")
