@@ -7,29 +7,20 @@ import numpy as np
 import _common  # noqa: F401
 
 from models.earlybird import overlap_matrix
-from models.pruning import canonical_pruner
-from runners.errors import UserError, run_cli
-from runners.masks import load_mask_series
+from runners.errors import run_cli
+from runners.masks import add_series_args, load_mask_series, pruner_arg
 
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__)
-    p.add_argument("--mask_dir", required=True)
-    p.add_argument("--pruning_ratio", type=float, required=True)
-    p.add_argument("--pruner", default="magnitude")
-    p.add_argument("--doc", default=None)
-    p.add_argument("--start_epoch", type=int, default=0)
-    p.add_argument("--end_epoch", type=int, default=None)
+    add_series_args(p)
     p.add_argument("--output", default=None, help="output stem (default: in --mask_dir)")
     return p.parse_args(argv)
 
 
 def main(argv=None):
     a = parse_args(argv)
-    try:
-        pruner = canonical_pruner(a.pruner)
-    except ValueError as e:
-        raise UserError(str(e))
+    pruner = pruner_arg(a.pruner)
     series = load_mask_series(a.mask_dir, a.pruning_ratio, pruner, a.start_epoch, a.end_epoch,
                               doc=a.doc)
     epochs = [e for e, _ in series]

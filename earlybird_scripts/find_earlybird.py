@@ -10,23 +10,17 @@ import os
 import _common  # noqa: F401
 
 from models.earlybird import find_earlybird
-from models.pruning import canonical_pruner
 from runners.checkpoint import atomic_write_text
 from runners.errors import UserError, run_cli
-from runners.masks import load_mask_series
+from runners.masks import add_series_args, load_mask_series, pruner_arg
 
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--mask_dir", required=True)
-    p.add_argument("--pruning_ratio", type=float, required=True)
-    p.add_argument("--pruner", default="magnitude")
-    p.add_argument("--doc", default=None, help="only masks of this run (when a folder mixes)")
+    add_series_args(p)
     p.add_argument("--window", type=int, default=5)
     p.add_argument("--threshold", type=float, default=0.1)
-    p.add_argument("--start_epoch", type=int, default=0)
-    p.add_argument("--end_epoch", type=int, default=None)
     p.add_argument("--output", default=None, help="JSON result (default: in --mask_dir)")
     return p.parse_args(argv)
 
@@ -37,10 +31,7 @@ def main(argv=None):
         raise UserError(f"--pruning_ratio {a.pruning_ratio}: must be in (0, 1)")
     if a.window < 2:
         raise UserError("--window must be at least 2")
-    try:
-        pruner = canonical_pruner(a.pruner)
-    except ValueError as e:
-        raise UserError(str(e))
+    pruner = pruner_arg(a.pruner)
     series = load_mask_series(a.mask_dir, a.pruning_ratio, pruner, a.start_epoch, a.end_epoch,
                               doc=a.doc)
     eb, det = find_earlybird(series, a.window, a.threshold)

@@ -4,8 +4,8 @@ import argparse
 
 import _common  # noqa: F401
 
-from models.pruning import canonical_pruner
-from runners.errors import UserError, run_cli
+from runners.errors import run_cli
+from runners.masks import pruner_arg
 from runners.plots import plot_mask_series
 
 
@@ -19,10 +19,7 @@ def main(argv=None):
     p.add_argument("--threshold", type=float, default=0.1)
     p.add_argument("--out_dir", default=None, help="default: --mask_dir")
     a = p.parse_args(argv)
-    try:
-        pruner = canonical_pruner(a.pruner)
-    except ValueError as e:
-        raise UserError(str(e))
+    pruner = pruner_arg(a.pruner)
     paths = plot_mask_series(a.mask_dir, a.pruning_ratio, pruner, a.out_dir or a.mask_dir,
                              doc=a.doc, window=a.window, threshold=a.threshold)
     for name, path in paths.items():

@@ -15,11 +15,11 @@ import time
 import _common  # noqa: F401
 
 from models.diffusion import Diffusion
-from models.pruning import PRUNERS, ALIASES, MaskExtractor, canonical_pruner, count_params_macs
+from models.pruning import PRUNERS, MaskExtractor, count_params_macs
 from runners import checkpoint as ck
 from runners.config import add_override_flag, flatten_overrides, load_config
 from runners.errors import UserError, run_cli
-from runners.masks import compute_masks, mask_stem, save_mask, taylor_batch
+from runners.masks import compute_masks, mask_stem, pruner_arg, save_mask, taylor_batch
 from runners.train import run_dirs
 
 
@@ -74,10 +74,7 @@ def expand_checkpoints(items):
 
 def main(argv=None):
     args = parse_args(argv)
-    try:
-        pruner = canonical_pruner(args.pruner)
-    except ValueError as e:
-        raise UserError(str(e))
+    pruner = pruner_arg(args.pruner)
     for r in args.pruning_ratio:
         if not 0.0 < r < 1.0:
             raise UserError(f"--pruning_ratio {r}: must be in (0, 1)")

@@ -4,7 +4,6 @@ Like improved-diffusion's respacing wrapper, a thin module routes each call to t
 whose region [lo, hi) holds t. Samplers ask ``for_timestep(i)`` with the host-side step index,
 so routing needs no device-to-host copy; ``forward`` routes a mixed batch per element.
 """
-import torch
 import torch.nn as nn
 
 

@@ -6,8 +6,8 @@ A checkpoint is a dict of tensors and plain values:
   model_args, pruning (None, or {history, ratio, pruner, source, epoch, ...}), rng, costs.
 No nn.Module is ever pickled: a network is rebuilt from model_args (+ pruning history).
 """
+import contextlib
 import os
-import shutil
 import tempfile
 
 import torch
@@ -27,36 +27,28 @@ def _tmp_path(path):
     return tmp
 
 
-def atomic_save(obj, path):
-    """torch.save to a temp file in the same folder, then rename over ``path``."""
+@contextlib.contextmanager
+def atomic_path(path):
+    """Yield a temp path in ``path``'s folder; on success it is renamed over ``path``, so a
+    kill at any moment leaves the previous file intact."""
     tmp = _tmp_path(path)
     try:
-        torch.save(obj, tmp)
+        yield tmp
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
 
 
-def atomic_copy(src, dst):
-    tmp = _tmp_path(dst)
-    try:
-        shutil.copyfile(src, tmp)
-        os.replace(tmp, dst)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+def atomic_save(obj, path):
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
 
 
 def atomic_write_text(path, text):
-    tmp = _tmp_path(path)
-    try:
+    with atomic_path(path) as tmp:
         with open(tmp, "w") as f:
             f.write(text)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 def load_checkpoint(path, map_location="cpu"):

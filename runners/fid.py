@@ -117,15 +117,9 @@ def load_stats(path):
 
 
 def save_stats(path, mu, sigma):
-    from runners.checkpoint import _tmp_path
-    tmp = _tmp_path(path)
-    try:
-        with open(tmp, "wb") as f:
-            np.savez(f, mu=mu, sigma=sigma)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    from runners.checkpoint import atomic_path
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        np.savez(f, mu=mu, sigma=sigma)
 
 
 def reference_statistics(ref, model, *, dims, device, batch_size, cache=None):

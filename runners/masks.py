@@ -8,8 +8,26 @@ import numpy as np
 import torch
 
 from models.pruning import canonical_pruner
-from runners.checkpoint import atomic_write_text, _tmp_path
+from runners.checkpoint import atomic_path, atomic_write_text
 from runners.errors import UserError
+
+
+def pruner_arg(name):
+    """--pruner value -> canonical name, or a UserError naming the choices."""
+    try:
+        return canonical_pruner(name)
+    except ValueError as e:
+        raise UserError(str(e))
+
+
+def add_series_args(parser):
+    """The flags that select one mask series (find_earlybird, calculate_overlap)."""
+    parser.add_argument("--mask_dir", required=True)
+    parser.add_argument("--pruning_ratio", type=float, required=True)
+    parser.add_argument("--pruner", default="magnitude")
+    parser.add_argument("--doc", default=None, help="only masks of this run (a folder may mix)")
+    parser.add_argument("--start_epoch", type=int, default=0)
+    parser.add_argument("--end_epoch", type=int, default=None)
 
 
 def mask_stem(doc, ratio, pruner, epoch):
@@ -41,14 +59,8 @@ def save_mask(mask_dir, stem, mask, meta):
     """Write {stem}.npy and its JSON sidecar atomically."""
     os.makedirs(mask_dir, exist_ok=True)
     path = os.path.join(mask_dir, stem + ".npy")
-    tmp = _tmp_path(path)
-    try:
-        with open(tmp, "wb") as f:
-            np.save(f, np.asarray(mask, dtype=np.uint8))
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        np.save(f, np.asarray(mask, dtype=np.uint8))
     atomic_write_text(os.path.join(mask_dir, stem + ".json"), json.dumps(meta, indent=1))
     return path
 

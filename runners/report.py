@@ -11,20 +11,12 @@ Conventions (what the pipeline and the shell scripts write):
 import glob
 import json
 import os
-import re
 
 import yaml
 
 from runners.checkpoint import atomic_write_text, load_checkpoint
 from runners.errors import UserError
-
-
-def _costs(log_dir):
-    path = os.path.join(log_dir, "costs.jsonl")
-    if not os.path.isfile(path):
-        return []
-    with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
+from runners.train import read_costs
 
 
 def _metric(exp, method):
@@ -62,7 +54,7 @@ def collect(exp, doc, *, sampling_steps=100, skip_type="quad"):
     """Rows of the results table (dicts) and notes on what is missing."""
     rows, notes = [], []
     dense_dir = os.path.join(exp, "logs", doc)
-    dense_costs = _costs(dense_dir)
+    dense_costs = read_costs(dense_dir)
     if not dense_costs:
         raise UserError(f"{dense_dir}: no dense training run here (no costs.jsonl)")
     dense_ckpt = os.path.join(dense_dir, "ckpt.pth")
@@ -75,7 +67,7 @@ def collect(exp, doc, *, sampling_steps=100, skip_type="quad"):
     def finetune_row(kind, label, path):
         p_str = path.rsplit("_", 1)[-1]
         ck = os.path.join(path, "ckpt.pth")
-        costs = _costs(path)
+        costs = read_costs(path)
         if not os.path.isfile(ck) or not costs:
             notes.append(f"{label} at p={p_str}: fine-tuning has not run ({path})")
             return
@@ -162,11 +154,11 @@ def plot_losses(exp, rows, path):
     for r in rows:
         if r.get("kind") == "taeb":
             for d in sorted(glob.glob(os.path.join(exp, "logs", r["key"] + "_*"))):
-                c = _costs(d)
+                c = read_costs(d)
                 ax.plot([x["epoch"] for x in c], [x["loss"] for x in c], ls="--",
                         label=os.path.basename(d))
             continue
-        c = _costs(os.path.join(exp, "logs", r["key"]))
+        c = read_costs(os.path.join(exp, "logs", r["key"]))
         ax.plot([x["epoch"] for x in c], [x["loss"] for x in c], label=r["method"])
     ax.set_xlabel("epoch")
     ax.set_ylabel("training loss (epoch mean)")

@@ -13,7 +13,7 @@ from models.stitched import check_regions
 from runners.checkpoint import atomic_write_text
 from runners.errors import UserError
 from runners.masks import load_mask_series
-from runners.train import run_dirs
+from runners.train import read_costs, run_dirs
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 REGION_KEYS = {"range", "pruning_ratio", "epoch", "ticket", "overrides"}
@@ -102,14 +102,6 @@ def make_ticket(cfg, config_name, exp, doc, ratio, epoch, pruner, overrides, use
     return out
 
 
-def _costs(log_dir):
-    path = os.path.join(log_dir, "costs.jsonl")
-    if not os.path.isfile(path):
-        return []
-    with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
-
-
 def ticket_stats(ticket_file):
     from runners.checkpoint import load_checkpoint
     p = load_checkpoint(ticket_file).get("pruning") or {}
@@ -193,7 +185,7 @@ def train_tickets(cfg, *, config_name, exp, doc, overrides, gpus=None, max_paral
         time.sleep(poll_s)
         for key, (p, r, fh) in list(procs.items()):
             if key in bars:
-                bars[key].n = len(_costs(r["log_dir"]))
+                bars[key].n = len(read_costs(r["log_dir"]))
                 bars[key].refresh()
             if p.poll() is not None:
                 fh.close()
@@ -213,7 +205,7 @@ def train_tickets(cfg, *, config_name, exp, doc, overrides, gpus=None, max_paral
         return 1
     man = {"doc": doc, "num_timesteps": T, "config": config_name, "tickets": []}
     for r in regions:
-        costs = _costs(r["log_dir"])
+        costs = read_costs(r["log_dir"])
         params, macs, _ = ticket_stats(r["ticket_file"])
         man["tickets"].append({
             "range": r["range"], "pruning_ratio": r["pruning_ratio"], "eb_epoch": r["epoch"],

@@ -147,6 +147,15 @@ class Logger:
             self.log_file.close()
 
 
+def read_costs(log_dir):
+    """The per-epoch cost records of a run ([] when it has none)."""
+    path = os.path.join(log_dir, "costs.jsonl")
+    if not os.path.isfile(path):
+        return []
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
 def _append_jsonl(path, record):
     with open(path, "a") as f:
         f.write(json.dumps(record) + "\n")
