@@ -77,7 +77,8 @@ def our_step_fn(cfg, model, batch, device):
     if use_channels_last(cfg, device):
         model = model.to(memory_format=torch.channels_last)
     opt = make_optimizer(cfg, model.parameters(), device)
-    ema = EMA(model, cfg["model"]["ema_rate"], foreach=cfg["fast"]["foreach_ema"])
+    ema = EMA(model, cfg["model"]["ema_rate"], foreach=cfg["fast"]["foreach_ema"],
+              warmup=cfg["model"]["ema_warmup"])
     diffusion = Diffusion(cfg["diffusion"], device)
     sampler = RegionTimestepSampler(0, diffusion.num_timesteps)
     autocast = autocast_for(cfg, device)

@@ -11,23 +11,32 @@ def unwrap(model):
 
 
 class EMA:
-    def __init__(self, model, rate, foreach=True):
+    """shadow <- d * shadow + (1 - d) * params, with d = rate, or with warm-up
+    d = min(rate, (1 + n) / (10 + n)) after n updates, so an average started from a freshly
+    pruned ticket does not keep a large share of its untrained starting weights."""
+
+    def __init__(self, model, rate, foreach=True, warmup=True):
         self.rate = rate
         self.foreach = foreach
+        self.warmup = warmup
+        self.num_updates = 0
         self.shadow = copy.deepcopy(unwrap(model)).eval()
         for p in self.shadow.parameters():
             p.requires_grad_(False)
 
     @torch.no_grad()
     def update(self, model):
+        n = self.num_updates
+        rate = min(self.rate, (1.0 + n) / (10.0 + n)) if self.warmup else self.rate
+        self.num_updates += 1
         src = [p.detach() for p in unwrap(model).parameters()]
         dst = list(self.shadow.parameters())
         if self.foreach:
             # shadow <- shadow + (1 - rate) * (p - shadow), as one fused op per dtype
-            torch._foreach_lerp_(dst, src, 1.0 - self.rate)
+            torch._foreach_lerp_(dst, src, 1.0 - rate)
         else:
             for d, s in zip(dst, src):
-                d.mul_(self.rate).add_(s, alpha=1.0 - self.rate)
+                d.mul_(rate).add_(s, alpha=1.0 - rate)
         for d, s in zip(self.shadow.buffers(), unwrap(model).buffers()):
             d.copy_(s)
 

@@ -41,6 +41,7 @@ DEFAULTS = {
         "var_type": "fixedlarge",
         "ema": True,
         "ema_rate": 0.9999,
+        "ema_warmup": True,         # min(rate, (1+n)/(10+n)): fine-tuned tickets need it
     },
     "diffusion": {
         "beta_schedule": "linear",

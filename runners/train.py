@@ -226,14 +226,15 @@ def train(cfg, opts):
     model.to(device)
     if use_channels_last(cfg, device):
         model = model.to(memory_format=torch.channels_last)
-    ema = EMA(model, cfg["model"]["ema_rate"], foreach=cfg["fast"]["foreach_ema"]) \
-        if cfg["model"]["ema"] else None
+    ema = EMA(model, cfg["model"]["ema_rate"], foreach=cfg["fast"]["foreach_ema"],
+              warmup=cfg["model"]["ema_warmup"]) if cfg["model"]["ema"] else None
     optimizer = make_optimizer(cfg, model.parameters(), device)
     start_epoch, step, start_step_in_epoch = 0, 0, 0
     if resume is not None:
         ck.load_weights(model, resume["model"], latest)
         if ema is not None and resume.get("ema") is not None:
             ema.load_state_dict(resume["ema"])
+            ema.num_updates = resume["step"]  # one EMA update per optimizer step
         if resume.get("optimizer") is not None:
             optimizer.load_state_dict(resume["optimizer"])
         start_epoch, step = resume["epoch"], resume["step"]

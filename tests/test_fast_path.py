@@ -76,3 +76,44 @@ def test_gpu_check_falls_back_on_cpu(tmp_path):
     assert res.returncode == 0, res.stderr[-2000:]
     assert "no CUDA device" in res.stdout and "seed-style loop" in res.stdout
     assert os.path.isfile(tmp_path / "gpu_check.txt")
+
+
+def test_bf16_autocast_loss_and_grads_close_to_fp32():
+    """The bf16 path (CPU autocast here; CUDA in bench/gpu_check.sh) against fp32."""
+    from models.diffusion import Diffusion
+    torch.manual_seed(0)
+    model = UNet(**ARGS)
+    d = Diffusion({"beta_schedule": "linear", "beta_start": 1e-4, "beta_end": 0.02,
+                   "num_diffusion_timesteps": 100})
+    x = torch.rand(16, 1, 8, 8) * 2 - 1
+    t = torch.randint(0, 100, (16,), generator=torch.Generator().manual_seed(1))
+    noise = torch.randn(x.shape, generator=torch.Generator().manual_seed(2))
+    grads = []
+    losses = []
+    for amp in (False, True):
+        model.zero_grad()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
+            loss = d.loss(model, x, t, noise)
+        loss.backward()
+        losses.append(loss.item())
+        grads.append(torch.cat([p.grad.flatten() for p in model.parameters()]))
+    assert abs(losses[1] - losses[0]) / losses[0] < 0.02
+    cos = torch.nn.functional.cosine_similarity(grads[0], grads[1], dim=0)
+    assert cos > 0.99
+
+
+def test_ema_warmup_forgets_the_starting_weights():
+    torch.manual_seed(0)
+    model = UNet(**ARGS)
+    start = {k: v.clone() for k, v in model.state_dict().items()}
+    ema = EMA(model, 0.9999, warmup=True)
+    plain = EMA(model, 0.9999, warmup=False)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(1.0)
+    ema.update(model)
+    plain.update(model)
+    w = "conv_in.weight"
+    # first update: d = min(0.9999, 1/10) = 0.1
+    assert torch.allclose(ema.state_dict()[w], 0.1 * start[w] + 0.9 * (start[w] + 1), atol=1e-6)
+    assert torch.allclose(plain.state_dict()[w], start[w] + 1e-4, atol=1e-6)
