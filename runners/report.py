@@ -100,8 +100,12 @@ def collect(exp, doc, *, sampling_steps=100, skip_type="quad"):
         def macs_at(t):
             return next(k["macs"] for k in tickets if k["range"][0] <= t < k["range"][1])
         avg_macs = sum(macs_at(t) for t in seq) / len(seq)
-        eb_max = max(k["eb_epoch"] for k in tickets)
-        pre = _sum(dense_costs, upto=eb_max)
+        ebs = [k["eb_epoch"] for k in tickets if k.get("eb_epoch") is not None]
+        eb_max = max(ebs) if ebs else None
+        if len(ebs) < len(tickets):
+            notes.append("TA-EB: some tickets were given as files; their dense training time "
+                         "before pruning is not counted")
+        pre = _sum(dense_costs, upto=eb_max) if eb_max is not None else 0.0
         regions = ", ".join(f"[{k['range'][0]},{k['range'][1]}):{k['pruning_ratio']:g}"
                             for k in tickets)
         rows.append({"method": f"TA-EB ({regions})", "params": sum(k["params"] for k in tickets),

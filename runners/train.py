@@ -197,6 +197,7 @@ def train(cfg, opts):
     if not 0 <= lo < hi <= T:
         raise UserError(f"--ts_range {lo} {hi}: expected 0 <= lo < hi <= {T}")
 
+    dataset = get_dataset(cfg, train=True)  # bad data fails before anything on disk changes
     pruning, init_sd = None, None
     if resume is not None:
         model_args, pruning = resume["model_args"], resume.get("pruning")
@@ -252,7 +253,6 @@ def train(cfg, opts):
 
     diffusion = Diffusion(cfg["diffusion"], device)
     sampler = RegionTimestepSampler(lo, hi)
-    dataset = get_dataset(cfg, train=True)
     stream = BatchStream(dataset, batch_size=cfg["training"]["batch_size"],
                          seed=cfg["training"]["seed"], device=device,
                          random_flip=cfg["data"]["random_flip"], on_device=cfg["data"]["on_device"],

@@ -110,4 +110,8 @@ def test_bad_checkpoints_leave_disk_untouched(trained, tmp_path):
     # training into a folder with checkpoints, without --ni or --resume_training
     with pytest.raises(UserError, match="already holds checkpoints"):
         main(["--config", trained["cfg"], "--exp", trained["exp"], "--doc", "tiny"])
+    # --ni with a broken data set must not clear the earlier run first
+    with pytest.raises(UserError, match="does not exist"):
+        main(["--config", trained["cfg"], "--exp", trained["exp"], "--doc", "tiny", "--ni",
+              "--override", "data.dataset=FOLDER", f"data.path={tmp_path / 'nowhere'}"])
     assert _snapshot(log) == before
