@@ -138,7 +138,7 @@ def main(argv=None):
                 + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else
                    f" ({torch.get_num_threads()} threads)"),
                 ["what", "images/s", "speed-up vs seed loop", "ticket speed-up / MACs reduction",
-                 "peak MB"], rows)
+                 "peak MB (CUDA: this row; CPU: process max RSS so far)"], rows)
     if mfu:
         print(f"\nMFU: achieved {mfu[0]:.1f} TFLOP/s (6 x {m0 / 1e9:.3f} GMACs x images/s) / "
               f"measured bf16 peak {mfu[1]:.1f} TFLOP/s = {100 * mfu[0] / mfu[1]:.1f}%")
