@@ -141,9 +141,9 @@ def main(argv=None):
 
 def save_ticket(extractor, state_dict, mask, model_args, cfg, meta, out_path, quiet=False):
     """Prune and save a ticket: state dict + pruning history, no pickled module."""
-    dense = extractor.model
-    dense.load_state_dict(state_dict)
-    p0, m0 = count_params_macs(dense, model_args)
+    if not hasattr(extractor, "dense_cost"):  # the same for every checkpoint and ratio
+        extractor.dense_cost = count_params_macs(extractor.model, model_args)
+    p0, m0 = extractor.dense_cost
     pruned, history = extractor.prune(state_dict, mask)
     p1, m1 = count_params_macs(pruned, model_args)
     pruning = dict(meta, history=history, params=p1, macs=m1, dense_params=p0, dense_macs=m0)
