@@ -141,8 +141,6 @@ def main(argv=None):
 
 def save_ticket(extractor, state_dict, mask, model_args, cfg, meta, out_path, quiet=False):
     """Prune and save a ticket: state dict + pruning history, no pickled module."""
-    if not hasattr(extractor, "dense_cost"):  # the same for every checkpoint and ratio
-        extractor.dense_cost = count_params_macs(extractor.model, model_args)
     p0, m0 = extractor.dense_cost
     pruned, history = extractor.prune(state_dict, mask)
     p1, m1 = count_params_macs(pruned, model_args)

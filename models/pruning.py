@@ -15,6 +15,8 @@ GroupNorm stays valid.
 A pruned model is stored as its state dict plus torch-pruning's pruning history (lists of
 ints) and rebuilt on a fresh dense UNet with ``DependencyGraph.load_pruning_history``.
 """
+import functools
+
 import numpy as np
 import torch
 import torch.nn as nn
@@ -80,6 +82,11 @@ class MaskExtractor:
             has_gn = any(isinstance(d.dep.target.module, nn.GroupNorm) for d in g)
             unit = c // gn_groups if has_gn and c % gn_groups == 0 and c >= gn_groups else 1
             self.layout.append((names[root], int(c), int(unit)))
+
+    @functools.cached_property
+    def dense_cost(self):
+        """(params, MACs per image) of the unpruned architecture."""
+        return count_params_macs(self.model, self.model_args)
 
     @property
     def mask_length(self):
