@@ -18,8 +18,7 @@ import _common  # noqa: F401
 
 from runners.config import add_override_flag, flatten_overrides, load_config
 from runners.errors import UserError, run_cli
-from runners.masks import mask_stem
-from runners.tickets import parse_regions
+from runners.tickets import parse_regions, ticket_path
 
 ROOT = _common.ROOT
 PY = sys.executable
@@ -119,8 +118,7 @@ def main(argv=None):
                   f"epoch {last} (not an early-bird ticket)")
 
     def ticket(r, epoch):
-        path = os.path.join(a.exp, "pruned", a.doc, "models",
-                            mask_stem(a.doc, r, pruner, epoch) + ".pth")
+        path = ticket_path(a.exp, a.doc, r, pruner, epoch)
         if not os.path.isfile(path):
             run([PY, script("prune.py"), "--config", a.config, "--exp", a.exp, "--doc", a.doc,
                  "--use_ema", "--restore_from", os.path.join(dense_log, f"ckpt_ep{epoch}.pth"),

@@ -5,6 +5,7 @@ Nothing here is an ``nn.Module``: every function takes the network as an argumen
 knows nothing about betas and torch-pruning traces the bare network. Small t = little noise.
 """
 import math
+from contextlib import nullcontext
 
 import numpy as np
 import torch
@@ -115,7 +116,7 @@ def generalized_steps(model, x, seq, alphas_cumprod, eta=0.0, generator=None, au
     for i, j in zip(reversed(seq), reversed(seq_next)):
         t = torch.full((n,), i, device=x.device, dtype=torch.long)
         at, at_next = _abar(alphas_cumprod, i), _abar(alphas_cumprod, j)
-        with autocast() if autocast else _null():
+        with autocast() if autocast else nullcontext():
             e = _eps(model, x, t, i)
         x0_t = (x - e * (1 - at).sqrt()) / at.sqrt()
         c1 = eta * ((1 - at / at_next) * (1 - at_next) / (1 - at)).sqrt()
@@ -135,7 +136,7 @@ def ddpm_steps(model, x, seq, betas, generator=None, autocast=None):
         t = torch.full((n,), i, device=x.device, dtype=torch.long)
         at, at_next = _abar(alphas_cumprod, i), _abar(alphas_cumprod, j)
         beta_t = 1 - at / at_next
-        with autocast() if autocast else _null():
+        with autocast() if autocast else nullcontext():
             e = _eps(model, x, t, i)
         x0 = ((x - e * (1 - at).sqrt()) / at.sqrt()).clamp(-1, 1)
         mean = ((at_next.sqrt() * beta_t) * x0 + ((1 - beta_t).sqrt() * (1 - at_next)) * x) / (1.0 - at)
@@ -146,14 +147,6 @@ def ddpm_steps(model, x, seq, betas, generator=None, autocast=None):
         else:
             x = mean
     return x
-
-
-class _null:
-    def __enter__(self):
-        return None
-
-    def __exit__(self, *a):
-        return False
 
 
 def sample_images(model, diffusion, noise, *, timesteps, skip_type, sample_type, eta,

@@ -45,8 +45,9 @@ def _arch_cost(ckpt_path):
     return params, macs, None, None
 
 
-def _sum(costs, key="wall_s", upto=None):
-    return sum(c[key] + c.get("earlybird_s", 0.0) * (key == "wall_s") for c in costs
+def _wall(costs, upto=None):
+    """Wall-clock seconds of epochs <= upto (online early-bird time included)."""
+    return sum(c["wall_s"] + c.get("earlybird_s", 0.0) for c in costs
                if upto is None or c["epoch"] <= upto)
 
 
@@ -59,7 +60,7 @@ def collect(exp, doc, *, sampling_steps=100, skip_type="quad"):
         raise UserError(f"{dense_dir}: no dense training run here (no costs.jsonl)")
     dense_ckpt = os.path.join(dense_dir, "ckpt.pth")
     params0, macs0, _, _ = _arch_cost(dense_ckpt)
-    dense_wall = _sum(dense_costs)
+    dense_wall = _wall(dense_costs)
     rows.append({"method": "Dense", "params": params0, "macs": macs0,
                  "eb_epoch": None, "epochs": len(dense_costs), "critical_s": dense_wall,
                  "total_s": dense_wall, "metric": _metric(exp, doc), "key": doc})
@@ -72,8 +73,8 @@ def collect(exp, doc, *, sampling_steps=100, skip_type="quad"):
             notes.append(f"{label} at p={p_str}: fine-tuning has not run ({path})")
             return
         params, macs, eb, ratio = _arch_cost(ck)
-        ft = _sum(costs)
-        pre = dense_wall if kind == "tpf" else _sum(dense_costs, upto=eb)
+        ft = _wall(costs)
+        pre = dense_wall if kind == "tpf" else _wall(dense_costs, upto=eb)
         rows.append({"method": f"{label} (p={p_str})", "params": params, "macs": macs,
                      "eb_epoch": eb if kind == "eb" else None, "epochs": len(costs),
                      "critical_s": pre + ft, "total_s": pre + ft,
@@ -105,7 +106,7 @@ def collect(exp, doc, *, sampling_steps=100, skip_type="quad"):
         if len(ebs) < len(tickets):
             notes.append("TA-EB: some tickets were given as files; their dense training time "
                          "before pruning is not counted")
-        pre = _sum(dense_costs, upto=eb_max) if eb_max is not None else 0.0
+        pre = _wall(dense_costs, upto=eb_max) if eb_max is not None else 0.0
         regions = ", ".join(f"[{k['range'][0]},{k['range'][1]}):{k['pruning_ratio']:g}"
                             for k in tickets)
         rows.append({"method": f"TA-EB ({regions})", "params": sum(k["params"] for k in tickets),

@@ -81,6 +81,15 @@ def load_sampling_model(cfg, opts, device):
     return model
 
 
+def sampler_settings(cfg, opts):
+    """Sampler keyword arguments: command-line flags where given, else the config's."""
+    s = cfg["sampling"]
+    return dict(timesteps=opts.get("timesteps") or s["timesteps"],
+                skip_type=opts.get("skip_type") or s["skip_type"],
+                sample_type=opts.get("sample_type") or s["sample_type"],
+                eta=s["eta"] if opts.get("eta") is None else opts["eta"])
+
+
 def image_noise(index, shape, seed):
     g = torch.Generator().manual_seed(seed + index)
     return torch.randn(shape, generator=g)
@@ -145,14 +154,9 @@ def run_sampling(cfg, opts):
     if not opts.get("image_folder"):
         raise UserError("--sample needs --image_folder")
     model = load_sampling_model(cfg, opts, device)
-    s = cfg["sampling"]
-    n = opts.get("n_samples") or s["n_samples"]
-    written = sample_to_folder(
-        model, cfg, opts["image_folder"], n, device=device,
-        timesteps=opts.get("timesteps") or s["timesteps"],
-        skip_type=opts.get("skip_type") or s["skip_type"],
-        sample_type=opts.get("sample_type") or s["sample_type"],
-        eta=s["eta"] if opts.get("eta") is None else opts["eta"])
+    n = opts.get("n_samples") or cfg["sampling"]["n_samples"]
+    written = sample_to_folder(model, cfg, opts["image_folder"], n, device=device,
+                               **sampler_settings(cfg, opts))
     print(f"wrote {written} images to {opts['image_folder']} ({n - written} already there); "
           f"grid: {grid_path(opts['image_folder'])}")
     return 0

@@ -411,12 +411,9 @@ def _sample_grid(cfg, opts, model, diffusion, device, path, autocast):
     step_gen = torch.Generator(device=device).manual_seed(cfg["sampling"]["seed"] + 1)
     was_training = model.training
     model.eval()
-    x = sample_images(model, diffusion, noise.to(device),
-                      timesteps=opts.get("timesteps") or cfg["sampling"]["timesteps"],
-                      skip_type=opts.get("skip_type") or cfg["sampling"]["skip_type"],
-                      sample_type=opts.get("sample_type") or cfg["sampling"]["sample_type"],
-                      eta=cfg["sampling"]["eta"] if opts.get("eta") is None else opts["eta"],
-                      generator=step_gen, autocast=autocast)
+    from runners.sample import sampler_settings
+    x = sample_images(model, diffusion, noise.to(device), generator=step_gen, autocast=autocast,
+                      **sampler_settings(cfg, opts))
     model.train(was_training)
     os.makedirs(os.path.dirname(path), exist_ok=True)
     vutils.save_image(inverse_data_transform(x.float().cpu()), path,
