@@ -1,0 +1,86 @@
+"""Device, precision and process-group set-up, and the RNG state a checkpoint carries."""
+import contextlib
+import os
+from contextlib import nullcontext
+
+import torch
+import torch.distributed as dist
+
+from utils.errors import UserError
+
+
+def select_device(requested=None):
+    """``requested`` ('cpu', 'cuda', 'cuda:1'), else CUDA (this rank's GPU) when there is one."""
+    if requested:
+        try:
+            device = torch.device(requested)
+        except RuntimeError:
+            raise UserError(f"--device {requested}: not a device name (cpu, cuda, cuda:N)")
+        if device.type == "cuda":
+            if not torch.cuda.is_available():
+                raise UserError(f"--device {requested}: this machine has no CUDA device")
+            if device.index is not None and device.index >= torch.cuda.device_count():
+                raise UserError(f"--device {requested}: only {torch.cuda.device_count()} "
+                                f"CUDA device(s)")
+        elif device.type != "cpu":
+            raise UserError(f"--device {requested}: expected cpu or cuda[:N]")
+        return device
+    if torch.cuda.is_available():
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+    return torch.device("cpu")
+
+
+def configure_device(device):
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+        torch.backends.cudnn.benchmark = True
+
+
+def autocast_for(cfg, device):
+    """A zero-argument context factory: bf16 autocast on CUDA when the config allows."""
+    amp = cfg["fast"]["amp"]
+    if device.type == "cuda" and amp in ("auto", "bf16"):
+        return lambda: torch.autocast("cuda", dtype=torch.bfloat16)
+    if device.type == "cpu" and amp == "bf16":
+        return lambda: torch.autocast("cpu", dtype=torch.bfloat16)
+    return nullcontext
+
+
+def use_channels_last(cfg, device):
+    v = cfg["fast"]["channels_last"]
+    return v == "on" or (v == "auto" and device.type == "cuda")
+
+
+def dist_setup(device):
+    """(rank, world size); joins the process group torchrun describes."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+    if dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def rng_state(device):
+    state = {"cpu": torch.get_rng_state()}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def set_rng_state(state, device):
+    torch.set_rng_state(state["cpu"])
+    if device.type == "cuda" and "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"], device)
+
+
+@contextlib.contextmanager
+def training_rng_untouched(device):
+    """Run work that may draw random numbers (building a network, masks, sample grids)
+    without moving the training RNG streams: only the training step draws from them, so a
+    resumed run continues exactly as an uninterrupted one."""
+    devices = [device] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        yield

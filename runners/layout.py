@@ -1,0 +1,215 @@
+"""Every file and folder name under an experiment root ``{exp}``, in both directions.
+
+This module is the only place that knows the layout; everything else asks it.
+
+  {exp}/logs/{doc}/                 a training run (dense, EB ticket, baseline or TA-EB region):
+      ckpt.pth, ckpt_ep{E}.pth, config.yml, log.txt, costs.jsonl, earlybird.json, DONE,
+      samples/ep{E}.png
+  {exp}/tensorboard/{doc}/          its TensorBoard events
+  {exp}/pruned/{doc}/masks/         masks of the dense run {doc}: {doc}_pruned-{p}-{pruner}-{E}.npy
+                                    (+ .json), earlybird-{p}-{pruner}.json, overlap figures
+  {exp}/pruned/{doc}/models/        pruned tickets, named like their masks (.pth)
+  {exp}/tickets/{doc}/              TA-EB: tickets.yml (the manifest) and logs/region_{lo}_{hi}.log
+  {exp}/samples/{name}/             sample folders; {name}.metric.json and {name}_grid.png beside
+  {exp}/metric/                     the digits classifier cache
+  {exp}/report/{doc}/               results.md and its figures
+
+Runs derived from a dense run ``doc`` are named ``{doc}_eb_{p}`` (EB ticket at ratio p),
+``{doc}_tpf_{p}`` (train-prune-finetune at p) and ``{doc}_taeb_{lo}_{hi}`` (TA-EB region).
+"""
+import os
+import re
+from dataclasses import dataclass
+
+from models.pruner_names import canonical_pruner
+
+RUN_KINDS = {"eb": "EB ticket", "tpf": "Train-prune-finetune"}
+_EPOCH_CKPT = re.compile(r"ckpt_ep(\d+)\.pth$")
+# {doc}_pruned-{ratio}-{pruner}-{epoch}; the pruner may hold a dash (diff-pruning)
+_MASK = re.compile(r"^(?P<doc>.*)_pruned-(?P<ratio>[0-9.eE+-]+?)-(?P<pruner>[a-z_]+(?:-[a-z_]+)?)"
+                   r"-(?P<epoch>\d+)$")
+
+
+@dataclass(frozen=True)
+class MaskName:
+    doc: str
+    ratio: float
+    pruner: str
+    epoch: int
+
+
+def mask_stem(doc, ratio, pruner, epoch):
+    """The seed's mask and ticket naming: {doc}_pruned-{ratio}-{pruner}-{epoch}."""
+    return f"{doc}_pruned-{ratio:g}-{pruner}-{epoch}"
+
+
+def parse_mask_stem(stem):
+    """A mask or ticket file name (without extension) -> MaskName, or None.
+
+    The release's pruner name 'ours' (its Diff-Pruning) reads as 'diff-pruning'."""
+    m = _MASK.match(stem)
+    if not m:
+        return None
+    try:
+        ratio, pruner = float(m["ratio"]), canonical_pruner(m["pruner"])
+    except ValueError:
+        return None
+    return MaskName(m["doc"], ratio, pruner, int(m["epoch"]))
+
+
+def epoch_of_checkpoint(path):
+    """ckpt_ep{E}.pth -> E; any other name -> None."""
+    m = _EPOCH_CKPT.search(os.path.basename(path))
+    return int(m.group(1)) if m else None
+
+
+def eb_doc(doc, ratio):
+    return f"{doc}_eb_{ratio:g}"
+
+
+def tpf_doc(doc, ratio):
+    return f"{doc}_tpf_{ratio:g}"
+
+
+def region_doc(doc, rng):
+    return f"{doc}_taeb_{rng[0]}_{rng[1]}"
+
+
+def taeb_name(doc):
+    """The sample/metric name of the stitched TA-EB tickets."""
+    return f"{doc}_taeb"
+
+
+def parse_run_doc(doc, name):
+    """A run name derived from dense run ``doc`` -> (kind, value), or None.
+
+    ('eb', ratio), ('tpf', ratio) or ('taeb', (lo, hi))."""
+    if not name.startswith(doc + "_"):
+        return None
+    rest = name[len(doc) + 1:]
+    m = re.fullmatch(r"(eb|tpf)_([0-9.eE+-]+)", rest)
+    if m:
+        try:
+            return m.group(1), float(m.group(2))
+        except ValueError:
+            return None
+    m = re.fullmatch(r"taeb_(\d+)_(\d+)", rest)
+    if m:
+        return "taeb", (int(m.group(1)), int(m.group(2)))
+    return None
+
+
+class Layout:
+    """Paths of one experiment root."""
+
+    def __init__(self, exp):
+        self.exp = exp
+
+    # --- training runs ---------------------------------------------------------------------
+    def run_dir(self, doc):
+        return os.path.join(self.exp, "logs", doc)
+
+    def tb_dir(self, doc):
+        return os.path.join(self.exp, "tensorboard", doc)
+
+    def latest_checkpoint(self, doc):
+        return os.path.join(self.run_dir(doc), "ckpt.pth")
+
+    def epoch_checkpoint(self, doc, epoch):
+        return os.path.join(self.run_dir(doc), f"ckpt_ep{epoch}.pth")
+
+    def epoch_checkpoints(self, doc):
+        """{epoch: path} of the per-epoch checkpoints of a run."""
+        d = self.run_dir(doc)
+        if not os.path.isdir(d):
+            return {}
+        out = {}
+        for f in os.listdir(d):
+            e = epoch_of_checkpoint(f)
+            if e is not None:
+                out[e] = os.path.join(d, f)
+        return dict(sorted(out.items()))
+
+    def costs(self, doc):
+        return os.path.join(self.run_dir(doc), "costs.jsonl")
+
+    def run_log(self, doc):
+        return os.path.join(self.run_dir(doc), "log.txt")
+
+    def run_config(self, doc):
+        return os.path.join(self.run_dir(doc), "config.yml")
+
+    def earlybird_record(self, doc):
+        return os.path.join(self.run_dir(doc), "earlybird.json")
+
+    def done_marker(self, doc):
+        return os.path.join(self.run_dir(doc), "DONE")
+
+    def training_grid(self, doc, epoch):
+        return os.path.join(self.run_dir(doc), "samples", f"ep{epoch}.png")
+
+    def derived_runs(self, doc, kind):
+        """[(value, run name)] of the runs of ``kind`` ('eb', 'tpf', 'taeb') derived from doc."""
+        base = os.path.join(self.exp, "logs")
+        if not os.path.isdir(base):
+            return []
+        out = []
+        for name in sorted(os.listdir(base)):
+            parsed = parse_run_doc(doc, name)
+            if parsed and parsed[0] == kind:
+                out.append((parsed[1], name))
+        return out
+
+    # --- masks and pruned tickets ----------------------------------------------------------
+    def masks_dir(self, doc):
+        return os.path.join(self.exp, "pruned", doc, "masks")
+
+    def models_dir(self, doc):
+        return os.path.join(self.exp, "pruned", doc, "models")
+
+    def mask_file(self, doc, ratio, pruner, epoch):
+        return os.path.join(self.masks_dir(doc), mask_stem(doc, ratio, pruner, epoch) + ".npy")
+
+    def ticket_file(self, doc, ratio, pruner, epoch):
+        return os.path.join(self.models_dir(doc), mask_stem(doc, ratio, pruner, epoch) + ".pth")
+
+    def earlybird_result(self, doc, ratio, pruner):
+        return earlybird_result_in(self.masks_dir(doc), ratio, pruner)
+
+    # --- TA-EB tickets -----------------------------------------------------------------------
+    def tickets_dir(self, doc):
+        return os.path.join(self.exp, "tickets", doc)
+
+    def manifest(self, doc):
+        return os.path.join(self.tickets_dir(doc), "tickets.yml")
+
+    def region_log(self, doc, rng):
+        return os.path.join(self.tickets_dir(doc), "logs", f"region_{rng[0]}_{rng[1]}.log")
+
+    # --- samples, metrics, report ----------------------------------------------------------
+    def samples_dir(self, name):
+        return os.path.join(self.exp, "samples", name)
+
+    def metric_file(self, name):
+        return os.path.join(self.exp, "samples", f"{name}.metric.json")
+
+    def metric_cache(self):
+        return os.path.join(self.exp, "metric")
+
+    def report_dir(self, doc):
+        return os.path.join(self.exp, "report", doc)
+
+
+def earlybird_result_in(mask_dir, ratio, pruner):
+    """Where find_earlybird writes its result for one mask series."""
+    return os.path.join(mask_dir, f"earlybird-{ratio:g}-{pruner}.json")
+
+
+def overlap_stem_in(mask_dir, ratio, pruner):
+    return os.path.join(mask_dir, f"overlap-{ratio:g}-{pruner}")
+
+
+def sample_grid_of(folder):
+    """The grid PNG written beside a sample folder: {folder}_grid.png."""
+    folder = os.path.abspath(folder)
+    return os.path.join(os.path.dirname(folder), os.path.basename(folder) + "_grid.png")

@@ -1,0 +1,54 @@
+"""What a command asks for beyond the config: the run's name and where its weights come from.
+
+Flags that name a config value (``--seed``, ``--timesteps``, ``--eta``, ``--thr`` ...) are not
+kept here: ``flag_overrides`` turns them into ``section.key=value`` overrides when the
+arguments are parsed, so the resolved config is the only source of every setting.
+"""
+import json
+import os
+from dataclasses import dataclass
+from typing import Optional, Tuple
+
+from utils.errors import UserError
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    exp: str
+    doc: str
+    ni: bool = False                      # start over: earlier results of this run are replaced
+    resume: bool = False                  # continue from {exp}/logs/{doc}/ckpt.pth
+    restore_from: Optional[str] = None    # start from (or sample) this checkpoint
+    load_pruned_model: Optional[str] = None  # fine-tune this pruned ticket
+    use_ema: bool = False                 # take the EMA weights of restore_from / for sampling
+    device: Optional[str] = None
+    ts_range: Optional[Tuple[int, int]] = None  # train only on timesteps in [lo, hi)
+    image_folder: Optional[str] = None
+    tickets: Optional[str] = None         # tickets.yml: stitched TA-EB sampling
+    comment: str = ""
+
+    def __post_init__(self):
+        check_name(self.doc, "--doc")
+        for flag, path in (("--restore_from", self.restore_from),
+                           ("--load_pruned_model", self.load_pruned_model),
+                           ("--tickets", self.tickets)):
+            if path and not os.path.isfile(path):
+                raise UserError(f"{flag} {path}: file not found")
+
+
+def check_name(name, flag):
+    """A run name becomes a folder and part of file names: no path separators."""
+    if not name or name in (".", "..") or "/" in name or os.sep in name or \
+            (os.altsep and os.altsep in name):
+        raise UserError(f"{flag} {name!r}: a run name, not a path (no '/')")
+    return name
+
+
+def flag_overrides(args, mapping):
+    """``{flag attribute: 'section.key'}`` -> overrides for the flags that were given."""
+    out = []
+    for attr, key in mapping.items():
+        value = getattr(args, attr, None)
+        if value is not None:
+            out.append(f"{key}={json.dumps(value)}")
+    return out

@@ -1,0 +1,72 @@
+"""Files written whole or not at all, and YAML read with one-line errors.
+
+Every result file of the project goes through ``atomic_path``: the data is written to a
+temporary file in the target's folder and renamed over the target, so a kill at any moment
+leaves the previous file intact (DESIGN.md, "never a half-written file").
+"""
+import contextlib
+import json
+import os
+import tempfile
+
+from utils.errors import UserError
+
+
+def _tmp_path(path):
+    d = os.path.dirname(os.path.abspath(path))
+    os.makedirs(d, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=d)
+    os.close(fd)
+    os.chmod(tmp, 0o644)  # mkstemp makes 0600 files; results should be readable like any other
+    return tmp
+
+
+@contextlib.contextmanager
+def atomic_path(path):
+    """Yield a temp path in ``path``'s folder; on success it is renamed over ``path``."""
+    tmp = _tmp_path(path)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def atomic_save(obj, path):
+    """torch.save, atomically."""
+    import torch
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
+
+
+def atomic_write_text(path, text):
+    with atomic_path(path) as tmp:
+        with open(tmp, "w") as f:
+            f.write(text)
+
+
+def atomic_write_json(path, obj):
+    atomic_write_text(path, json.dumps(obj, indent=1) + "\n")
+
+
+def load_yaml(path, what="file"):
+    """Parse a YAML file; a missing, unreadable or invalid file is one UserError line."""
+    import yaml
+    if not os.path.isfile(path):
+        raise UserError(f"{what} not found: {path}")
+    try:
+        with open(path) as f:
+            return yaml.safe_load(f)
+    except yaml.YAMLError as e:
+        raise UserError(f"{path}: not valid YAML ({str(e).splitlines()[0]})")
+    except OSError as e:
+        raise UserError(f"{path}: cannot read ({e.strerror})")
+
+
+def read_jsonl(path):
+    """The records of a JSON-lines file ([] when there is none)."""
+    if not os.path.isfile(path):
+        return []
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
