@@ -7,71 +7,88 @@
       --restore_from checkpoints/logs/cifar10/ckpt_ep9.pth
 """
 import argparse
-import os
 
 from runners.config import add_override_flag, flatten_overrides, load_config
-from runners.errors import UserError, run_cli
+from runners.options import RunOptions, flag_overrides
+from utils.errors import UserError, run_cli
+
+# flags that name a config value: given, they override it
+CONFIG_FLAGS = {"seed": "training.seed", "timesteps": "sampling.timesteps",
+                "skip_type": "sampling.skip_type", "sample_type": "sampling.sample_type",
+                "eta": "sampling.eta", "n_samples": "sampling.n_samples"}
 
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", required=True, help="configs/NAME or a path to a YAML file")
-    p.add_argument("--exp", default="exp", help="experiment root folder")
-    p.add_argument("--doc", default="run", help="run name: logs go to {exp}/logs/{doc}")
-    p.add_argument("--seed", type=int, default=None, help="overrides training.seed")
-    p.add_argument("--comment", default="")
-    p.add_argument("--verbose", default="info")
-    p.add_argument("--ni", action="store_true", help="no interaction: overwrite earlier runs")
-    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda if any)")
+    p.add_argument("--exp", default="exp", help="experiment root folder (default: %(default)s)")
+    p.add_argument("--doc", default="run",
+                   help="run name: logs go to {exp}/logs/{doc} (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=None,
+                   help="sets training.seed (default: the config's)")
+    p.add_argument("--comment", default="", help="a note written into log.txt (default: none)")
+    p.add_argument("--verbose", default="info", help="accepted for the seed's commands "
+                   "(default: %(default)s)")
+    p.add_argument("--ni", action="store_true",
+                   help="no interaction: start the run over, replacing its earlier results "
+                        "(default: off)")
+    p.add_argument("--device", default=None,
+                   help="cpu, cuda, cuda:1 (default: this rank's GPU if any, else cpu)")
     # training
-    p.add_argument("--train_from_scratch", action="store_true")
-    p.add_argument("--resume_training", action="store_true")
-    p.add_argument("--restore_from", default=None, help="checkpoint to sample from / start at")
-    p.add_argument("--load_pruned_model", default=None, help="fine-tune this pruned ticket")
+    p.add_argument("--train_from_scratch", action="store_true",
+                   help="start from random weights: the default without --restore_from / "
+                        "--load_pruned_model (default: off)")
+    p.add_argument("--resume_training", action="store_true",
+                   help="continue {exp}/logs/{doc}/ckpt.pth exactly (default: off)")
+    p.add_argument("--restore_from", default=None,
+                   help="checkpoint to sample from / start training at (default: none)")
+    p.add_argument("--load_pruned_model", default=None,
+                   help="fine-tune this pruned ticket (default: none)")
     p.add_argument("--ts_range", nargs=2, type=int, default=None, metavar=("LO", "HI"),
-                   help="train only on timesteps in [LO, HI)")
-    p.add_argument("--use_ema", action="store_true", help="sample/restore with EMA weights")
+                   help="train only on timesteps in [LO, HI) (default: all)")
+    p.add_argument("--use_ema", action="store_true",
+                   help="sample / restore with the EMA weights (default: off)")
     # sampling
-    p.add_argument("--sample", action="store_true")
-    p.add_argument("--fid", action="store_true", help="write individual images (for FID)")
-    p.add_argument("--interpolation", action="store_true")
-    p.add_argument("--sequence", action="store_true")
-    p.add_argument("--use_pretrained", action="store_true")
-    p.add_argument("-i", "--image_folder", default=None)
-    p.add_argument("--n_samples", type=int, default=None)
-    p.add_argument("--sample_type", choices=["generalized", "ddpm_noisy"], default=None)
-    p.add_argument("--skip_type", choices=["uniform", "quad"], default=None)
-    p.add_argument("--timesteps", type=int, default=None, help="sampling steps")
-    p.add_argument("--eta", type=float, default=None)
-    p.add_argument("--tickets", default=None, help="tickets.yml: stitched TA-EB sampling")
+    p.add_argument("--sample", action="store_true", help="sample instead of training "
+                   "(default: off)")
+    p.add_argument("--fid", action="store_true",
+                   help="accepted for the seed's commands: --sample always writes one PNG per "
+                        "image, which cal_fid.sh reads (default: off)")
+    p.add_argument("--interpolation", action="store_true", help="not supported")
+    p.add_argument("--sequence", action="store_true", help="not supported")
+    p.add_argument("--use_pretrained", action="store_true", help="not supported")
+    p.add_argument("-i", "--image_folder", default=None,
+                   help="where --sample writes {index:06d}.png (default: required to sample)")
+    p.add_argument("--n_samples", type=int, default=None,
+                   help="sets sampling.n_samples (default: the config's)")
+    p.add_argument("--sample_type", choices=["generalized", "ddpm_noisy"], default=None,
+                   help="sets sampling.sample_type (default: the config's)")
+    p.add_argument("--skip_type", choices=["uniform", "quad"], default=None,
+                   help="sets sampling.skip_type (default: the config's)")
+    p.add_argument("--timesteps", type=int, default=None,
+                   help="sampling steps; sets sampling.timesteps (default: the config's)")
+    p.add_argument("--eta", type=float, default=None,
+                   help="DDIM eta; sets sampling.eta (default: the config's)")
+    p.add_argument("--tickets", default=None,
+                   help="tickets.yml: stitched TA-EB sampling (default: none)")
     add_override_flag(p)
     return p.parse_args(argv)
 
 
 def main(argv=None):
     args = parse_args(argv)
-    overrides = flatten_overrides(args.override)
-    if args.seed is not None:
-        overrides.append(f"training.seed={args.seed}")
-    cfg = load_config(args.config, overrides)
     if args.interpolation or args.sequence or args.use_pretrained:
         raise UserError("--interpolation, --sequence and --use_pretrained are not supported; "
                         "use --restore_from with a checkpoint (official DDPM weights load too)")
-    T = cfg["diffusion"]["num_diffusion_timesteps"]
-    if args.timesteps is not None and not 0 < args.timesteps <= T:
-        raise UserError(f"--timesteps {args.timesteps}: expected 1..{T}")
-    if args.n_samples is not None and args.n_samples <= 0:
-        raise UserError("--n_samples must be positive")
-    opts = dict(exp=args.exp, doc=args.doc, ni=args.ni, resume=args.resume_training,
-                restore_from=args.restore_from, load_pruned_model=args.load_pruned_model,
-                ts_range=args.ts_range, use_ema=args.use_ema, device=args.device,
-                image_folder=args.image_folder, n_samples=args.n_samples,
-                sample_type=args.sample_type, skip_type=args.skip_type,
-                timesteps=args.timesteps, eta=args.eta, tickets=args.tickets)
-    for key in ("restore_from", "load_pruned_model", "tickets"):
-        if opts[key] and not os.path.isfile(opts[key]):
-            raise UserError(f"--{key} {opts[key]}: file not found")
+    cfg = load_config(args.config, flatten_overrides(args.override) +
+                      flag_overrides(args, CONFIG_FLAGS))
+    opts = RunOptions(exp=args.exp, doc=args.doc, ni=args.ni, resume=args.resume_training,
+                      restore_from=args.restore_from, load_pruned_model=args.load_pruned_model,
+                      use_ema=args.use_ema, device=args.device,
+                      ts_range=tuple(args.ts_range) if args.ts_range else None,
+                      image_folder=args.image_folder, tickets=args.tickets,
+                      comment=args.comment)
     if args.sample:
         from runners.sample import run_sampling
         return run_sampling(cfg, opts)

@@ -4,6 +4,7 @@ import os
 import statistics
 import sys
 import time
+import types
 
 import torch
 
@@ -11,12 +12,14 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
-from models.diffusion import Diffusion, RegionTimestepSampler  # noqa: E402
+from models.diffusion import Diffusion  # noqa: E402
 from models.ema import EMA  # noqa: E402
 from models.pruning import MaskExtractor, count_params_macs  # noqa: E402
+from models.resample import AntitheticSampler  # noqa: E402
 from models.unet import UNet, model_args_from_config  # noqa: E402
 from runners.config import load_config  # noqa: E402
-from runners.train import autocast_for, make_optimizer, train_step, use_channels_last  # noqa
+from runners.device import autocast_for, use_channels_last  # noqa: E402
+from runners.train import make_optimizer, train_step  # noqa: E402
 
 
 def sync(device):
@@ -61,7 +64,7 @@ def tickets(cfg, ratios, device="cpu"):
     ex = MaskExtractor(args)
     sd = dense.state_dict()
     ex.load_weights(sd)
-    scores = ex.scores("magnitude")
+    scores, _ = ex.scores("magnitude")
     out = {}
     for r in ratios:
         model, _ = ex.prune(sd, ex.masks_from_scores(scores, r))
@@ -80,16 +83,16 @@ def our_step_fn(cfg, model, batch, device):
     ema = EMA(model, cfg["model"]["ema_rate"], foreach=cfg["fast"]["foreach_ema"],
               warmup=cfg["model"]["ema_warmup"])
     diffusion = Diffusion(cfg["diffusion"], device)
-    sampler = RegionTimestepSampler(0, diffusion.num_timesteps)
+    sampler = AntitheticSampler(0, diffusion.num_timesteps)
     autocast = autocast_for(cfg, device)
     cl = use_channels_last(cfg, device)
     train_model = torch.compile(model) if cfg["fast"]["compile"] else model
     fixed = None if callable(batch) else batch.to(device)
+    run = types.SimpleNamespace(model=model, train_model=train_model, optimizer=opt, ema=ema)
 
     def step():
         x = fixed if fixed is not None else batch().to(device)
-        return train_step(train_model, model, x, sampler, diffusion, opt, ema, autocast,
-                          cfg["optim"]["grad_clip"], cl)
+        return train_step(run, x, sampler, diffusion, autocast, cfg["optim"]["grad_clip"], cl)
     return step
 
 

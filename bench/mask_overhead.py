@@ -1,5 +1,7 @@
 """Time to extract the masks of one checkpoint at three ratios, next to the time of one dense
-training epoch (measured step time x steps per epoch).
+training epoch (measured step time x steps per epoch), for magnitude importance and for
+Diff-Pruning (whose cost is one forward + backward per visited timestep: measured per timestep
+and projected for a full scan of T / stride timesteps, the worst case of its stopping rule).
 
   python bench/mask_overhead.py --config cifar10.yml --batch 8
 """
@@ -9,6 +11,7 @@ import time
 import torch
 
 from common import bench_config, median_time, our_step_fn, print_table
+from models.diffusion import Diffusion
 from models.pruning import MaskExtractor
 from models.unet import UNet, model_args_from_config
 from train_step import SMOKE
@@ -26,19 +29,34 @@ def measure(cfg, batch, device, iters, ratios=(0.3, 0.6, 0.8)):
     t_graph = time.perf_counter() - t0
     t0 = time.perf_counter()
     ex.load_weights(sd)
-    scores = ex.scores("magnitude")
+    scores, _ = ex.scores("magnitude")
     for r in ratios:
         ex.masks_from_scores(scores, r)
     t_masks = time.perf_counter() - t0
     d = cfg["data"]
     x = torch.rand(batch, d["channels"], d["image_size"], d["image_size"]) * 2 - 1
+    t_dp, dp_scan = diff_pruning_cost(cfg, ex, x, iters)
     t_step = median_time(our_step_fn(cfg, model, x, device), device, min(2, iters), iters)
     n = DATASET_SIZE.get(d["dataset"], 50000)
     steps = -(-n // batch)
     epoch = t_step * steps
-    return [[f"{t_graph:.2f}", f"{t_masks:.2f}", f"{t_step * 1000:.1f}", steps,
-             f"{epoch:.0f}", f"{100 * t_masks / epoch:.4f}%",
-             f"{100 * (t_masks + t_graph) / epoch:.4f}%"]]
+    return [[f"{t_graph:.2f}", f"{t_masks:.2f}", f"{t_dp * 1000:.0f}", f"{dp_scan:.0f}",
+             f"{t_step * 1000:.1f}", steps, f"{epoch:.0f}", f"{100 * t_masks / epoch:.4f}%",
+             f"{100 * (t_masks + t_graph) / epoch:.4f}%", f"{100 * dp_scan / epoch:.2f}%"]]
+
+
+def diff_pruning_cost(cfg, ex, x0, iters):
+    """(seconds per visited timestep, seconds of a full T / stride scan) of Diff-Pruning."""
+    diffusion = Diffusion(cfg["diffusion"], "cpu")
+    noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(0))
+    t = torch.zeros(x0.shape[0], dtype=torch.long)
+
+    def one_timestep():
+        diffusion.loss(ex.model, x0, t, noise).backward()
+    per_t = median_time(one_timestep, torch.device("cpu"), 1, iters)
+    ex.model.zero_grad(set_to_none=True)
+    visited = -(-diffusion.num_timesteps // cfg["pruning"]["diff_stride"])
+    return per_t, per_t * visited
 
 
 def main(argv=None):
@@ -52,8 +70,10 @@ def main(argv=None):
     cfg = bench_config(a.config, SMOKE if a.smoke else [])
     rows = measure(cfg, a.batch, torch.device(a.device), 2 if a.smoke else a.iters)
     print_table(f"mask extraction vs one dense epoch ({a.config}, batch {a.batch})",
-                ["graph build (s)", "masks at 3 ratios (s)", "step (ms)", "steps/epoch",
-                 "epoch (s)", "masks / epoch", "(masks + graph) / epoch"], rows)
+                ["graph build (s)", "masks at 3 ratios (s)", "diff-pruning per t (ms)",
+                 "diff-pruning full scan (s)", "step (ms)", "steps/epoch", "epoch (s)",
+                 "masks / epoch", "(masks + graph) / epoch", "diff-pruning scan / epoch"],
+                rows)
     return rows
 
 

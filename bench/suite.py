@@ -45,7 +45,7 @@ def loss_curve(cfg, steps, device, amp, seed=0):
 
 
 def sampling_speed(model, cfg, batch, device, steps, amp_cfg):
-    from runners.train import autocast_for
+    from runners.device import autocast_for
     d = cfg["data"]
     diffusion = Diffusion(cfg["diffusion"], device)
     noise = torch.randn(batch, d["channels"], d["image_size"], d["image_size"], device=device)

@@ -1,20 +1,20 @@
 """Epoch x epoch mask overlap matrix (1 - normalised Hamming distance), as .npy and .csv."""
 import argparse
-import os
-
 import numpy as np
 
 import _common  # noqa: F401
 
 from models.earlybird import overlap_matrix
-from runners.errors import run_cli
+from runners.layout import overlap_stem_in
+from utils.errors import run_cli
 from runners.masks import add_series_args, load_mask_series, pruner_arg
 
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__)
     add_series_args(p)
-    p.add_argument("--output", default=None, help="output stem (default: in --mask_dir)")
+    p.add_argument("--output", default=None,
+                   help="output stem (default: overlap-{ratio}-{pruner} in --mask_dir)")
     return p.parse_args(argv)
 
 
@@ -25,7 +25,7 @@ def main(argv=None):
                               doc=a.doc)
     epochs = [e for e, _ in series]
     mat = overlap_matrix([m for _, m in series])
-    stem = a.output or os.path.join(a.mask_dir, f"overlap-{a.pruning_ratio:g}-{pruner}")
+    stem = a.output or overlap_stem_in(a.mask_dir, a.pruning_ratio, pruner)
     np.save(stem + ".npy", mat)
     with open(stem + ".csv", "w") as f:
         f.write("epoch," + ",".join(map(str, epochs)) + "\n")

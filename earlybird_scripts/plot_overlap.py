@@ -4,7 +4,7 @@ import argparse
 
 import _common  # noqa: F401
 
-from runners.errors import run_cli
+from utils.errors import run_cli
 from runners.masks import pruner_arg
 from runners.plots import plot_mask_series
 

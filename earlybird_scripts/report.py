@@ -6,7 +6,7 @@ import argparse
 
 import _common  # noqa: F401
 
-from runners.errors import run_cli
+from utils.errors import run_cli
 from runners.report import table, write_report
 
 

@@ -8,23 +8,30 @@ import argparse
 import _common  # noqa: F401
 
 from runners.config import add_override_flag, flatten_overrides, load_config
-from runners.errors import UserError, run_cli
-from runners.tickets import train_tickets
+from runners.options import check_name
+from utils.errors import UserError, run_cli
 
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--config", required=True)
-    p.add_argument("--exp", default="exp")
-    p.add_argument("--doc", default="run", help="the dense run whose checkpoints are pruned")
-    p.add_argument("--gpus", default=None, help="comma-separated GPU ids (default: all)")
-    p.add_argument("--max_parallel", type=int, default=None)
-    p.add_argument("--no_ema", action="store_true", help="prune the raw (not EMA) weights")
-    p.add_argument("--no_progress", action="store_true")
+    p.add_argument("--config", required=True, help="configs/NAME or a path to a YAML file")
+    p.add_argument("--exp", default="exp", help="experiment root (default: %(default)s)")
+    p.add_argument("--doc", default="run",
+                   help="the dense run whose checkpoints are pruned (default: %(default)s)")
+    p.add_argument("--gpus", default=None,
+                   help="comma-separated GPU ids (default: all visible GPUs, else the CPU)")
+    p.add_argument("--max_parallel", type=int, default=None,
+                   help="tickets trained at once (default: one per GPU; on the CPU all)")
+    p.add_argument("--no_ema", action="store_true",
+                   help="prune the raw (not EMA) weights: sets pruning.use_ema=false "
+                        "(default: the config's pruning.use_ema)")
+    p.add_argument("--no_progress", action="store_true",
+                   help="no progress bars (default: bars)")
     add_override_flag(p)
     a = p.parse_args(argv)
-    overrides = flatten_overrides(a.override)
+    check_name(a.doc, "--doc")
+    overrides = flatten_overrides(a.override) + (["pruning.use_ema=false"] if a.no_ema else [])
     cfg = load_config(a.config, overrides)
     gpus = None
     if a.gpus:
@@ -34,9 +41,9 @@ def main(argv=None):
             raise UserError(f"--gpus {a.gpus}: expected comma-separated integers")
     if a.max_parallel is not None and a.max_parallel < 1:
         raise UserError("--max_parallel must be at least 1")
+    from runners.tickets import train_tickets
     return train_tickets(cfg, config_name=a.config, exp=a.exp, doc=a.doc, overrides=overrides,
-                         gpus=gpus, max_parallel=a.max_parallel, use_ema=not a.no_ema,
-                         progress=not a.no_progress)
+                         gpus=gpus, max_parallel=a.max_parallel, progress=not a.no_progress)
 
 
 if __name__ == "__main__":

@@ -1,54 +1,47 @@
-"""Checkpoints: atomic save, safe load (weights_only=True), rebuild dense or pruned networks.
+"""Checkpoints: one dict layout, atomic save, safe load (weights_only=True), rebuild dense or
+pruned networks.
 
-A checkpoint is a dict of tensors and plain values:
+A checkpoint (``make_checkpoint``) is a dict of tensors and plain values:
   version, model (state dict), ema (state dict or None), optimizer (state dict or None),
-  epoch (epochs completed), step (global optimizer steps), step_in_epoch, config,
-  model_args, pruning (None, or {history, ratio, pruner, source, epoch, ...}), rng, costs.
+  epochs_done (completed epochs: where a resume starts), epoch_index (index E of the last
+  completed epoch; None before the first), step (optimizer steps), step_in_epoch (steps into
+  epoch ``epochs_done``, non-zero only for a mid-epoch save), config, model_args, pruning (None,
+  or {history, ratio, pruner, epoch, params, macs, ...}), rng, ts_range.
 No nn.Module is ever pickled: a network is rebuilt from model_args (+ pruning history).
 """
-import contextlib
 import os
-import tempfile
 
 import torch
 
 from models.unet import UNet
-from runners.errors import UserError
+from utils.errors import UserError
+from utils.io import atomic_save
 
-VERSION = 1
-
-
-def _tmp_path(path):
-    d = os.path.dirname(os.path.abspath(path))
-    os.makedirs(d, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=d)
-    os.close(fd)
-    os.chmod(tmp, 0o644)  # mkstemp makes 0600 files; results should be readable like any other
-    return tmp
+VERSION = 2  # 2: epochs_done / epoch_index (version 1 stored epochs_done as 'epoch')
 
 
-@contextlib.contextmanager
-def atomic_path(path):
-    """Yield a temp path in ``path``'s folder; on success it is renamed over ``path``, so a
-    kill at any moment leaves the previous file intact."""
-    tmp = _tmp_path(path)
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+def cpu_state_dict(model):
+    """The unwrapped network's weights on the CPU, in the standard memory layout."""
+    from models.ema import unwrap
+    return {k: v.detach().to("cpu").contiguous() for k, v in unwrap(model).state_dict().items()}
 
 
-def atomic_save(obj, path):
-    with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
+def make_checkpoint(*, model, config, model_args, ema=None, optimizer=None, epochs_done=0,
+                    epoch_index=None, step=0, step_in_epoch=0, pruning=None, rng=None,
+                    ts_range=None):
+    """The one checkpoint layout, for training runs and pruned tickets alike.
+
+    model / ema: state dicts (CPU); optimizer: its state dict or None."""
+    return {"version": VERSION, "model": model, "ema": ema, "optimizer": optimizer,
+            "epochs_done": int(epochs_done), "epoch_index": epoch_index, "step": int(step),
+            "step_in_epoch": int(step_in_epoch), "config": config, "model_args": model_args,
+            "pruning": pruning, "rng": rng,
+            "ts_range": list(ts_range) if ts_range is not None else None}
 
 
-def atomic_write_text(path, text):
-    with atomic_path(path) as tmp:
-        with open(tmp, "w") as f:
-            f.write(text)
+def _bare(model_sd, ema_sd=None):
+    return make_checkpoint(model=model_sd, ema=ema_sd, config=None, model_args=None) | \
+        {"version": 0}
 
 
 def load_checkpoint(path, map_location="cpu"):
@@ -61,18 +54,20 @@ def load_checkpoint(path, map_location="cpu"):
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise UserError(f"{path}: not a readable checkpoint ({msg[:160]})")
     if isinstance(ckpt, dict) and "model" in ckpt and "model_args" in ckpt:
+        if ckpt.get("version", 1) < 2:  # version 1 stored the completed epochs as 'epoch'
+            done = ckpt.pop("epoch", 0)
+            ckpt.setdefault("epochs_done", done)
+            ckpt.setdefault("epoch_index", done - 1 if done else None)
         return ckpt
     if isinstance(ckpt, dict) and ckpt and all(torch.is_tensor(v) for v in ckpt.values()):
         # a bare state dict, e.g. the official DDPM CIFAR-10 weights
-        return {"version": 0, "model": ckpt, "ema": None, "model_args": None, "pruning": None,
-                "epoch": 0, "step": 0}
+        return _bare(ckpt)
     if isinstance(ckpt, list) and ckpt and isinstance(ckpt[0], dict):
         # the DDIM codebase's positional list: [model, optimizer, epoch, step, (ema)]
         sd = {k.removeprefix("module."): v for k, v in ckpt[0].items()}
         ema = ({k.removeprefix("module."): v for k, v in ckpt[-1].items()}
                if len(ckpt) >= 5 and isinstance(ckpt[-1], dict) else None)
-        return {"version": 0, "model": sd, "ema": ema, "model_args": None, "pruning": None,
-                "epoch": 0, "step": 0}
+        return _bare(sd, ema)
     raise UserError(f"{path}: not a checkpoint of this project (no 'model'/'model_args')")
 
 
@@ -82,6 +77,13 @@ def build_model(model_args, pruning=None):
         from models.pruning import rebuild_pruned
         return rebuild_pruned(model_args, pruning["history"])
     return UNet(**model_args)
+
+
+def architecture_differences(cfg, model_args):
+    """Keys of the config's model section whose value differs from a checkpoint's network."""
+    from models.unet import model_args_from_config
+    wanted = model_args_from_config(cfg)
+    return [k for k in wanted if k in model_args and wanted[k] != model_args[k]]
 
 
 def load_weights(model, state_dict, source):

@@ -8,8 +8,11 @@ import numpy as np
 import torch
 
 from models.pruning import canonical_pruner
-from runners.checkpoint import atomic_path, atomic_write_text
-from runners.errors import UserError
+from runners.layout import parse_mask_stem
+from utils.errors import UserError
+from utils.io import atomic_path, atomic_write_json
+
+TAYLOR_BATCH_SEED = 0  # which real images Taylor / Diff-Pruning importance reads
 
 
 def pruner_arg(name):
@@ -22,20 +25,22 @@ def pruner_arg(name):
 
 def add_series_args(parser):
     """The flags that select one mask series (find_earlybird, calculate_overlap)."""
-    parser.add_argument("--mask_dir", required=True)
-    parser.add_argument("--pruning_ratio", type=float, required=True)
-    parser.add_argument("--pruner", default="magnitude")
-    parser.add_argument("--doc", default=None, help="only masks of this run (a folder may mix)")
-    parser.add_argument("--start_epoch", type=int, default=0)
-    parser.add_argument("--end_epoch", type=int, default=None)
+    parser.add_argument("--mask_dir", required=True, help="folder of *_pruned-*.npy masks")
+    parser.add_argument("--pruning_ratio", type=float, required=True,
+                        help="ratio of the series (default: required)")
+    parser.add_argument("--pruner", default="magnitude",
+                        help="importance of the series; 'ours' = diff-pruning "
+                             "(default: %(default)s)")
+    parser.add_argument("--doc", default=None,
+                        help="only masks of this run, when a folder mixes runs "
+                             "(default: all)")
+    parser.add_argument("--start_epoch", type=int, default=0,
+                        help="first epoch read (default: %(default)s)")
+    parser.add_argument("--end_epoch", type=int, default=None,
+                        help="last epoch read (default: the last there is)")
 
 
-def mask_stem(doc, ratio, pruner, epoch):
-    """The seed's file naming: {doc}_pruned-{ratio}-{pruner}-{epoch}."""
-    return f"{doc}_pruned-{ratio:g}-{pruner}-{epoch}"
-
-
-def taylor_batch(dataset, n, seed=0):
+def taylor_batch(dataset, n, seed=TAYLOR_BATCH_SEED):
     """A fixed batch of real images in [-1, 1] for Taylor / Diff-Pruning importance."""
     from datasets import data_transform
     if dataset is None or len(dataset) == 0:
@@ -46,23 +51,56 @@ def taylor_batch(dataset, n, seed=0):
     return data_transform(torch.stack([dataset[i] for i in idx]))
 
 
+def pruning_inputs(cfg, pruner, dataset, device="cpu"):
+    """(diffusion, data batch) for gradient-based pruners; (None, None) for the others."""
+    if canonical_pruner(pruner) not in ("taylor", "diff-pruning"):
+        return None, None
+    from models.diffusion import Diffusion
+    return (Diffusion(cfg["diffusion"], device),
+            taylor_batch(dataset, cfg["pruning"]["taylor_batch_size"]))
+
+
 def compute_masks(extractor, state_dict, pruner, ratios, *, cfg, diffusion=None, data=None):
-    """{ratio: mask} for one set of weights; importance is computed once for all ratios."""
+    """({ratio: mask}, info) for one set of weights; importance is computed once for all
+    ratios. info says what the importance read (Diff-Pruning: its timesteps)."""
     extractor.load_weights(state_dict)
     pc = cfg["pruning"]
-    scores = extractor.scores(canonical_pruner(pruner), diffusion=diffusion, data=data,
-                              taylor_steps=pc["taylor_steps"], thr=pc["thr"], seed=0)
-    return {r: extractor.masks_from_scores(scores, r) for r in ratios}
+    scores, info = extractor.scores(canonical_pruner(pruner), diffusion=diffusion, data=data,
+                                    taylor_steps=pc["taylor_steps"], thr=pc["thr"],
+                                    stride=pc["diff_stride"], seed=0)
+    return {r: extractor.masks_from_scores(scores, r) for r in ratios}, info
 
 
-def save_mask(mask_dir, stem, mask, meta):
-    """Write {stem}.npy and its JSON sidecar atomically."""
-    os.makedirs(mask_dir, exist_ok=True)
-    path = os.path.join(mask_dir, stem + ".npy")
+def mask_meta(extractor, mask, ratio, pruner, epoch, source, use_ema, info):
+    """The JSON sidecar of a mask."""
+    return dict({"ratio": ratio, "pruner": pruner, "epoch": epoch, "source": source,
+                 "use_ema": bool(use_ema), "pruned_fraction": float(np.mean(mask)),
+                 "group_sizes": [c for _, c, _ in extractor.layout]}, **info)
+
+
+def save_mask(path, mask, meta):
+    """Write a mask (.npy) and its JSON sidecar atomically."""
     with atomic_path(path) as tmp, open(tmp, "wb") as f:
         np.save(f, np.asarray(mask, dtype=np.uint8))
-    atomic_write_text(os.path.join(mask_dir, stem + ".json"), json.dumps(meta, indent=1))
+    atomic_write_json(path[:-4] + ".json", meta)
     return path
+
+
+def _series_files(mask_dir, ratio, pruner, start_epoch, end_epoch, doc):
+    found = {}
+    for f in sorted(os.listdir(mask_dir)):
+        if not f.endswith(".npy"):
+            continue
+        name = parse_mask_stem(f[:-4])
+        if name is None or (doc is not None and name.doc != doc):
+            continue
+        if abs(name.ratio - ratio) < 1e-9 and name.pruner == pruner and \
+                name.epoch >= start_epoch and (end_epoch is None or name.epoch <= end_epoch):
+            if name.epoch in found:
+                raise UserError(f"{mask_dir}: two mask series for ratio {ratio:g}, pruner "
+                                f"{pruner}, epoch {name.epoch}: pass --doc to pick one")
+            found[name.epoch] = os.path.join(mask_dir, f)
+    return found
 
 
 def load_mask_series(mask_dir, ratio, pruner, start_epoch=0, end_epoch=None, doc=None):
@@ -70,40 +108,18 @@ def load_mask_series(mask_dir, ratio, pruner, start_epoch=0, end_epoch=None, doc
     if not os.path.isdir(mask_dir):
         raise UserError(f"mask folder not found: {mask_dir}")
     pruner = canonical_pruner(pruner)
-    found = {}
-    for f in sorted(os.listdir(mask_dir)):
-        if not f.endswith(".npy"):
-            continue
-        stem = f[:-4]
-        try:
-            head, r, p, e = stem.rsplit("-", 3)
-            if not head.endswith("_pruned"):
-                # pruner names may hold a dash (diff-pruning)
-                head, r, p1, p2, e = stem.rsplit("-", 4)
-                p = f"{p1}-{p2}"
-            r, e = float(r), int(e)
-        except ValueError:
-            continue
-        if doc is not None and head != f"{doc}_pruned":
-            continue
-        if abs(r - ratio) < 1e-9 and p == pruner and e >= start_epoch and \
-                (end_epoch is None or e <= end_epoch):
-            if e in found:
-                raise UserError(f"{mask_dir}: two mask series for ratio {ratio:g}, pruner "
-                                f"{pruner}, epoch {e}: pass --doc to pick one")
-            found[e] = os.path.join(mask_dir, f)
+    found = _series_files(mask_dir, ratio, pruner, start_epoch, end_epoch, doc)
     if not found:
         raise UserError(f"{mask_dir}: no masks for ratio {ratio:g} and pruner {pruner}")
     epochs = sorted(found)
-    lo = epochs[0]
-    hi = epochs[-1] if end_epoch is None else min(end_epoch, epochs[-1])
-    missing = [e for e in range(lo, hi + 1) if e not in found]
+    missing = [e for e in range(epochs[0], epochs[-1] + 1) if e not in found]
     if missing:
         raise UserError(f"{mask_dir}: masks missing for epoch(s) "
                         f"{', '.join(map(str, missing[:20]))} (ratio {ratio:g}, {pruner})")
     series = []
     for e in epochs:
-        mask = np.load(found[e])
+        # the release saves masks as float32 0/1 arrays: read both
+        mask = np.load(found[e]).astype(np.uint8)
         if series and mask.shape != series[0][1].shape:
             raise UserError(f"{found[e]}: {mask.size} entries, epoch {series[0][0]} has "
                             f"{series[0][1].size}: masks of different architectures cannot "

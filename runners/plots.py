@@ -4,9 +4,9 @@ import os
 import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
 
-from models.earlybird import find_earlybird, overlap_matrix  # noqa: E402
+from models.earlybird import find_earlybird, hamming, overlap_matrix  # noqa: E402
+from runners.layout import overlap_stem_in  # noqa: E402
 from runners.masks import load_mask_series  # noqa: E402
 
 
@@ -30,7 +30,7 @@ def window_distances(series, window):
     for i, (e, m) in enumerate(series):
         prev = series[max(0, i - window + 1):i]
         if prev:
-            out.append((e, max(float(np.mean(m != p)) for _, p in prev)))
+            out.append((e, max(hamming(m, p) for _, p in prev)))
     return out
 
 
@@ -57,7 +57,7 @@ def plot_mask_series(mask_dir, ratios, pruner, out_dir, *, doc=None, window=5, t
     for r in ratios:
         series = load_mask_series(mask_dir, r, pruner, doc=doc)
         epochs = [e for e, _ in series]
-        heat = os.path.join(out_dir, f"overlap-{r:g}-{pruner}.png")
+        heat = overlap_stem_in(out_dir, r, pruner) + ".png"
         plot_heatmap(overlap_matrix([m for _, m in series]), epochs,
                      f"mask overlap, ratio {r:g} ({pruner})", heat)
         paths[f"overlap {r:g}"] = heat

@@ -1,26 +1,25 @@
 """The results report (DESIGN.md step 8): one row per method found under {exp}, in the shape
 of the paper's tables, with training time as critical path and total, and figures.
 
-Conventions (what the pipeline and the shell scripts write):
-  dense run               {exp}/logs/{doc}                 (costs.jsonl, ckpt.pth)
-  EB ticket at p          {exp}/logs/{doc}_eb_{p}          fine-tuned from ckpt_ep{EB}
-  train-prune-finetune    {exp}/logs/{doc}_tpf_{p}         fine-tuned from the last epoch
-  TA-EB tickets           {exp}/tickets/{doc}/tickets.yml
-  samples / metric        {exp}/samples/{method}/ and {exp}/samples/{method}.metric.json
+It reads what the pipeline and the shell scripts write (names from runners/layout.py): the
+dense run {doc}, EB tickets {doc}_eb_{p} (fine-tuned from ckpt_ep{EB}), train-prune-finetune
+runs {doc}_tpf_{p} (fine-tuned from the last epoch), the TA-EB manifest, and each method's
+sample metric.
 """
-import glob
 import json
 import os
 
 import yaml
 
-from runners.checkpoint import atomic_write_text, load_checkpoint
-from runners.errors import UserError
-from runners.train import read_costs
+from runners.checkpoint import load_checkpoint
+from runners.layout import Layout, region_doc, sample_grid_of, taeb_name
+from runners.runlog import read_costs
+from utils.errors import UserError
+from utils.io import atomic_write_text
 
 
-def _metric(exp, method):
-    path = os.path.join(exp, "samples", f"{method}.metric.json")
+def _metric(layout, method):
+    path = layout.metric_file(method)
     if not os.path.isfile(path):
         return None
     with open(path) as f:
@@ -33,7 +32,8 @@ def _metric(exp, method):
 
 
 def _arch_cost(ckpt_path):
-    """(params, MACs) of a checkpoint's network (pruning metadata when present)."""
+    """(params, MACs per image, EB epoch or None, pruning ratio or None) of a checkpoint's
+    network (from its pruning metadata when present)."""
     c = load_checkpoint(ckpt_path)
     p = c.get("pruning") or {}
     if p.get("params") is not None:
@@ -51,71 +51,73 @@ def _wall(costs, upto=None):
                if upto is None or c["epoch"] <= upto)
 
 
+def _finetune_row(layout, kind, ratio, name, dense_costs, dense_wall, notes):
+    label = "Train-prune-finetune" if kind == "tpf" else "EB ticket"
+    ckpt = layout.latest_checkpoint(name)
+    costs = read_costs(layout.costs(name))
+    if not os.path.isfile(ckpt) or not costs:
+        notes.append(f"{label} at p={ratio:g}: fine-tuning has not run "
+                     f"({layout.run_dir(name)})")
+        return None
+    params, macs, eb, _ = _arch_cost(ckpt)
+    ft = _wall(costs)
+    pre = dense_wall if kind == "tpf" else _wall(dense_costs, upto=eb)
+    return {"method": f"{label} (p={ratio:g})", "params": params, "macs": macs,
+            "eb_epoch": eb if kind == "eb" else None, "epochs": len(costs),
+            "critical_s": pre + ft, "total_s": pre + ft, "metric": _metric(layout, name),
+            "key": name, "kind": kind}
+
+
+def _taeb_row(layout, doc, man, dense_costs, sampling_steps, skip_type, notes):
+    from models.diffusion import timestep_sequence
+    tickets = man["tickets"]
+    seq = timestep_sequence(skip_type, sampling_steps, man["num_timesteps"])
+
+    def macs_at(t):
+        return next(k["macs"] for k in tickets if k["range"][0] <= t < k["range"][1])
+    avg_macs = sum(macs_at(t) for t in seq) / len(seq)
+    ebs = [k["eb_epoch"] for k in tickets if k.get("eb_epoch") is not None]
+    eb_max = max(ebs) if ebs else None
+    if len(ebs) < len(tickets):
+        notes.append("TA-EB: some tickets were given as files; their dense training time "
+                     "before pruning is not counted")
+    pre = _wall(dense_costs, upto=eb_max) if eb_max is not None else 0.0
+    regions = ", ".join(f"[{k['range'][0]},{k['range'][1]}):{k['pruning_ratio']:g}"
+                        for k in tickets)
+    return {"method": f"TA-EB ({regions})", "params": sum(k["params"] for k in tickets),
+            "macs": avg_macs, "eb_epoch": eb_max, "epochs": max(k["epochs"] for k in tickets),
+            "critical_s": pre + max(k["wall_s"] for k in tickets),
+            "total_s": pre + sum(k["wall_s"] for k in tickets),
+            "metric": _metric(layout, taeb_name(doc)), "key": taeb_name(doc), "kind": "taeb",
+            "regions": [k["range"] for k in tickets]}
+
+
 def collect(exp, doc, *, sampling_steps=100, skip_type="quad"):
     """Rows of the results table (dicts) and notes on what is missing."""
+    layout = Layout(exp)
     rows, notes = [], []
-    dense_dir = os.path.join(exp, "logs", doc)
-    dense_costs = read_costs(dense_dir)
+    dense_costs = read_costs(layout.costs(doc))
     if not dense_costs:
-        raise UserError(f"{dense_dir}: no dense training run here (no costs.jsonl)")
-    dense_ckpt = os.path.join(dense_dir, "ckpt.pth")
-    params0, macs0, _, _ = _arch_cost(dense_ckpt)
+        raise UserError(f"{layout.run_dir(doc)}: no dense training run here (no costs.jsonl)")
+    params0, macs0, _, _ = _arch_cost(layout.latest_checkpoint(doc))
     dense_wall = _wall(dense_costs)
     rows.append({"method": "Dense", "params": params0, "macs": macs0,
                  "eb_epoch": None, "epochs": len(dense_costs), "critical_s": dense_wall,
-                 "total_s": dense_wall, "metric": _metric(exp, doc), "key": doc})
-
-    def finetune_row(kind, label, path):
-        p_str = path.rsplit("_", 1)[-1]
-        ck = os.path.join(path, "ckpt.pth")
-        costs = read_costs(path)
-        if not os.path.isfile(ck) or not costs:
-            notes.append(f"{label} at p={p_str}: fine-tuning has not run ({path})")
-            return
-        params, macs, eb, ratio = _arch_cost(ck)
-        ft = _wall(costs)
-        pre = dense_wall if kind == "tpf" else _wall(dense_costs, upto=eb)
-        rows.append({"method": f"{label} (p={p_str})", "params": params, "macs": macs,
-                     "eb_epoch": eb if kind == "eb" else None, "epochs": len(costs),
-                     "critical_s": pre + ft, "total_s": pre + ft,
-                     "metric": _metric(exp, os.path.basename(path)),
-                     "key": os.path.basename(path), "kind": kind})
-
-    for path in sorted(glob.glob(os.path.join(exp, "logs", f"{doc}_tpf_*"))):
-        finetune_row("tpf", "Train-prune-finetune", path)
-    for path in sorted(glob.glob(os.path.join(exp, "logs", f"{doc}_eb_*"))):
-        finetune_row("eb", "EB ticket", path)
+                 "total_s": dense_wall, "metric": _metric(layout, doc), "key": doc})
+    for kind in ("tpf", "eb"):
+        for ratio, name in layout.derived_runs(doc, kind):
+            row = _finetune_row(layout, kind, ratio, name, dense_costs, dense_wall, notes)
+            if row:
+                rows.append(row)
     if not any(r.get("kind") == "tpf" for r in rows):
         notes.append("train-prune-finetune: missing")
     if not any(r.get("kind") == "eb" for r in rows):
         notes.append("EB ticket: missing")
-
-    man_path = os.path.join(exp, "tickets", doc, "tickets.yml")
+    man_path = layout.manifest(doc)
     if os.path.isfile(man_path):
         with open(man_path) as f:
             man = yaml.safe_load(f)
-        from models.diffusion import timestep_sequence
-        tickets = man["tickets"]
-        T = man["num_timesteps"]
-        seq = timestep_sequence(skip_type, sampling_steps, T)
-        def macs_at(t):
-            return next(k["macs"] for k in tickets if k["range"][0] <= t < k["range"][1])
-        avg_macs = sum(macs_at(t) for t in seq) / len(seq)
-        ebs = [k["eb_epoch"] for k in tickets if k.get("eb_epoch") is not None]
-        eb_max = max(ebs) if ebs else None
-        if len(ebs) < len(tickets):
-            notes.append("TA-EB: some tickets were given as files; their dense training time "
-                         "before pruning is not counted")
-        pre = _wall(dense_costs, upto=eb_max) if eb_max is not None else 0.0
-        regions = ", ".join(f"[{k['range'][0]},{k['range'][1]}):{k['pruning_ratio']:g}"
-                            for k in tickets)
-        rows.append({"method": f"TA-EB ({regions})", "params": sum(k["params"] for k in tickets),
-                     "macs": avg_macs, "eb_epoch": eb_max,
-                     "epochs": max(k["epochs"] for k in tickets),
-                     "critical_s": pre + max(k["wall_s"] for k in tickets),
-                     "total_s": pre + sum(k["wall_s"] for k in tickets),
-                     "metric": _metric(exp, f"{doc}_taeb"), "key": f"{doc}_taeb",
-                     "kind": "taeb"})
+        rows.append(_taeb_row(layout, doc, man, dense_costs, sampling_steps, skip_type, notes))
     else:
         notes.append(f"TA-EB tickets: missing ({man_path})")
 
@@ -126,8 +128,7 @@ def collect(exp, doc, *, sampling_steps=100, skip_type="quad"):
             else None
     for r in rows:
         if r["metric"] is None:
-            notes.append(f"{r['method']}: no sample metric yet "
-                         f"({exp}/samples/{r['key']}.metric.json)")
+            notes.append(f"{r['method']}: no sample metric yet ({layout.metric_file(r['key'])})")
     return rows, notes
 
 
@@ -151,19 +152,19 @@ def table(rows):
     return "\n".join(lines)
 
 
-def plot_losses(exp, rows, path):
+def plot_losses(layout, doc, rows, path):
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     fig, ax = plt.subplots(figsize=(6, 4))
     for r in rows:
         if r.get("kind") == "taeb":
-            for d in sorted(glob.glob(os.path.join(exp, "logs", r["key"] + "_*"))):
-                c = read_costs(d)
-                ax.plot([x["epoch"] for x in c], [x["loss"] for x in c], ls="--",
-                        label=os.path.basename(d))
+            for rng in r["regions"]:
+                name = region_doc(doc, rng)
+                c = read_costs(layout.costs(name))
+                ax.plot([x["epoch"] for x in c], [x["loss"] for x in c], ls="--", label=name)
             continue
-        c = read_costs(os.path.join(exp, "logs", r["key"]))
+        c = read_costs(layout.costs(r["key"]))
         ax.plot([x["epoch"] for x in c], [x["loss"] for x in c], label=r["method"])
     ax.set_xlabel("epoch")
     ax.set_ylabel("training loss (epoch mean)")
@@ -177,14 +178,15 @@ def plot_losses(exp, rows, path):
 def write_report(exp, doc, out_dir=None, *, sampling_steps=100, skip_type="quad",
                  metric_note=""):
     rows, notes = collect(exp, doc, sampling_steps=sampling_steps, skip_type=skip_type)
-    out_dir = out_dir or os.path.join(exp, "report", doc)
+    layout = Layout(exp)
+    out_dir = out_dir or layout.report_dir(doc)
     os.makedirs(out_dir, exist_ok=True)
     figures = []
     loss_png = os.path.join(out_dir, "loss_curves.png")
-    plot_losses(exp, rows, loss_png)
+    plot_losses(layout, doc, rows, loss_png)
     figures.append(("Training loss", loss_png))
-    mask_dir = os.path.join(exp, "pruned", doc, "masks")
-    eb_json = os.path.join(exp, "logs", doc, "earlybird.json")
+    mask_dir = layout.masks_dir(doc)
+    eb_json = layout.earlybird_record(doc)
     if os.path.isdir(mask_dir) and os.path.isfile(eb_json):
         with open(eb_json) as f:
             eb = json.load(f)
@@ -199,7 +201,7 @@ def write_report(exp, doc, out_dir=None, *, sampling_steps=100, skip_type="quad"
         except UserError as e:
             notes.append(f"mask plots: {e}")
     for r in rows:
-        grid = os.path.join(exp, "samples", f"{r['key']}_grid.png")
+        grid = sample_grid_of(layout.samples_dir(r["key"]))
         if os.path.isfile(grid):
             figures.append((f"Samples: {r['method']}", grid))
     md = [f"# Results: {doc}", "",

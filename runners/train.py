@@ -1,58 +1,39 @@
 """The training loop (DESIGN.md steps 1, 4, 5): dense training, EB-ticket fine-tuning and
 region-restricted TA-EB ticket fine-tuning are the same loop on different networks.
 
-Order per step: draw t (antithetic, optionally inside [lo, hi)), loss, backward, clip, step,
-EMA. Per epoch: checkpoint ``ckpt_ep{E}.pth`` + ``ckpt.pth``, cost record, online early-bird
-masks, sample grid. Scalars reach the host only every ``training.log_every`` steps.
+Read in order: ``build_run`` decides which network and from where (resume > pruned ticket >
+restore > scratch); ``train`` runs the epochs; ``run_epoch`` runs the steps of one epoch;
+``end_epoch`` does the work after it (checkpoints, cost record, online early-bird masks, sample
+grid). Per step (``train_step``): draw t, loss, backward, clip, step, EMA. Scalars reach the
+host only every ``training.log_every`` steps. Only the training step draws from the training
+RNG streams: everything else runs under ``training_rng_untouched``, so resume is exact.
 """
 import glob
-import json
 import math
 import os
 import signal
 import time
-from contextlib import nullcontext
+from dataclasses import dataclass
+from typing import Any, Optional
 
 import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
 from datasets import BatchStream, get_dataset, inverse_data_transform
-from models.diffusion import Diffusion, RegionTimestepSampler, sample_images
-from models.ema import EMA, unwrap
+from models.diffusion import Diffusion, sample_images
+from models.ema import EMA
+from models.resample import AntitheticSampler
 from models.unet import model_args_from_config
 from runners import checkpoint as ck
 from runners.config import dump_config
-from runners.errors import UserError
-
-
-def run_dirs(exp, doc):
-    return {"log": os.path.join(exp, "logs", doc), "tb": os.path.join(exp, "tensorboard", doc),
-            "masks": os.path.join(exp, "pruned", doc, "masks"),
-            "models": os.path.join(exp, "pruned", doc, "models")}
-
-
-def select_device(requested=None):
-    if requested:
-        return torch.device(requested)
-    if torch.cuda.is_available():
-        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
-    return torch.device("cpu")
-
-
-def autocast_for(cfg, device):
-    """A zero-argument context factory: bf16 autocast on CUDA when the config allows."""
-    amp = cfg["fast"]["amp"]
-    if device.type == "cuda" and amp in ("auto", "bf16"):
-        return lambda: torch.autocast("cuda", dtype=torch.bfloat16)
-    if device.type == "cpu" and amp == "bf16":
-        return lambda: torch.autocast("cpu", dtype=torch.bfloat16)
-    return nullcontext
-
-
-def use_channels_last(cfg, device):
-    v = cfg["fast"]["channels_last"]
-    return v == "on" or (v == "auto" and device.type == "cuda")
+from runners.device import (autocast_for, configure_device, dist_setup, rng_state,
+                            select_device, set_rng_state, training_rng_untouched,
+                            use_channels_last)
+from runners.layout import Layout
+from runners.runlog import RunLog, append_jsonl, keep_costs_before
+from utils.errors import UserError
+from utils.io import atomic_save, atomic_write_text
 
 
 def make_optimizer(cfg, params, device):
@@ -60,30 +41,13 @@ def make_optimizer(cfg, params, device):
     fast = {}
     if cfg["fast"]["fused_optimizer"] and o["optimizer"] in ("Adam", "AdamW"):
         fast = {"fused": True} if device.type == "cuda" else {"foreach": True}
-    if o["optimizer"] == "Adam":
-        return torch.optim.Adam(params, lr=o["lr"], weight_decay=o["weight_decay"],
-                                betas=(o["beta1"], 0.999), amsgrad=o["amsgrad"], eps=o["eps"],
-                                **fast)
-    if o["optimizer"] == "AdamW":
-        return torch.optim.AdamW(params, lr=o["lr"], weight_decay=o["weight_decay"],
-                                 betas=(o["beta1"], 0.999), amsgrad=o["amsgrad"], eps=o["eps"],
-                                 **fast)
+    if o["optimizer"] in ("Adam", "AdamW"):
+        cls = torch.optim.Adam if o["optimizer"] == "Adam" else torch.optim.AdamW
+        return cls(params, lr=o["lr"], weight_decay=o["weight_decay"],
+                   betas=(o["beta1"], 0.999), amsgrad=o["amsgrad"], eps=o["eps"], **fast)
     if o["optimizer"] == "RMSProp":
         return torch.optim.RMSprop(params, lr=o["lr"], weight_decay=o["weight_decay"])
     return torch.optim.SGD(params, lr=o["lr"], momentum=0.9)
-
-
-def _rng_state(device):
-    state = {"cpu": torch.get_rng_state()}
-    if device.type == "cuda":
-        state["cuda"] = torch.cuda.get_rng_state(device)
-    return state
-
-
-def _set_rng_state(state, device):
-    torch.set_rng_state(state["cpu"])
-    if device.type == "cuda" and "cuda" in state:
-        torch.cuda.set_rng_state(state["cuda"], device)
 
 
 class _StopFlag:
@@ -110,310 +74,342 @@ class _StopFlag:
         return False
 
 
-def _dist_setup(device):
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world > 1 and not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
-    if dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
+# --- which network, from where ---------------------------------------------------------------
+
+@dataclass
+class Source:
+    """Where a run's network comes from."""
+    model_args: dict
+    pruning: Optional[dict] = None
+    weights: Optional[dict] = None       # initial state dict (None: random init)
+    weights_from: Optional[str] = None
+    resume: Optional[dict] = None        # the checkpoint a resumed run continues
 
 
-class Logger:
-    """log.txt, stats.jsonl, TensorBoard — rank 0 only."""
-
-    def __init__(self, dirs, enabled):
-        self.enabled = enabled
-        self.tb = None
-        if enabled:
-            os.makedirs(dirs["log"], exist_ok=True)
-            self.log_file = open(os.path.join(dirs["log"], "log.txt"), "a")
-            from torch.utils.tensorboard import SummaryWriter
-            self.tb = SummaryWriter(dirs["tb"])
-
-    def info(self, msg):
-        if self.enabled:
-            self.log_file.write(time.strftime("%Y-%m-%d %H:%M:%S ") + msg + "\n")
-            self.log_file.flush()
-
-    def scalars(self, values, step):
-        if self.enabled:
-            for k, v in values.items():
-                self.tb.add_scalar(k, v, step)
-
-    def close(self):
-        if self.enabled:
-            self.tb.close()
-            self.log_file.close()
+def _refuse_other_architecture(cfg, model_args, source, what):
+    diff = ck.architecture_differences(cfg, model_args)
+    if diff:
+        shown = ", ".join(f"{k} (config {model_args_from_config(cfg)[k]!r}, checkpoint "
+                          f"{model_args[k]!r})" for k in diff)
+        raise UserError(f"{source}: cannot {what} with another architecture: {shown}")
 
 
-def read_costs(log_dir):
-    """The per-epoch cost records of a run ([] when it has none)."""
-    path = os.path.join(log_dir, "costs.jsonl")
-    if not os.path.isfile(path):
-        return []
-    with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
-
-
-def _append_jsonl(path, record):
-    with open(path, "a") as f:
-        f.write(json.dumps(record) + "\n")
-
-
-def _fresh_start(dirs):
-    """--ni without --resume_training: earlier per-epoch results of this run are replaced."""
-    for pattern in ("ckpt_ep*.pth", "ckpt.pth", "costs.jsonl", "stats.jsonl",
-                    "earlybird.json", "DONE"):
-        for f in glob.glob(os.path.join(dirs["log"], pattern)):
-            os.remove(f)
-
-
-def train(cfg, opts):
-    """Train (or fine-tune) per ``cfg``. opts: exp, doc, resume, ni, load_pruned_model,
-    ts_range, device, use_ema, timesteps, skip_type, sample_type, eta, restore_from."""
-    device = select_device(opts.get("device"))
-    rank, world = _dist_setup(device)
-    if device.type == "cuda":
-        torch.cuda.set_device(device)
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
-        torch.backends.cudnn.benchmark = True
-    dirs = run_dirs(opts["exp"], opts["doc"])
-    latest = os.path.join(dirs["log"], "ckpt.pth")
-    T = cfg["diffusion"]["num_diffusion_timesteps"]
-
-    # --- what network, from where -------------------------------------------------------
-    resume = None
-    if opts.get("resume"):
+def resolve_source(cfg, opts, layout):
+    """resume > --load_pruned_model > --restore_from > a fresh dense network."""
+    latest = layout.latest_checkpoint(opts.doc)
+    if opts.resume:
         if not os.path.isfile(latest):
             raise UserError(f"--resume_training: no checkpoint at {latest}")
-        resume = ck.load_checkpoint(latest)
-    elif glob.glob(os.path.join(dirs["log"], "ckpt*.pth")) and not opts.get("ni"):
-        raise UserError(f"{dirs['log']} already holds checkpoints: pass --resume_training to "
-                        f"continue or --ni to start over")
-    ts_range = opts.get("ts_range") or (resume or {}).get("ts_range") or [0, T]
-    lo, hi = int(ts_range[0]), int(ts_range[1])
-    if not 0 <= lo < hi <= T:
-        raise UserError(f"--ts_range {lo} {hi}: expected 0 <= lo < hi <= {T}")
-
-    dataset = get_dataset(cfg, train=True)  # bad data fails before anything on disk changes
-    pruning, init_sd = None, None
-    if resume is not None:
-        model_args, pruning = resume["model_args"], resume.get("pruning")
-    elif opts.get("load_pruned_model"):
-        src = opts["load_pruned_model"]
+        c = ck.load_checkpoint(latest)
+        _refuse_other_architecture(cfg, c["model_args"], latest, "resume")
+        return Source(c["model_args"], c.get("pruning"), resume=c, weights_from=latest)
+    if glob.glob(os.path.join(layout.run_dir(opts.doc), "ckpt*.pth")) and not opts.ni:
+        raise UserError(f"{layout.run_dir(opts.doc)} already holds checkpoints: pass "
+                        f"--resume_training to continue or --ni to start over")
+    if opts.load_pruned_model:
+        src = opts.load_pruned_model
         tk = ck.load_checkpoint(src)
         if not tk.get("pruning"):
             raise UserError(f"--load_pruned_model {src}: not a pruned model (no pruning history)")
-        model_args, pruning = tk["model_args"], tk["pruning"]
-        init_sd = tk["model"]
-    else:
-        model_args = model_args_from_config(cfg)
-        if opts.get("restore_from"):
-            rs = ck.load_checkpoint(opts["restore_from"])
-            init_sd = rs["ema"] if opts.get("use_ema") and rs.get("ema") else rs["model"]
-            if rs.get("pruning"):
-                model_args, pruning = rs["model_args"], rs["pruning"]
-    if model_args["in_channels"] != cfg["data"]["channels"]:
-        raise UserError(f"the network takes {model_args['in_channels']} channels, data.channels "
-                        f"is {cfg['data']['channels']}")
+        _refuse_other_architecture(cfg, tk["model_args"], src, "fine-tune")
+        return Source(tk["model_args"], tk["pruning"], tk["model"], src)
+    if opts.restore_from:
+        rs = ck.load_checkpoint(opts.restore_from)
+        sd = rs["ema"] if opts.use_ema and rs.get("ema") else rs["model"]
+        if rs.get("model_args"):
+            _refuse_other_architecture(cfg, rs["model_args"], opts.restore_from, "train on")
+        if rs.get("pruning"):
+            return Source(rs["model_args"], rs["pruning"], sd, opts.restore_from)
+        return Source(model_args_from_config(cfg), None, sd, opts.restore_from)
+    return Source(model_args_from_config(cfg))
 
-    seed = cfg["training"]["seed"] + rank
-    torch.manual_seed(seed)
-    model = ck.build_model(model_args, pruning)
-    if init_sd is not None:
-        ck.load_weights(model, init_sd, opts.get("load_pruned_model") or opts["restore_from"])
+
+@dataclass
+class RunState:
+    model: torch.nn.Module               # the bare network (checkpoints, EMA, clipping)
+    train_model: torch.nn.Module         # the same, wrapped for DDP / compile
+    ema: Optional[EMA]
+    optimizer: Any
+    source: Source
+    ts_range: tuple
+    start_epoch: int = 0
+    step: int = 0
+    start_step_in_epoch: int = 0
+
+    def checkpoint(self, cfg, device, *, epochs_done, step_in_epoch, with_optimizer=True):
+        return ck.make_checkpoint(
+            model=ck.cpu_state_dict(self.model),
+            ema=ck.cpu_state_dict(self.ema.shadow) if self.ema else None,
+            optimizer=self.optimizer.state_dict() if with_optimizer else None,
+            epochs_done=epochs_done, epoch_index=epochs_done - 1 if epochs_done else None,
+            step=self.step, step_in_epoch=step_in_epoch, config=cfg,
+            model_args=self.source.model_args, pruning=self.source.pruning,
+            rng=rng_state(device), ts_range=self.ts_range)
+
+
+def _ts_range(cfg, opts, source):
+    T = cfg["diffusion"]["num_diffusion_timesteps"]
+    lo, hi = opts.ts_range or (source.resume or {}).get("ts_range") or (0, T)
+    if not 0 <= lo < hi <= T:
+        raise UserError(f"--ts_range {lo} {hi}: expected 0 <= lo < hi <= {T}")
+    return int(lo), int(hi)
+
+
+def build_run(cfg, opts, layout, device, rank, world):
+    """The network, EMA and optimizer of a run, restored or fresh."""
+    source = resolve_source(cfg, opts, layout)
+    ts_range = _ts_range(cfg, opts, source)
+    if source.model_args["in_channels"] != cfg["data"]["channels"]:
+        raise UserError(f"the network takes {source.model_args['in_channels']} channels, "
+                        f"data.channels is {cfg['data']['channels']}")
+    torch.manual_seed(cfg["training"]["seed"] + rank)
+    model = ck.build_model(source.model_args, source.pruning)
+    if source.weights is not None:
+        ck.load_weights(model, source.weights, source.weights_from)
     model.to(device)
     if use_channels_last(cfg, device):
         model = model.to(memory_format=torch.channels_last)
-    ema = EMA(model, cfg["model"]["ema_rate"], foreach=cfg["fast"]["foreach_ema"],
-              warmup=cfg["model"]["ema_warmup"]) if cfg["model"]["ema"] else None
+    m = cfg["model"]
+    ema = EMA(model, m["ema_rate"], foreach=cfg["fast"]["foreach_ema"],
+              warmup=m["ema_warmup"]) if m["ema"] else None
     optimizer = make_optimizer(cfg, model.parameters(), device)
-    start_epoch, step, start_step_in_epoch = 0, 0, 0
-    if resume is not None:
-        ck.load_weights(model, resume["model"], latest)
-        if ema is not None and resume.get("ema") is not None:
-            ema.load_state_dict(resume["ema"])
-            ema.num_updates = resume["step"]  # one EMA update per optimizer step
-        if resume.get("optimizer") is not None:
-            optimizer.load_state_dict(resume["optimizer"])
-        start_epoch, step = resume["epoch"], resume["step"]
-        start_step_in_epoch = resume.get("step_in_epoch", 0)
-        _set_rng_state(resume["rng"], device)
-    elif rank == 0 and opts.get("ni"):
-        _fresh_start(dirs)
-
     train_model = model
     if world > 1:
         train_model = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None)
     if cfg["fast"]["compile"]:
         train_model = torch.compile(train_model)
+    run = RunState(model, train_model, ema, optimizer, source, ts_range)
+    r = source.resume
+    if r is not None:
+        ck.load_weights(model, r["model"], source.weights_from)
+        if ema is not None and r.get("ema") is not None:
+            ema.load_state_dict(r["ema"])
+            ema.num_updates = r["step"]  # one EMA update per optimizer step
+        if r.get("optimizer") is not None:
+            optimizer.load_state_dict(r["optimizer"])
+        run.start_epoch, run.step = r["epochs_done"], r["step"]
+        run.start_step_in_epoch = r.get("step_in_epoch", 0)
+        set_rng_state(r["rng"], device)
+    return run
 
-    diffusion = Diffusion(cfg["diffusion"], device)
-    sampler = RegionTimestepSampler(lo, hi)
-    stream = BatchStream(dataset, batch_size=cfg["training"]["batch_size"],
-                         seed=cfg["training"]["seed"], device=device,
-                         random_flip=cfg["data"]["random_flip"], on_device=cfg["data"]["on_device"],
-                         max_on_device_mb=cfg["data"]["max_on_device_mb"],
-                         num_workers=cfg["data"]["num_workers"], rank=rank, world_size=world,
-                         max_steps=cfg["training"]["max_steps_per_epoch"])
-    if len(stream) == 0:
-        raise UserError(f"data set has {len(dataset)} images: fewer than one batch per process")
-    autocast = autocast_for(cfg, device)
-    log = Logger(dirs, rank == 0)
+
+def _fresh_start(layout, doc):
+    """--ni without --resume_training: earlier per-epoch results of this run are replaced."""
+    d = layout.run_dir(doc)
+    for pattern in ("ckpt_ep*.pth", "ckpt.pth", "costs.jsonl", "stats.jsonl",
+                    "earlybird.json", "DONE"):
+        for f in glob.glob(os.path.join(d, pattern)):
+            os.remove(f)
+
+
+# --- the loop --------------------------------------------------------------------------------
+
+@dataclass
+class Loop:
+    """What every epoch of one run needs."""
+    cfg: dict
+    opts: Any
+    layout: Layout
+    device: torch.device
+    rank: int
+    world: int
+    diffusion: Diffusion
+    sampler: Any
+    stream: BatchStream
+    autocast: Any
+    log: RunLog
+    earlybird: Any = None
+
+    @property
+    def doc(self):
+        return self.opts.doc
+
+
+def train(cfg, opts):
+    """Train (or fine-tune) per ``cfg``; ``opts`` is a RunOptions. Returns the exit status."""
+    device = select_device(opts.device)
+    rank, world = dist_setup(device)
+    configure_device(device)
+    layout = Layout(opts.exp)
+    dataset = get_dataset(cfg, train=True)  # bad data fails before anything on disk changes
+    run = build_run(cfg, opts, layout, device, rank, world)
     if rank == 0:
-        dump_config(cfg, os.path.join(dirs["log"], "config.yml"))
-        n_params = sum(p.numel() for p in model.parameters())
-        log.info(f"start: epoch {start_epoch} step {step} params {n_params} device {device} "
-                 f"world {world} ts_range [{lo}, {hi}) pruned {bool(pruning)}")
-
-    eb = None
-    if cfg["earlybird"]["enabled"] and rank == 0 and not pruning:
-        from runners.earlybird_online import OnlineEarlyBird
-        eb = OnlineEarlyBird(cfg, model_args, dirs, opts["doc"], diffusion, dataset, device)
-        eb.restore(start_epoch)
-
+        if run.source.resume is not None:
+            keep_costs_before(layout.costs(opts.doc), run.start_epoch)
+        elif opts.ni:
+            _fresh_start(layout, opts.doc)
+    loop = _make_loop(cfg, opts, layout, device, rank, world, dataset, run)
     n_epochs = cfg["training"]["n_epochs"]
-    channels_last = use_channels_last(cfg, device)
-    log_every = max(cfg["training"]["log_every"], 1)
-    grad_clip = cfg["optim"]["grad_clip"]
     stopped_by = None
-    stop_training = False
     with _StopFlag() as stop:
-        for epoch in range(start_epoch, n_epochs):
-            t_wall, t_proc = time.perf_counter(), time.process_time()
-            train_model.train()
-            loss_sum = torch.zeros((), device=device)
-            n_seen, n_images = 0, 0
-            first = start_step_in_epoch if epoch == start_epoch else 0
-            bar = tqdm(stream.epoch(epoch, first), total=len(stream), initial=first,
-                       desc=f"epoch {epoch}", disable=rank != 0, leave=False, dynamic_ncols=True)
-            t_log = time.perf_counter()
-            step_in_epoch = first
-            for x in bar:
-                loss, gnorm = train_step(train_model, model, x, sampler, diffusion, optimizer,
-                                         ema, autocast, grad_clip, channels_last)
-                loss_sum += loss
-                n_seen += 1
-                n_images += x.shape[0]
-                step += 1
-                step_in_epoch += 1
-                if step % log_every == 0 and rank == 0:
-                    now = time.perf_counter()
-                    ips = log_every * x.shape[0] * world / max(now - t_log, 1e-9)
-                    t_log = now
-                    lv = loss.item()
-                    bar.set_postfix(loss=f"{lv:.3f}", step=step)
-                    log.scalars({"train/loss": lv, "train/grad_norm": float(gnorm),
-                                 "train/lr": optimizer.param_groups[0]["lr"],
-                                 "train/images_per_s": ips}, step)
-                if stop.signum is not None:
-                    break
-            bar.close()
+        for epoch in range(run.start_epoch, n_epochs):
+            stats = run_epoch(loop, run, epoch, stop)
             if stop.signum is not None:
                 if rank == 0:
-                    state = _state(model, ema, optimizer, epoch, step, step_in_epoch, cfg,
-                                   model_args, pruning, device, (lo, hi))
-                    ck.atomic_save(state, latest)
-                    log.info(f"signal {stop.signum}: saved resumable checkpoint at epoch {epoch} "
-                             f"step {step}")
+                    state = run.checkpoint(cfg, device, epochs_done=epoch,
+                                           step_in_epoch=stats["step_in_epoch"])
+                    atomic_save(state, layout.latest_checkpoint(opts.doc))
+                    loop.log.info(f"signal {stop.signum}: saved resumable checkpoint at epoch "
+                                  f"{epoch} step {run.step}")
                 stopped_by = stop.signum
                 break
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            wall, proc = time.perf_counter() - t_wall, time.process_time() - t_proc
-            mean_loss = (loss_sum / max(n_seen, 1)).item()
-            if rank == 0:
-                state = _state(model, ema, optimizer, epoch + 1, step, 0, cfg, model_args,
-                               pruning, device, (lo, hi))
-                ep_path = os.path.join(dirs["log"], f"ckpt_ep{epoch}.pth")
-                ck.atomic_save({k: v for k, v in state.items() if k != "optimizer"}, ep_path)
-                ck.atomic_save(state, latest)
-                record = {"epoch": epoch, "steps": n_seen, "images": n_images * world,
-                          "wall_s": wall, "process_s": proc, "loss": mean_loss,
-                          "world_size": world, "device": str(device.type)}
-                if eb is not None:
-                    t_eb = time.perf_counter()
-                    found_all = eb.update(epoch, ema.shadow if ema is not None and
-                                          cfg["pruning"]["use_ema"] else model, log)
-                    record["earlybird_s"] = time.perf_counter() - t_eb
-                    stop_training = found_all and cfg["earlybird"]["stop"]
-                _append_jsonl(os.path.join(dirs["log"], "costs.jsonl"), record)
-                log.scalars({"epoch/loss": mean_loss, "epoch/wall_s": wall}, epoch)
-                log.info(f"epoch {epoch}: loss {mean_loss:.4f} wall {wall:.1f}s process "
-                         f"{proc:.1f}s steps {n_seen}")
-                every = cfg["training"]["sample_every"]
-                if every and ((epoch + 1) % every == 0 or epoch + 1 == n_epochs or stop_training):
-                    _sample_grid(cfg, opts, ema.shadow if ema is not None else model,
-                                 diffusion, device, os.path.join(dirs["log"], "samples",
-                                                                 f"ep{epoch}.png"), autocast)
-            if world > 1:
-                flag = torch.tensor([1.0 if stop_training else 0.0], device=device)
-                dist.broadcast(flag, 0)
-                stop_training = bool(flag.item())
-            if stop_training:
-                if rank == 0:
-                    log.info(f"early-bird found for every ratio: dense training stops after "
-                             f"epoch {epoch}")
-                    print(f"early-bird found for every ratio: stopping after epoch {epoch}")
+            if end_epoch(loop, run, epoch, stats):
                 break
     if rank == 0 and stopped_by is None:
-        ck.atomic_write_text(os.path.join(dirs["log"], "DONE"), "done\n")
-    log.close()
+        atomic_write_text(layout.done_marker(opts.doc), "done\n")
+    loop.log.close()
     if world > 1:
         dist.barrier()
         dist.destroy_process_group()
-    if stopped_by is not None:
-        return 128 + stopped_by
-    return 0
+    return 0 if stopped_by is None else 128 + stopped_by
 
 
-def train_step(train_model, model, x, sampler, diffusion, optimizer, ema, autocast, grad_clip,
-               channels_last=False):
+def _make_loop(cfg, opts, layout, device, rank, world, dataset, run):
+    diffusion = Diffusion(cfg["diffusion"], device)
+    t = cfg["training"]
+    stream = BatchStream(dataset, batch_size=t["batch_size"], seed=t["seed"], device=device,
+                         random_flip=cfg["data"]["random_flip"],
+                         on_device=cfg["data"]["on_device"],
+                         max_on_device_mb=cfg["data"]["max_on_device_mb"],
+                         num_workers=cfg["data"]["num_workers"], rank=rank, world_size=world,
+                         max_steps=t["max_steps_per_epoch"])
+    if len(stream) == 0:
+        raise UserError(f"data set has {len(dataset)} images: fewer than one batch per process")
+    log = RunLog(layout.run_log(opts.doc), layout.tb_dir(opts.doc), rank == 0)
+    loop = Loop(cfg, opts, layout, device, rank, world, diffusion,
+                AntitheticSampler(*run.ts_range), stream, autocast_for(cfg, device), log)
+    if rank == 0:
+        dump_config(cfg, layout.run_config(opts.doc))
+        n_params = sum(p.numel() for p in run.model.parameters())
+        lo, hi = run.ts_range
+        log.info(f"start: epoch {run.start_epoch} step {run.step} params {n_params} device "
+                 f"{device} world {world} ts_range [{lo}, {hi}) pruned "
+                 f"{bool(run.source.pruning)}" + (f" comment {opts.comment}" if opts.comment
+                                                   else ""))
+    if cfg["earlybird"]["enabled"] and rank == 0 and not run.source.pruning:
+        from runners.earlybird_online import OnlineEarlyBird
+        with training_rng_untouched(device):
+            loop.earlybird = OnlineEarlyBird(cfg, run.source.model_args, layout, opts.doc,
+                                             dataset)
+        loop.earlybird.restore(run.start_epoch)
+    return loop
+
+
+def run_epoch(loop, run, epoch, stop):
+    """The steps of one epoch (from ``run.start_step_in_epoch`` when resuming into it)."""
+    cfg, device = loop.cfg, loop.device
+    t_wall, t_proc = time.perf_counter(), time.process_time()
+    run.train_model.train()
+    loss_sum = torch.zeros((), device=device)
+    n_steps, n_images = 0, 0
+    first = run.start_step_in_epoch if epoch == run.start_epoch else 0
+    bar = tqdm(loop.stream.epoch(epoch, first), total=len(loop.stream), initial=first,
+               desc=f"epoch {epoch}", disable=loop.rank != 0, leave=False, dynamic_ncols=True)
+    log_every = cfg["training"]["log_every"]
+    channels_last = use_channels_last(cfg, device)
+    t_log = time.perf_counter()
+    for x in bar:
+        loss, gnorm = train_step(run, x, loop.sampler, loop.diffusion, loop.autocast,
+                                 cfg["optim"]["grad_clip"], channels_last)
+        loss_sum += loss
+        n_steps += 1
+        n_images += x.shape[0]
+        run.step += 1
+        if run.step % log_every == 0 and loop.rank == 0:
+            now = time.perf_counter()
+            ips = log_every * x.shape[0] * loop.world / max(now - t_log, 1e-9)
+            t_log = now
+            lv = loss.item()
+            bar.set_postfix(loss=f"{lv:.3f}", step=run.step)
+            loop.log.scalars({"train/loss": lv, "train/grad_norm": float(gnorm),
+                              "train/lr": run.optimizer.param_groups[0]["lr"],
+                              "train/images_per_s": ips}, run.step)
+        if stop.signum is not None:
+            break
+    bar.close()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return {"steps": n_steps, "images": n_images * loop.world, "step_in_epoch": first + n_steps,
+            "wall_s": time.perf_counter() - t_wall, "process_s": time.process_time() - t_proc,
+            "loss": (loss_sum / max(n_steps, 1)).item()}
+
+
+def end_epoch(loop, run, epoch, stats):
+    """Checkpoints, cost record, online masks and grid after epoch ``epoch``; returns whether
+    training stops here (every early-bird ratio found and ``earlybird.stop``)."""
+    cfg, layout, doc = loop.cfg, loop.layout, loop.doc
+    stop_training = False
+    if loop.rank == 0:
+        state = run.checkpoint(cfg, loop.device, epochs_done=epoch + 1, step_in_epoch=0)
+        # per-epoch files carry no optimizer state: they are what masks and tickets read
+        atomic_save(dict(state, optimizer=None), layout.epoch_checkpoint(doc, epoch))
+        record = {"epoch": epoch, "steps": stats["steps"], "images": stats["images"],
+                  "wall_s": stats["wall_s"], "process_s": stats["process_s"],
+                  "loss": stats["loss"], "world_size": loop.world,
+                  "device": str(loop.device.type)}
+        with training_rng_untouched(loop.device):
+            if loop.earlybird is not None:
+                t_eb = time.perf_counter()
+                weights = run.ema.shadow if run.ema is not None and \
+                    cfg["pruning"]["use_ema"] else run.model
+                found_all = loop.earlybird.update(epoch, weights, loop.log)
+                record["earlybird_s"] = time.perf_counter() - t_eb
+                stop_training = found_all and cfg["earlybird"]["stop"]
+            append_jsonl(layout.costs(doc), record)
+            loop.log.scalars({"epoch/loss": stats["loss"], "epoch/wall_s": stats["wall_s"]},
+                             epoch)
+            loop.log.info(f"epoch {epoch}: loss {stats['loss']:.4f} wall {stats['wall_s']:.1f}s "
+                          f"process {stats['process_s']:.1f}s steps {stats['steps']}")
+            every = cfg["training"]["sample_every"]
+            if every and ((epoch + 1) % every == 0 or epoch + 1 == cfg["training"]["n_epochs"]
+                          or stop_training):
+                sample_grid(cfg, run.ema.shadow if run.ema is not None else run.model,
+                            loop.diffusion, loop.device, layout.training_grid(doc, epoch),
+                            loop.autocast)
+        # ckpt.pth last: a kill before this line reruns the epoch, and its records with it
+        atomic_save(state, layout.latest_checkpoint(doc))
+    if loop.world > 1:
+        flag = torch.tensor([1.0 if stop_training else 0.0], device=loop.device)
+        dist.broadcast(flag, 0)
+        stop_training = bool(flag.item())
+    if stop_training and loop.rank == 0:
+        loop.log.info(f"early-bird found for every ratio: dense training stops after "
+                      f"epoch {epoch}")
+        print(f"early-bird found for every ratio: stopping after epoch {epoch}")
+    return stop_training
+
+
+def train_step(run, x, sampler, diffusion, autocast, grad_clip, channels_last=False):
     """One optimizer step; returns (loss, grad norm) as device tensors (no host sync)."""
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
-    t = sampler.sample(x.shape[0], x.device)
+    t, weights = sampler.sample(x.shape[0], x.device)
     with autocast():
-        loss = diffusion.loss(train_model, x, t)
-    optimizer.zero_grad(set_to_none=True)
+        loss = diffusion.loss(run.train_model, x, t, weights=weights)
+    run.optimizer.zero_grad(set_to_none=True)
     loss.backward()
-    gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip) if grad_clip > 0 \
+    gnorm = torch.nn.utils.clip_grad_norm_(run.model.parameters(), grad_clip) if grad_clip > 0 \
         else torch.zeros((), device=x.device)
-    optimizer.step()
-    if ema is not None:
-        ema.update(model)
+    run.optimizer.step()
+    if run.ema is not None:
+        run.ema.update(run.model)
     return loss.detach(), gnorm
 
 
-def _state(model, ema, optimizer, epoch, step, step_in_epoch, cfg, model_args, pruning, device,
-           ts_range):
-    return {"version": ck.VERSION, "model": _cpu_sd(model), "ema": _cpu_sd(ema.shadow) if ema
-            else None, "optimizer": optimizer.state_dict(), "epoch": epoch, "step": step,
-            "step_in_epoch": step_in_epoch, "config": cfg, "model_args": model_args,
-            "pruning": pruning, "rng": _rng_state(device), "ts_range": list(ts_range)}
-
-
-def _cpu_sd(model):
-    # contiguous: a channels-last model's weights are stored in the standard layout
-    return {k: v.detach().to("cpu").contiguous() for k, v in unwrap(model).state_dict().items()}
-
-
-def _sample_grid(cfg, opts, model, diffusion, device, path, autocast):
+def sample_grid(cfg, model, diffusion, device, path, autocast):
+    """A grid of samples from fixed noise (its own generators, not the training RNG)."""
     import torchvision.utils as vutils
     n = cfg["training"]["grid_samples"]
-    d = cfg["data"]
-    # own generators: drawing a grid must not move the training RNG (exact resume)
-    g = torch.Generator(device="cpu").manual_seed(cfg["sampling"]["seed"])
+    d, s = cfg["data"], cfg["sampling"]
+    g = torch.Generator(device="cpu").manual_seed(s["seed"])
     noise = torch.randn(n, d["channels"], d["image_size"], d["image_size"], generator=g)
-    step_gen = torch.Generator(device=device).manual_seed(cfg["sampling"]["seed"] + 1)
+    step_gen = torch.Generator(device=device).manual_seed(s["seed"] + 1)
     was_training = model.training
     model.eval()
-    from runners.sample import sampler_settings
     x = sample_images(model, diffusion, noise.to(device), generator=step_gen, autocast=autocast,
-                      **sampler_settings(cfg, opts))
+                      timesteps=s["timesteps"], skip_type=s["skip_type"],
+                      sample_type=s["sample_type"], eta=s["eta"])
     model.train(was_training)
     os.makedirs(os.path.dirname(path), exist_ok=True)
     vutils.save_image(inverse_data_transform(x.float().cpu()), path,

@@ -8,7 +8,7 @@ import torch
 from conftest import run_py, write_config
 from main import main
 from runners.config import load_config
-from runners.errors import UserError
+from utils.errors import UserError
 
 
 def test_config_found_in_configs_dir_and_overrides_apply():

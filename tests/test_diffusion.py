@@ -2,7 +2,8 @@ import numpy as np
 import pytest
 import torch
 
-from models.diffusion import (Diffusion, RegionTimestepSampler, generalized_steps,
+from models.resample import AntitheticSampler
+from models.diffusion import (Diffusion, generalized_steps,
                               ddpm_steps, get_beta_schedule, timestep_sequence)
 
 CFG = {"beta_schedule": "linear", "beta_start": 1e-4, "beta_end": 0.02,
@@ -43,13 +44,14 @@ def test_loss_is_sum_over_pixels_mean_over_batch():
 
 
 def test_region_sampler_stays_inside_and_mirrors_pairs():
-    s = RegionTimestepSampler(240, 440)
-    t = s.sample(1000, "cpu", generator=torch.Generator().manual_seed(0))
+    s = AntitheticSampler(240, 440)
+    t, w = s.sample(1000, "cpu", generator=torch.Generator().manual_seed(0))
+    assert w is None
     assert t.min() >= 240 and t.max() < 440
     half = 1000 // 2 + 1
     first, second = t[:half], t[half:]
     assert torch.equal(second, (240 + 440 - 1 - first)[:len(second)])
-    full = RegionTimestepSampler(0, 1000).sample(9, "cpu", torch.Generator().manual_seed(1))
+    full, _ = AntitheticSampler(0, 1000).sample(9, "cpu", torch.Generator().manual_seed(1))
     assert torch.equal(full[5:], 999 - full[:4])
 
 

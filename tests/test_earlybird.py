@@ -8,7 +8,8 @@ import pytest
 from conftest import run_py
 from models.earlybird import (EarlyBirdDetector, MaskMismatch, find_earlybird, hamming,
                               overlap_matrix)
-from runners.masks import mask_stem, save_mask
+from runners.layout import mask_stem
+from runners.masks import save_mask
 
 
 def test_hamming():
@@ -67,7 +68,8 @@ def test_overlap_matrix_symmetric_with_unit_diagonal():
 
 def _write_series(folder, masks, ratio=0.3, pruner="magnitude"):
     for e, m in masks:
-        save_mask(str(folder), mask_stem("run", ratio, pruner, e), m, {"epoch": e})
+        save_mask(os.path.join(str(folder), mask_stem("run", ratio, pruner, e) + ".npy"), m,
+                  {"epoch": e})
 
 
 def test_find_earlybird_cli(tmp_path):

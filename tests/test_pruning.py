@@ -10,11 +10,16 @@ from conftest import run_py
 from models.pruning import MaskExtractor, count_params_macs, kept_channels
 from models.unet import UNet
 from runners.checkpoint import load_checkpoint, model_from_checkpoint
-from runners.errors import UserError
+from utils.errors import UserError
 
 ARGS = dict(in_channels=3, out_ch=3, ch=64, ch_mult=[1, 2, 2], num_res_blocks=1,
             attn_resolutions=[8], dropout=0.0, resolution=16, resamp_with_conv=True,
             gn_groups=32)
+
+
+def scores(ex, *args, **kwargs):
+    """The importance scores alone (MaskExtractor.scores also returns what it read)."""
+    return ex.scores(*args, **kwargs)[0]
 
 
 @pytest.fixture(scope="module")
@@ -28,10 +33,10 @@ def extractor():
 def test_same_weights_same_mask_and_fixed_layout(extractor):
     ex, sd = extractor
     ex.load_weights(sd)
-    m1 = ex.masks_from_scores(ex.scores("magnitude"), 0.5)
+    m1 = ex.masks_from_scores(scores(ex, "magnitude"), 0.5)
     ex2 = MaskExtractor(ARGS)  # a second graph: same group order
     ex2.load_weights(sd)
-    m2 = ex2.masks_from_scores(ex2.scores("magnitude"), 0.5)
+    m2 = ex2.masks_from_scores(scores(ex2, "magnitude"), 0.5)
     assert np.array_equal(m1, m2) and m1.size == ex.mask_length == ex2.mask_length
     assert ex.layout == ex2.layout
 
@@ -40,7 +45,7 @@ def test_same_weights_same_mask_and_fixed_layout(extractor):
 def test_pruned_fraction_per_group_matches_ratio(extractor, ratio):
     ex, sd = extractor
     ex.load_weights(sd)
-    mask = ex.masks_from_scores(ex.scores("magnitude"), ratio)
+    mask = ex.masks_from_scores(scores(ex, "magnitude"), ratio)
     for (name, c, unit), m in zip(ex.layout, ex.split(mask)):
         assert c - int(m.sum()) == kept_channels(c, unit, ratio)
         # within rounding to the GroupNorm group size
@@ -52,10 +57,10 @@ def test_params_and_macs_fall_like_one_minus_p_squared(extractor):
     dense = UNet(**ARGS)
     p0, m0 = count_params_macs(dense, ARGS)
     ex.load_weights(sd)
-    scores = ex.scores("magnitude")
+    s = scores(ex, "magnitude")
     last = 1.0
     for ratio in (0.3, 0.5, 0.6, 0.7, 0.8):
-        model, _ = ex.prune(sd, ex.masks_from_scores(scores, ratio))
+        model, _ = ex.prune(sd, ex.masks_from_scores(s, ratio))
         p, m = count_params_macs(model, ARGS)
         assert abs(p / p0 - (1 - ratio) ** 2) < 0.06, ratio
         assert m / m0 < last  # strictly falling with the ratio
@@ -73,14 +78,14 @@ def test_taylor_and_random_masks(extractor):
                       "num_diffusion_timesteps": 100})
     x = torch.rand(4, 3, 16, 16) * 2 - 1
     with pytest.raises(ValueError, match="needs a batch of real data"):
-        ex.scores("taylor")
-    t1 = ex.masks_from_scores(ex.scores("taylor", diffusion=diff, data=x, taylor_steps=3), 0.5)
-    t2 = ex.masks_from_scores(ex.scores("taylor", diffusion=diff, data=x, taylor_steps=3), 0.5)
+        scores(ex, "taylor")
+    t1 = ex.masks_from_scores(scores(ex, "taylor", diffusion=diff, data=x, taylor_steps=3), 0.5)
+    t2 = ex.masks_from_scores(scores(ex, "taylor", diffusion=diff, data=x, taylor_steps=3), 0.5)
     assert np.array_equal(t1, t2)
-    d = ex.masks_from_scores(ex.scores("diff-pruning", diffusion=diff, data=x,
+    d = ex.masks_from_scores(scores(ex, "diff-pruning", diffusion=diff, data=x,
                                        taylor_steps=5, thr=0.05), 0.5)
-    r = ex.masks_from_scores(ex.scores("random"), 0.5)
-    mag = ex.masks_from_scores(ex.scores("magnitude"), 0.5)
+    r = ex.masks_from_scores(scores(ex, "random"), 0.5)
+    mag = ex.masks_from_scores(scores(ex, "magnitude"), 0.5)
     assert t1.mean() == r.mean() == d.mean() == mag.mean()
     assert not np.array_equal(r, mag)
 

@@ -30,11 +30,11 @@ def test_one_checkpoint_per_epoch_and_loss_goes_down(trained):
 
 def test_checkpoints_load_with_weights_only(trained):
     c = torch.load(os.path.join(trained["log"], "ckpt.pth"), weights_only=True)
-    assert c["epoch"] == 4 and c["step"] == 12 and c["optimizer"] is not None
+    assert c["epochs_done"] == 4 and c["epoch_index"] == 3 and c["step"] == 12 and c["optimizer"] is not None
     assert c["model_args"]["ch"] == 16 and c["config"]["model"]["ch"] == 16
     assert not any(k.startswith("module.") for k in c["model"])
     e = torch.load(os.path.join(trained["log"], "ckpt_ep1.pth"), weights_only=True)
-    assert e["epoch"] == 2 and "optimizer" not in e
+    assert e["epochs_done"] == 2 and e["epoch_index"] == 1 and e["optimizer"] is None
 
 
 def test_resume_equals_uninterrupted(tmp_path):
@@ -70,13 +70,13 @@ def test_sigterm_saves_resumable_checkpoint(tmp_path):
     rc = p.wait(timeout=60)
     assert rc == 128 + signal.SIGTERM
     c = torch.load(os.path.join(exp, "logs", "s", "ckpt.pth"), weights_only=True)
-    assert c["epoch"] >= 1 and c["step"] > 0
+    assert c["epochs_done"] >= 1 and c["step"] > 0
     assert not os.path.isfile(os.path.join(exp, "logs", "s", "DONE"))
 
 
 def test_sampling_writes_images_grid_and_resumes(trained, tmp_path):
     folder = tmp_path / "samples"
-    base = ["--config", trained["cfg"], "--exp", trained["exp"], "--doc", "tiny", "--ni",
+    base = ["--config", trained["cfg"], "--exp", trained["exp"], "--doc", "tiny",
             "--sample", "--fid", "--use_ema", "--skip_type", "quad", "--timesteps", "5",
             "--eta", "0", "--image_folder", str(folder), "--restore_from",
             os.path.join(trained["log"], "ckpt_ep3.pth")]
@@ -84,7 +84,7 @@ def test_sampling_writes_images_grid_and_resumes(trained, tmp_path):
     first = open(folder / "000001.png", "rb").read()
     os.remove(folder / "000001.png")
     assert main(base + ["--n_samples", "5"]) == 0
-    assert sorted(os.listdir(folder)) == [f"{i:06d}.png" for i in range(5)]
+    assert sorted(os.listdir(folder)) == [f"{i:06d}.png" for i in range(5)] + ["sampling.json"]
     assert open(folder / "000001.png", "rb").read() == first  # one seed per image
     assert os.path.isfile(str(folder) + "_grid.png")
     assert main(base + ["--n_samples", "2", "--sample_type", "ddpm_noisy", "--skip_type",

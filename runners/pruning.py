@@ -1,0 +1,129 @@
+"""Pruning checkpoints (DESIGN.md steps 2 and 4): masks of any number of checkpoints at any
+number of ratios with one dependency graph, and pruned tickets saved as state dict + pruning
+history. earlybird_scripts/prune.py, the TA-EB tickets and the pipeline all call this.
+"""
+import os
+import time
+
+from models.pruning import MaskExtractor, count_params_macs
+from runners import checkpoint as ck
+from runners.layout import Layout, epoch_of_checkpoint
+from runners.masks import compute_masks, mask_meta, pruning_inputs, save_mask
+from utils.errors import UserError
+
+
+def _weights(c, path, cfg):
+    if c.get("pruning"):
+        raise UserError(f"{path}: already a pruned model; prune dense checkpoints")
+    model_args = c.get("model_args")
+    if model_args is None:
+        from models.unet import model_args_from_config
+        model_args = model_args_from_config(cfg)
+    use_ema = cfg["pruning"]["use_ema"]
+    sd = c["ema"] if use_ema and c.get("ema") is not None else c["model"]
+    return model_args, sd
+
+
+def prune_checkpoints(cfg, exp, doc, checkpoints, ratios, *, save_masks=True,
+                      save_models=False, model_name=None, device="cpu", dataset=None,
+                      log=print):
+    """Masks (and optionally pruned tickets) of ``checkpoints`` [(epoch or None, path)] at
+    ``ratios``, with the config's pruner (``earlybird.pruner``) and weights
+    (``pruning.use_ema``). Returns {(epoch, ratio): ticket path} of the tickets saved."""
+    layout = Layout(exp)
+    pruner = cfg["earlybird"]["pruner"]
+    if dataset is None and pruner in ("taylor", "diff-pruning"):
+        from datasets import get_dataset
+        dataset = get_dataset(cfg, train=True)
+    diffusion, data = pruning_inputs(cfg, pruner, dataset, device)
+    extractor, saved = None, {}
+    for epoch, path in checkpoints:
+        t0 = time.perf_counter()
+        c = ck.load_checkpoint(path)
+        model_args, sd = _weights(c, path, cfg)
+        if extractor is None:
+            extractor = MaskExtractor(model_args, device=device)
+        elif model_args != extractor.model_args:
+            raise UserError(f"{path}: architecture differs from the first checkpoint's")
+        try:
+            extractor.load_weights(sd)
+        except RuntimeError as e:
+            raise UserError(f"{path}: weights do not match the architecture "
+                            f"({str(e).splitlines()[0][:120]})")
+        ep = epoch if epoch is not None else c.get("epoch_index")
+        if ep is None:
+            raise UserError(f"{path}: no epoch in its name or contents; name it ckpt_epE.pth")
+        masks, info = compute_masks(extractor, sd, pruner, ratios, cfg=cfg,
+                                    diffusion=diffusion, data=data)
+        t_mask = time.perf_counter() - t0
+        for r, mask in masks.items():
+            meta = mask_meta(extractor, mask, r, pruner, ep, os.path.abspath(path),
+                             cfg["pruning"]["use_ema"], info)
+            if save_masks:
+                save_mask(layout.mask_file(doc, r, pruner, ep), mask, meta)
+            if save_models:
+                out = os.path.join(layout.models_dir(doc), model_name) if model_name else \
+                    layout.ticket_file(doc, r, pruner, ep)
+                saved[(ep, r)] = save_ticket(extractor, sd, mask, model_args, cfg, meta, out,
+                                             log=log)
+        if log:
+            log(f"{path}: masks at {', '.join(f'{r:g}' for r in ratios)} in {t_mask:.2f}s")
+    return saved
+
+
+def save_ticket(extractor, state_dict, mask, model_args, cfg, meta, out_path, log=print):
+    """Prune and save a ticket: state dict + pruning history, no pickled module."""
+    p0, m0 = extractor.dense_cost
+    pruned, history = extractor.prune(state_dict, mask)
+    p1, m1 = count_params_macs(pruned, model_args)
+    pruning = dict(meta, history=history, params=p1, macs=m1, dense_params=p0, dense_macs=m0)
+    state = ck.make_checkpoint(model=ck.cpu_state_dict(pruned), config=cfg,
+                               model_args=model_args, pruning=pruning)
+    ck.atomic_save(state, out_path)
+    if log:
+        log(f"ratio {meta['ratio']:g}: params {p0 / 1e6:.3f}M -> {p1 / 1e6:.3f}M "
+            f"({p1 / p0:.3f}x), MACs {m0 / 1e9:.4f}G -> {m1 / 1e9:.4f}G ({m1 / m0:.3f}x); "
+            f"saved {out_path}")
+    return out_path
+
+
+def ticket_for(cfg, exp, doc, ratio, epoch, *, log=None):
+    """The pruned ticket of dense run ``doc`` at ``ratio`` from ckpt_ep{epoch}: pruned (with
+    its mask) on first use, reused after. Returns its path."""
+    layout = Layout(exp)
+    out = layout.ticket_file(doc, ratio, cfg["earlybird"]["pruner"], epoch)
+    if os.path.isfile(out):
+        return out
+    src = layout.epoch_checkpoint(doc, epoch)
+    if not os.path.isfile(src):
+        raise UserError(f"ratio {ratio:g}: checkpoint {src} not found (dense training must "
+                        f"reach epoch {epoch})")
+    # the mask is saved too, unless that epoch's mask exists already (online masks equal it)
+    have_mask = os.path.isfile(layout.mask_file(doc, ratio, cfg["earlybird"]["pruner"], epoch))
+    prune_checkpoints(cfg, exp, doc, [(epoch, src)], [ratio], save_masks=not have_mask,
+                      save_models=True, log=log)
+    return out
+
+
+def expand_checkpoints(items):
+    """Paths, folders (their ckpt_ep*.pth) and globs -> [(epoch or None, path)] by epoch."""
+    import glob
+    out = []
+    for item in items:
+        if os.path.isdir(item):
+            paths = [p for p in glob.glob(os.path.join(item, "*.pth"))
+                     if epoch_of_checkpoint(p) is not None]
+            if not paths:
+                raise UserError(f"--restore_from {item}: no ckpt_ep*.pth in this folder")
+        elif any(c in item for c in "*?["):
+            paths = glob.glob(item)
+            if not paths:
+                raise UserError(f"--restore_from {item}: the pattern matches no file")
+        else:
+            if not os.path.isfile(item):
+                raise UserError(f"--restore_from {item}: checkpoint not found")
+            paths = [item]
+        out.extend(paths)
+    pairs = [(epoch_of_checkpoint(p), p) for p in dict.fromkeys(out)]
+    return sorted(pairs, key=lambda e: (e[0] is None, e[0] or 0, e[1]))
+
