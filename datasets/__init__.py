@@ -13,9 +13,17 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
-from runners.errors import UserError
+from utils.errors import UserError
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".gif", ".tif", ".tiff")
+# A FOLDER data set is decoded once into memory when it is at most this many images (and fits
+# data.max_on_device_mb); larger folders are read image by image through a DataLoader.
+FOLDER_IN_MEMORY_MAX_IMAGES = 20000
+# DDIM's CelebA crop: a 128 x 140 box centred on (89, 121) of the 178 x 218 aligned images.
+CELEBA_CROP_CENTRE, CELEBA_CROP_HALF = (89, 121), (64, 70)
+# Per-epoch batch plans are seeded with seed * EPOCH_SEED_STRIDE + epoch (a prime stride, so
+# that (seed, epoch) pairs of nearby seeds never share a generator seed).
+EPOCH_SEED_STRIDE = 100003
 
 
 def data_transform(x):
@@ -160,7 +168,7 @@ def _folder(cfg):
             raise UserError(f"data.path: cannot read image {p} ({e})")
     ds = PILImages(paths, d["image_size"], d["channels"], "FOLDER", loader=load)
     n_bytes = len(paths) * d["channels"] * d["image_size"] ** 2
-    if n_bytes <= d["max_on_device_mb"] * 2 ** 20 and len(paths) <= 20000:
+    if n_bytes <= d["max_on_device_mb"] * 2 ** 20 and len(paths) <= FOLDER_IN_MEMORY_MAX_IMAGES:
         return TensorImages(torch.stack([ds[i] for i in range(len(ds))]), "FOLDER")
     return ds
 
@@ -193,7 +201,7 @@ def get_dataset(cfg, train=True):
                                               download=d["download"])
         except Exception as e:
             raise UserError(f"CELEBA: cannot load from {d['path']}/celeba ({e})")
-        # DDIM's CelebA crop: a 140x140 centre box around the face, then resize
+        # DDIM's CelebA crop around the face, then resize
         ds = PILImages(raw, size, d["channels"], "CELEBA",
                        loader=lambda item: _celeba_crop(item[0]))
     elif name == "LSUN":
@@ -220,8 +228,8 @@ def get_dataset(cfg, train=True):
 
 
 def _celeba_crop(img):
-    cx, cy = 89, 121
-    return img.crop((cx - 64, cy - 70, cx + 64, cy + 70))
+    (cx, cy), (hw, hh) = CELEBA_CROP_CENTRE, CELEBA_CROP_HALF
+    return img.crop((cx - hw, cy - hh, cx + hw, cy + hh))
 
 
 class BatchStream:
@@ -247,7 +255,7 @@ class BatchStream:
         return min(steps, self.max_steps) if self.max_steps else steps
 
     def _plan(self, epoch):
-        g = torch.Generator().manual_seed(self.seed * 100003 + epoch)
+        g = torch.Generator().manual_seed(self.seed * EPOCH_SEED_STRIDE + epoch)
         perm = torch.randperm(len(self.dataset), generator=g)
         flips = torch.rand(len(self.dataset), generator=g) < 0.5
         perm, flips = perm[self.rank::self.world], flips[self.rank::self.world]

@@ -4,51 +4,60 @@
       --pruning_ratio 0.3 --pruner magnitude [--window 5 --threshold 0.1]
 """
 import argparse
-import json
-import os
 
 import _common  # noqa: F401
 
-from models.earlybird import find_earlybird
-from runners.checkpoint import atomic_write_text
-from runners.errors import UserError, run_cli
-from runners.masks import add_series_args, load_mask_series, pruner_arg
+from utils.errors import UserError, run_cli
 
 
 def parse_args(argv=None):
+    from runners.masks import add_series_args
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     add_series_args(p)
-    p.add_argument("--window", type=int, default=5)
-    p.add_argument("--threshold", type=float, default=0.1)
-    p.add_argument("--output", default=None, help="JSON result (default: in --mask_dir)")
+    p.add_argument("--window", type=int, default=5,
+                   help="masks in the FIFO, at least 2 (default: %(default)s)")
+    p.add_argument("--threshold", type=float, default=0.1,
+                   help="largest accepted distance, in (0, 1) (default: %(default)s)")
+    p.add_argument("--output", default=None,
+                   help="JSON result (default: earlybird-{ratio}-{pruner}.json in --mask_dir)")
     return p.parse_args(argv)
 
 
 def main(argv=None):
     a = parse_args(argv)
+    from models.earlybird import find_earlybird
+    from runners.layout import earlybird_result_in
+    from runners.masks import load_mask_series, pruner_arg
+    from utils.io import atomic_write_json
     if not 0 < a.pruning_ratio < 1:
         raise UserError(f"--pruning_ratio {a.pruning_ratio}: must be in (0, 1)")
     if a.window < 2:
         raise UserError("--window must be at least 2")
+    if not 0 < a.threshold < 1:
+        raise UserError(f"--threshold {a.threshold}: must be in (0, 1)")
     pruner = pruner_arg(a.pruner)
     series = load_mask_series(a.mask_dir, a.pruning_ratio, pruner, a.start_epoch, a.end_epoch,
                               doc=a.doc)
+    first, last = series[0][0], series[-1][0]
+    if len(series) < a.window:
+        raise UserError(f"{a.mask_dir}: {len(series)} masks (epochs {first}..{last}) for ratio "
+                        f"{a.pruning_ratio:g}: a window of {a.window} can never fill; nothing "
+                        f"written")
     eb, det = find_earlybird(series, a.window, a.threshold)
     for epoch, max_d, dists in det.history:
         shown = ", ".join(f"{d:.4f}" for d in dists) if dists else "-"
         print(f"epoch {epoch}: distances to window [{shown}]")
-    first, last = series[0][0], series[-1][0]
     if eb is None:
         print(f"no early-bird ticket in epochs {first}..{last} "
               f"(window {a.window}, threshold {a.threshold})")
     else:
         print(f"EarlyBird found at epoch: {eb}")
-    out = a.output or os.path.join(a.mask_dir, f"earlybird-{a.pruning_ratio:g}-{pruner}.json")
-    atomic_write_text(out, json.dumps({
+    out = a.output or earlybird_result_in(a.mask_dir, a.pruning_ratio, pruner)
+    atomic_write_json(out, {
         "pruning_ratio": a.pruning_ratio, "pruner": pruner, "window": a.window,
         "threshold": a.threshold, "epochs": [first, last], "eb_epoch": eb,
-        "max_distance": {str(e): m for e, m, _ in det.history}}, indent=1))
+        "max_distance": {str(e): m for e, m, _ in det.history}})
     return 0
 
 

@@ -1,5 +1,5 @@
-"""Diffusion math (DESIGN.md steps 1 and 6): schedules, noising, the eps-loss, timestep
-samplers, and the DDIM / DDPM samplers.
+"""Diffusion math (DESIGN.md steps 1 and 6): schedules, noising, the eps-loss, and the DDIM /
+DDPM samplers (timestep samplers for training are in models/resample.py).
 
 Nothing here is an ``nn.Module``: every function takes the network as an argument, so the UNet
 knows nothing about betas and torch-pruning traces the bare network. Small t = little noise.
@@ -66,23 +66,6 @@ class Diffusion:
         return per_sample.mean()
 
 
-class RegionTimestepSampler:
-    """Antithetic timestep sampling inside [lo, hi): t and lo + hi - 1 - t in one batch.
-
-    With the full range [0, T) it is the DDIM codebase's sampler (t and T - 1 - t)."""
-
-    def __init__(self, lo, hi):
-        if not 0 <= lo < hi:
-            raise ValueError(f"empty timestep region [{lo}, {hi})")
-        self.lo, self.hi = lo, hi
-
-    def sample(self, n, device, generator=None):
-        t = torch.randint(self.lo, self.hi, (n // 2 + 1,), generator=generator,
-                          device="cpu" if generator is not None else device)
-        t = torch.cat([t, self.lo + self.hi - 1 - t], dim=0)[:n]
-        return t.to(device)
-
-
 def timestep_sequence(skip_type, num_steps, num_timesteps):
     """The timesteps a sampler visits, ascending (the DDIM codebase's uniform / quad skips)."""
     if skip_type == "uniform":
@@ -108,12 +91,24 @@ def _abar(alphas_cumprod, i):
     return alphas_cumprod[i] if i >= 0 else alphas_cumprod.new_tensor(1.0)
 
 
+def _noise_source(step_noise, generator):
+    """step_noise(k, x) -> the Gaussian draw of sampler iteration k (shape of x); by default
+    torch.randn from ``generator``."""
+    if step_noise is not None:
+        return step_noise
+    return lambda k, x: torch.randn(x.shape, generator=generator, device=x.device)
+
+
 @torch.no_grad()
-def generalized_steps(model, x, seq, alphas_cumprod, eta=0.0, generator=None, autocast=None):
-    """DDIM sampling (eta=0 deterministic, eta=1 DDPM-like). x: [B, C, H, W] noise -> x0."""
+def generalized_steps(model, x, seq, alphas_cumprod, eta=0.0, generator=None, autocast=None,
+                      step_noise=None):
+    """DDIM sampling (eta=0 deterministic, eta=1 DDPM-like). x: [B, C, H, W] noise -> x0.
+
+    With eta > 0 iteration k (k = 0 at the largest t) draws step_noise(k, x)."""
     n = x.size(0)
+    draw = _noise_source(step_noise, generator)
     seq_next = [-1] + list(seq[:-1])
-    for i, j in zip(reversed(seq), reversed(seq_next)):
+    for k, (i, j) in enumerate(zip(reversed(seq), reversed(seq_next))):
         t = torch.full((n,), i, device=x.device, dtype=torch.long)
         at, at_next = _abar(alphas_cumprod, i), _abar(alphas_cumprod, j)
         with autocast() if autocast else nullcontext():
@@ -121,18 +116,21 @@ def generalized_steps(model, x, seq, alphas_cumprod, eta=0.0, generator=None, au
         x0_t = (x - e * (1 - at).sqrt()) / at.sqrt()
         c1 = eta * ((1 - at / at_next) * (1 - at_next) / (1 - at)).sqrt()
         c2 = ((1 - at_next) - c1 ** 2).sqrt()
-        noise = torch.randn(x.shape, generator=generator, device=x.device) if eta > 0 else 0.0
+        noise = draw(k, x) if eta > 0 else 0.0
         x = at_next.sqrt() * x0_t + c1 * noise + c2 * e
     return x
 
 
 @torch.no_grad()
-def ddpm_steps(model, x, seq, betas, generator=None, autocast=None):
-    """DDPM ancestral sampling ("ddpm_noisy") over a possibly skipped sequence."""
+def ddpm_steps(model, x, seq, betas, generator=None, autocast=None, step_noise=None):
+    """DDPM ancestral sampling ("ddpm_noisy") over a possibly skipped sequence.
+
+    Iteration k draws step_noise(k, x), except the last (t = 0), which adds no noise."""
     n = x.size(0)
+    draw = _noise_source(step_noise, generator)
     alphas_cumprod = torch.cumprod(1 - betas, dim=0)
     seq_next = [-1] + list(seq[:-1])
-    for i, j in zip(reversed(seq), reversed(seq_next)):
+    for k, (i, j) in enumerate(zip(reversed(seq), reversed(seq_next))):
         t = torch.full((n,), i, device=x.device, dtype=torch.long)
         at, at_next = _abar(alphas_cumprod, i), _abar(alphas_cumprod, j)
         beta_t = 1 - at / at_next
@@ -142,21 +140,20 @@ def ddpm_steps(model, x, seq, betas, generator=None, autocast=None):
         mean = ((at_next.sqrt() * beta_t) * x0 + ((1 - beta_t).sqrt() * (1 - at_next)) * x) / (1.0 - at)
         if j >= 0:
             # fixedlarge variance (beta_t), as the DDIM codebase's ddpm_steps
-            noise = torch.randn(x.shape, generator=generator, device=x.device)
-            x = mean + beta_t.sqrt() * noise
+            x = mean + beta_t.sqrt() * draw(k, x)
         else:
             x = mean
     return x
 
 
 def sample_images(model, diffusion, noise, *, timesteps, skip_type, sample_type, eta,
-                  generator=None, autocast=None):
+                  generator=None, autocast=None, step_noise=None):
     """Run a sampler from ``noise`` [B, C, H, W]; returns images in [-1, 1] (not clamped)."""
     seq = timestep_sequence(skip_type, timesteps, diffusion.num_timesteps)
     if sample_type == "generalized":
         return generalized_steps(model, noise, seq, diffusion.alphas_cumprod, eta=eta,
-                                 generator=generator, autocast=autocast)
+                                 generator=generator, autocast=autocast, step_noise=step_noise)
     if sample_type == "ddpm_noisy":
         return ddpm_steps(model, noise, seq, diffusion.betas, generator=generator,
-                          autocast=autocast)
+                          autocast=autocast, step_noise=step_noise)
     raise ValueError(f"unknown sample type {sample_type!r}")

@@ -3,7 +3,8 @@
 Masks are 0/1 vectors (1 = pruned channel) of one architecture's pruning groups, in the
 dependency graph's order. The early-bird (EB) epoch is the first epoch whose mask lies within
 ``threshold`` normalised Hamming distance of every other mask in a FIFO of the last ``window``
-masks. The offline script and the online detector in training use this one class.
+masks; a distance equal to the threshold is accepted (d <= threshold), as in the authors' release
+and the 2020 Early-Bird Tickets code. The offline script and the online detector in training use this one class.
 """
 from collections import deque
 
@@ -44,7 +45,7 @@ class EarlyBirdDetector:
         max_d = max(dists) if dists else None
         self.history.append((epoch, max_d, dists))
         if (self.eb_epoch is None and len(self.queue) == self.window
-                and max_d < self.threshold):
+                and max_d <= self.threshold):
             self.eb_epoch = epoch
         return dists
 

@@ -22,19 +22,8 @@ import torch
 import torch.nn as nn
 import torch_pruning as tp
 
+from models.pruner_names import PRUNERS, canonical_pruner  # noqa: F401
 from models.unet import UNet
-
-PRUNERS = ("magnitude", "taylor", "random", "diff-pruning")
-ALIASES = {"ours": "diff-pruning", "diff_pruning": "diff-pruning", "l2": "magnitude"}
-
-
-def canonical_pruner(name):
-    name = ALIASES.get(name, name)
-    if name not in PRUNERS:
-        raise ValueError(f"unknown pruner {name!r} (expected one of {', '.join(PRUNERS)}, "
-                         f"or 'ours')")
-    return name
-
 
 def example_inputs(model_args, device="cpu"):
     r, c = model_args["resolution"], model_args["in_channels"]
@@ -96,45 +85,65 @@ class MaskExtractor:
         self.model.load_state_dict(state_dict)
 
     def scores(self, pruner, *, diffusion=None, data=None, taylor_steps=16, thr=0.05,
-               seed=0):
-        """Per-group importance, a list of [C] tensors, for the currently loaded weights."""
+               stride=1, seed=0):
+        """(per-group importance as a list of [C] tensors, info) for the loaded weights.
+
+        info records what the importance read: for diff-pruning the timesteps whose gradients
+        were accumulated and the one that stopped the scan."""
         pruner = canonical_pruner(pruner)
         if pruner == "magnitude":
             imp = tp.importance.GroupMagnitudeImportance(p=2)
             with torch.no_grad():
-                return [imp(g).float().cpu() for g in self.groups]
+                return [imp(g).float().cpu() for g in self.groups], {}
         if pruner == "random":
             gen = torch.Generator().manual_seed(seed)
-            return [torch.rand(c, generator=gen) for _, c, _ in self.layout]
+            return [torch.rand(c, generator=gen) for _, c, _ in self.layout], {}
         if data is None or diffusion is None:
             raise ValueError(f"the {pruner} pruner needs a batch of real data")
-        self._accumulate_gradients(pruner, diffusion, data, taylor_steps, thr, seed)
+        self.model.zero_grad(set_to_none=True)
+        if pruner == "taylor":
+            info = self._taylor_gradients(diffusion, data, taylor_steps, seed)
+        else:
+            info = self._diff_pruning_gradients(diffusion, data, thr, stride, seed)
         imp = tp.importance.GroupTaylorImportance()
         out = [imp(g).float().cpu() for g in self.groups]
         self.model.zero_grad(set_to_none=True)
-        return out
+        return out, info
 
-    def _accumulate_gradients(self, pruner, diffusion, x0, steps, thr, seed):
-        """Sum diffusion-loss gradients over timesteps (DESIGN.md step 2).
-
-        taylor: ``steps`` timesteps spread over [0, T). diff-pruning: from t=0 upward, stopping
-        once the loss falls below thr x its maximum (Diff-Pruning, NeurIPS 2023)."""
+    def _taylor_gradients(self, diffusion, x0, steps, seed):
+        """Sum the eps-loss gradients at ``steps`` timesteps spread evenly over [0, T), each
+        with fresh noise."""
         T = diffusion.num_timesteps
         x0 = x0.to(self.device)
         gen = torch.Generator().manual_seed(seed)
-        self.model.zero_grad(set_to_none=True)
-        ts = np.linspace(0, T - 1, max(steps, 1)).round().astype(int)
-        max_loss = 0.0
+        ts = [int(t) for t in np.linspace(0, T - 1, max(steps, 1)).round().astype(int)]
         for t_val in ts:
             noise = torch.randn(x0.shape, generator=gen).to(self.device)
-            t = torch.full((x0.shape[0],), int(t_val), dtype=torch.long, device=self.device)
+            t = torch.full((x0.shape[0],), t_val, dtype=torch.long, device=self.device)
+            diffusion.loss(self.model, x0, t, noise).backward()
+        return {"timesteps": ts}
+
+    def _diff_pruning_gradients(self, diffusion, x0, thr, stride, seed):
+        """Diff-Pruning (Fang et al., NeurIPS 2023): one fixed noise batch, t = 0, stride,
+        2 * stride, ... ascending; the eps-loss gradient of each t is accumulated until
+        loss_t < thr * (the largest loss so far). As in the authors' EB release, the gradient
+        of the step that meets the stopping condition is NOT accumulated."""
+        T = diffusion.num_timesteps
+        x0 = x0.to(self.device)
+        gen = torch.Generator().manual_seed(seed)
+        noise = torch.randn(x0.shape, generator=gen).to(self.device)
+        used, stopped_at, max_loss = [], None, 0.0
+        for t_val in range(0, T, max(int(stride), 1)):
+            t = torch.full((x0.shape[0],), t_val, dtype=torch.long, device=self.device)
             loss = diffusion.loss(self.model, x0, t, noise)
+            value = float(loss.detach())
+            max_loss = max(max_loss, value)
+            if value < thr * max_loss:
+                stopped_at = t_val
+                break
             loss.backward()
-            if pruner == "diff-pruning":
-                val = loss.detach().item()
-                max_loss = max(max_loss, val)
-                if val < thr * max_loss:
-                    break
+            used.append(t_val)
+        return {"timesteps": used, "stopped_at": stopped_at, "thr": thr, "stride": stride}
 
     def masks_from_scores(self, scores, ratio):
         """0/1 uint8 mask (1 = pruned) at ``ratio``, concatenated over groups."""

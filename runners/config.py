@@ -10,7 +10,8 @@ import os
 
 import yaml
 
-from runners.errors import UserError
+from utils.errors import UserError
+from utils.io import load_yaml
 
 CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
 
@@ -38,7 +39,6 @@ DEFAULTS = {
         "dropout": 0.1,
         "resamp_with_conv": True,
         "gn_groups": 32,            # GroupNorm groups of the dense network
-        "var_type": "fixedlarge",
         "ema": True,
         "ema_rate": 0.9999,
         "ema_warmup": True,         # min(rate, (1+n)/(10+n)): fine-tuned tickets need it
@@ -84,16 +84,16 @@ DEFAULTS = {
         "compile": False,
     },
     "pruning": {
-        "pruner": "magnitude",
         "taylor_batch_size": 64,
         "taylor_steps": 16,         # timesteps whose loss gradients Taylor importance sums
         "thr": 0.05,                # Diff-Pruning: stop when loss < thr * max loss
-        "use_ema": True,
+        "diff_stride": 1,           # Diff-Pruning visits t = 0, stride, 2 * stride, ...
+        "use_ema": True,            # masks and tickets come from the EMA weights
     },
     "earlybird": {
         "enabled": False,           # compute masks after each epoch during training
         "ratios": [0.3, 0.5, 0.7],
-        "pruner": "magnitude",
+        "pruner": "magnitude",      # the importance of every mask and ticket of a run
         "window": 5,
         "threshold": 0.1,
         "stop": False,              # stop dense training once every ratio has its EB epoch
@@ -113,7 +113,6 @@ CHOICES = {
     ("optim", "optimizer"): ["Adam", "AdamW", "SGD", "RMSProp"],
     ("fast", "amp"): ["auto", "bf16", "off"],
     ("fast", "channels_last"): ["auto", "on", "off"],
-    ("pruning", "pruner"): ["magnitude", "taylor", "random", "diff-pruning"],
     ("earlybird", "pruner"): ["magnitude", "taylor", "random", "diff-pruning"],
 }
 
@@ -125,7 +124,11 @@ def resolve_path(name):
     cand = os.path.join(CONFIG_DIR, name)
     if os.path.isfile(cand):
         return cand
-    raise UserError(f"config file not found: {name} (looked in . and {CONFIG_DIR})")
+    hint = ""
+    for ext in (".yml", ".yaml"):
+        if os.path.isfile(os.path.join(CONFIG_DIR, name + ext)):
+            hint = f"; did you mean {name + ext}?"
+    raise UserError(f"config file not found: {name} (looked in . and {CONFIG_DIR}){hint}")
 
 
 def _check_type(where, value, default):
@@ -185,11 +188,53 @@ def validate(raw, source="config"):
     return cfg
 
 
+# Valid ranges of numeric values: (low, high, low_inclusive, high_inclusive); None = open end.
+POSITIVE, NON_NEGATIVE, FRACTION = (0, None, False, False), (0, None, True, False), \
+    (0, 1, False, False)
+AT_LEAST_ONE = (1, None, True, False)
+RANGES = {
+    ("data", "image_size"): AT_LEAST_ONE, ("data", "channels"): AT_LEAST_ONE,
+    ("data", "num_workers"): NON_NEGATIVE, ("data", "max_on_device_mb"): NON_NEGATIVE,
+    ("model", "ch"): AT_LEAST_ONE, ("model", "num_res_blocks"): AT_LEAST_ONE,
+    ("model", "dropout"): (0, 1, True, False), ("model", "gn_groups"): AT_LEAST_ONE,
+    ("model", "ema_rate"): FRACTION,
+    ("diffusion", "beta_start"): POSITIVE, ("diffusion", "beta_end"): (0, 1, False, True),
+    ("diffusion", "num_diffusion_timesteps"): (2, None, True, False),
+    ("training", "batch_size"): AT_LEAST_ONE, ("training", "n_epochs"): AT_LEAST_ONE,
+    ("training", "log_every"): AT_LEAST_ONE, ("training", "sample_every"): NON_NEGATIVE,
+    ("training", "grid_samples"): AT_LEAST_ONE,
+    ("training", "max_steps_per_epoch"): NON_NEGATIVE,
+    ("sampling", "batch_size"): AT_LEAST_ONE, ("sampling", "n_samples"): AT_LEAST_ONE,
+    ("sampling", "timesteps"): AT_LEAST_ONE, ("sampling", "eta"): NON_NEGATIVE,
+    ("sampling", "seed"): NON_NEGATIVE,
+    ("optim", "lr"): POSITIVE, ("optim", "weight_decay"): NON_NEGATIVE,
+    ("optim", "beta1"): (0, 1, True, False), ("optim", "eps"): POSITIVE,
+    ("optim", "grad_clip"): NON_NEGATIVE,
+    ("pruning", "taylor_batch_size"): AT_LEAST_ONE, ("pruning", "taylor_steps"): AT_LEAST_ONE,
+    ("pruning", "thr"): FRACTION, ("pruning", "diff_stride"): AT_LEAST_ONE,
+    ("earlybird", "window"): (2, None, True, False), ("earlybird", "threshold"): FRACTION,
+    ("taeb", "finetune_epochs"): NON_NEGATIVE,
+}
+
+
+def _range_text(lo, hi, lo_in, hi_in):
+    if hi is None:
+        return f">= {lo}" if lo_in else f"> {lo}"
+    return f"in {'[' if lo_in else '('}{lo}, {hi}{']' if hi_in else ')'}"
+
+
+def in_range(value, lo, hi, lo_in, hi_in):
+    above = value >= lo if lo_in else value > lo
+    below = hi is None or (value <= hi if hi_in else value < hi)
+    return above and below
+
+
 def _check_values(cfg, source):
-    d, m, t = cfg["data"], cfg["model"], cfg["training"]
-    for key in ("image_size", "channels"):
-        if d[key] <= 0:
-            raise UserError(f"{source}: data.{key} must be positive, got {d[key]}")
+    for (section, key), spec in RANGES.items():
+        v = cfg[section][key]
+        if not in_range(v, *spec):
+            raise UserError(f"{source}: {section}.{key} must be {_range_text(*spec)}, got {v!r}")
+    d, m = cfg["data"], cfg["model"]
     down = 2 ** (len(m["ch_mult"]) - 1)
     if d["image_size"] % down:
         raise UserError(f"{source}: data.image_size {d['image_size']} is not divisible by "
@@ -197,21 +242,16 @@ def _check_values(cfg, source):
     if m["ch"] % m["gn_groups"]:
         raise UserError(f"{source}: model.ch {m['ch']} is not divisible by "
                         f"model.gn_groups {m['gn_groups']}")
-    if t["batch_size"] <= 0 or cfg["sampling"]["batch_size"] <= 0:
-        raise UserError(f"{source}: batch sizes must be positive")
-    if t["n_epochs"] <= 0:
-        raise UserError(f"{source}: training.n_epochs must be positive")
-    if not 0.0 <= m["dropout"] < 1.0:
-        raise UserError(f"{source}: model.dropout must be in [0, 1), got {m['dropout']}")
-    if cfg["optim"]["lr"] <= 0:
-        raise UserError(f"{source}: optim.lr must be positive, got {cfg['optim']['lr']}")
-    T = cfg["diffusion"]["num_diffusion_timesteps"]
-    if T < 2:
-        raise UserError(f"{source}: diffusion.num_diffusion_timesteps must be >= 2")
-    if not 0 < cfg["sampling"]["timesteps"] <= T:
-        raise UserError(f"{source}: sampling.timesteps must be in 1..{T}")
+    dcfg = cfg["diffusion"]
+    if dcfg["beta_start"] > dcfg["beta_end"]:
+        raise UserError(f"{source}: diffusion.beta_start {dcfg['beta_start']} is above "
+                        f"diffusion.beta_end {dcfg['beta_end']}")
+    T = dcfg["num_diffusion_timesteps"]
+    if cfg["sampling"]["timesteps"] > T:
+        raise UserError(f"{source}: sampling.timesteps must be in 1..{T}, "
+                        f"got {cfg['sampling']['timesteps']}")
     for r in cfg["earlybird"]["ratios"]:
-        if not isinstance(r, (int, float)) or not 0 < r < 1:
+        if isinstance(r, bool) or not isinstance(r, (int, float)) or not 0 < r < 1:
             raise UserError(f"{source}: earlybird.ratios must be numbers in (0, 1), got {r!r}")
 
 
@@ -244,13 +284,7 @@ def apply_overrides(raw, overrides):
 def load_config(name, overrides=None):
     """Load configs/NAME (or a path), apply 'section.key=value' overrides, validate."""
     path = resolve_path(name)
-    try:
-        with open(path) as f:
-            raw = yaml.safe_load(f) or {}
-    except yaml.YAMLError as e:
-        raise UserError(f"{path}: not valid YAML ({str(e).splitlines()[0]})")
-    except OSError as e:
-        raise UserError(f"{path}: cannot read ({e.strerror})")
+    raw = load_yaml(path, "config file") or {}
     raw = apply_overrides(raw, overrides)
     return validate(raw, source=path)
 
@@ -270,5 +304,5 @@ def add_override_flag(parser):
 
 
 def dump_config(cfg, path):
-    from runners.checkpoint import atomic_write_text
+    from utils.io import atomic_write_text
     atomic_write_text(path, yaml.safe_dump(cfg, sort_keys=False))

@@ -14,8 +14,9 @@ import torch.nn.functional as F
 from PIL import Image
 
 from datasets import data_transform, digits_split, resize_uint8
-from runners.checkpoint import atomic_save, load_checkpoint
-from runners.errors import UserError
+from runners.checkpoint import load_checkpoint
+from utils.io import atomic_save
+from utils.errors import UserError
 from runners.fid import feature_statistics, frechet_distance
 
 

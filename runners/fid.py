@@ -5,6 +5,8 @@ pytorch-fid downloads its Inception weights on first use; ``inception_weights=PA
 local copy into the same FID Inception architecture instead (for machines without internet).
 """
 import contextlib
+import hashlib
+import json
 import os
 import warnings
 
@@ -12,9 +14,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from runners.errors import UserError
-
-IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
+from datasets import IMAGE_EXTS
+from utils.errors import UserError
 
 
 def frechet_distance(mu1, sigma1, mu2, sigma2):
@@ -109,42 +110,88 @@ def folder_statistics(files, model, *, dims, device, batch_size=50):
 
 
 def load_stats(path):
+    """(mu, sigma, key or None) of a statistics .npz."""
     try:
         with np.load(path) as f:
-            return f["mu"], f["sigma"]
+            key = json.loads(str(f["key"])) if "key" in f.files else None
+            return f["mu"], f["sigma"], key
     except (OSError, KeyError, ValueError) as e:
         raise UserError(f"{path}: not a statistics file with 'mu' and 'sigma' ({e})")
 
 
-def save_stats(path, mu, sigma):
-    from runners.checkpoint import atomic_path
+def save_stats(path, mu, sigma, key=None):
+    from utils.io import atomic_path
     with atomic_path(path) as tmp, open(tmp, "wb") as f:
-        np.savez(f, mu=mu, sigma=sigma)
+        np.savez(f, mu=mu, sigma=sigma, key=json.dumps(key, sort_keys=True))
 
 
-def reference_statistics(ref, model, *, dims, device, batch_size, cache=None):
-    """ref: a .npz of statistics or a folder of images; a folder's statistics are cached."""
+def sha256_of(path, chunk=1 << 20):
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(chunk), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def weights_id(weights):
+    """What identifies the Inception weights: a local file's sha256, else pytorch-fid's own
+    download."""
+    if weights is None:
+        from pytorch_fid.inception import FID_WEIGHTS_URL
+        return f"pytorch-fid:{os.path.basename(FID_WEIGHTS_URL)}"
+    if not os.path.isfile(weights):
+        raise UserError(f"--inception_weights {weights}: file not found")
+    return f"sha256:{sha256_of(weights)}"
+
+
+def statistics_key(files, *, source, dims, weights):
+    """Everything that determines a folder's statistics: the folder, its files (names, sizes,
+    modification times), their number, the feature size and the Inception weights."""
+    h = hashlib.sha256()
+    for f in files:
+        st = os.stat(f)
+        h.update(f"{os.path.basename(f)}\t{st.st_size}\t{st.st_mtime_ns}\n".encode())
+    return {"source": os.path.abspath(source), "n": len(files), "files_sha256": h.hexdigest(),
+            "dims": dims, "weights": weights_id(weights)}
+
+
+def reference_statistics(ref, model, *, dims, device, batch_size, cache=None, n=None,
+                         weights=None, log=print):
+    """ref: a .npz of statistics (used as given) or a folder of images (its first n, sorted);
+    a folder's statistics are cached with the key that determines them and recomputed when
+    the key differs (other files, count, feature size or weights)."""
     if ref.endswith(".npz"):
         if not os.path.isfile(ref):
             raise UserError(f"statistics file not found: {ref}")
-        return load_stats(ref)
-    cache = cache or os.path.join(os.path.abspath(ref).rstrip("/") + f"_fid_stats_{dims}.npz")
+        mu, sigma, _ = load_stats(ref)
+        if mu.shape[0] != dims:
+            raise UserError(f"{ref}: {mu.shape[0]}-d statistics, --dims is {dims}")
+        log(f"reference statistics: {ref} (as given)")
+        return mu, sigma
+    files = list_images(ref, n)
+    key = statistics_key(files, source=ref, dims=dims, weights=weights)
+    cache = cache or os.path.abspath(ref).rstrip("/") + f"_fid_stats_{dims}.npz"
     if os.path.isfile(cache):
-        mu, sigma = load_stats(cache)
-        if mu.shape[0] == dims:
+        mu, sigma, cached_key = load_stats(cache)
+        if cached_key == key:
+            log(f"reference statistics: cached {cache} ({key['n']} images of {ref})")
             return mu, sigma
-    mu, sigma = folder_statistics(list_images(ref), model, dims=dims, device=device,
-                                  batch_size=batch_size)
-    save_stats(cache, mu, sigma)
+        log(f"reference statistics: {cache} was computed from other images or weights; "
+            f"recomputing")
+    mu, sigma = folder_statistics(files, model, dims=dims,
+                                  device=device, batch_size=batch_size)
+    save_stats(cache, mu, sigma, key)
+    log(f"reference statistics: computed from {key['n']} images of {ref}, cached in {cache}")
     return mu, sigma
 
 
-def fid(samples, ref, *, n=None, dims=2048, device="cpu", batch_size=50, weights=None,
-        cache=None):
+def fid(samples, ref, *, n=None, n_ref=None, dims=2048, device="cpu", batch_size=50,
+        weights=None, cache=None, log=print):
     """FID between a folder of samples and a folder or .npz of reference statistics."""
     files = list_images(samples, n)
     model = inception(dims, device, weights)
     mu_r, s_r = reference_statistics(ref, model, dims=dims, device=device,
-                                     batch_size=batch_size, cache=cache)
+                                     batch_size=batch_size, cache=cache, n=n_ref,
+                                     weights=weights, log=log)
     mu_s, s_s = folder_statistics(files, model, dims=dims, device=device, batch_size=batch_size)
     return frechet_distance(mu_s, s_s, mu_r, s_r), len(files)

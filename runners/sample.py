@@ -1,6 +1,8 @@
 """Sampling to a folder (DESIGN.md steps 6-7): one seed per image, ``{index:06d}.png``, so
 sampling shards and resumes exactly, plus a grid PNG. Works with a checkpoint or a stitched
 TA-EB ticket manifest."""
+import hashlib
+import json
 import math
 import os
 
@@ -10,89 +12,123 @@ from PIL import Image
 from tqdm import tqdm
 
 from datasets import inverse_data_transform
-from models.diffusion import Diffusion, sample_images
-from models.stitched import StitchedTickets, check_regions
+from models.diffusion import Diffusion, sample_images, timestep_sequence
+from models.stitched import StitchedTickets
 from runners import checkpoint as ck
-from runners.errors import UserError
-from runners.train import autocast_for, select_device, use_channels_last
+from runners.device import autocast_for, select_device, use_channels_last
+from runners.layout import Layout, sample_grid_of
+from runners.tickets import load_manifest
+from utils.errors import UserError
+from utils.io import atomic_write_json
+
+# Image i's initial noise comes from seed + i, its step noise (eta > 0, ddpm_noisy) from
+# seed + i + STEP_NOISE_OFFSET (a large prime, so the two streams never share a seed).
+STEP_NOISE_OFFSET = 1_000_003
+META_FILE = "sampling.json"  # what made the images of a sample folder
 
 
-def load_manifest(path, num_timesteps=None):
-    """tickets.yml -> list of region dicts with resolved checkpoint paths."""
-    import yaml
-    if not os.path.isfile(path):
-        raise UserError(f"ticket manifest not found: {path}")
-    try:
-        with open(path) as f:
-            man = yaml.safe_load(f)
-    except yaml.YAMLError as e:
-        raise UserError(f"{path}: not valid YAML ({str(e).splitlines()[0]})")
-    if not isinstance(man, dict) or not isinstance(man.get("tickets"), list) or \
-            not man["tickets"]:
-        raise UserError(f"{path}: expected a mapping with a non-empty 'tickets' list")
-    base = os.path.dirname(os.path.abspath(path))
-    out = []
-    for i, t in enumerate(man["tickets"]):
-        if not isinstance(t, dict) or "range" not in t or "checkpoint" not in t:
-            raise UserError(f"{path}: ticket {i} needs 'range' and 'checkpoint'")
-        r = t["range"]
-        if not (isinstance(r, list) and len(r) == 2 and all(isinstance(v, int) for v in r)):
-            raise UserError(f"{path}: ticket {i}: range must be [lo, hi], got {r!r}")
-        cp = t["checkpoint"]
-        cand = cp if os.path.isabs(cp) else os.path.join(base, cp)
-        if not os.path.isfile(cand) and os.path.isfile(cp):
-            cand = cp
-        if not os.path.isfile(cand):
-            raise UserError(f"{path}: ticket {i} [{r[0]}, {r[1]}): checkpoint {cp} not found")
-        out.append(dict(t, checkpoint=cand))
-    T = num_timesteps or man.get("num_timesteps")
-    try:
-        check_regions([t["range"] for t in out], T, where=path)
-    except ValueError as e:
-        raise UserError(str(e))
-    return out
+def weights_fingerprint(model):
+    """sha256 (16 hex digits) of a network's weights, in state-dict order."""
+    h = hashlib.sha256()
+    for k, v in model.state_dict().items():
+        h.update(k.encode())
+        h.update(v.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
 
 
 def load_sampling_model(cfg, opts, device):
-    """The network to sample with: a checkpoint (--restore_from / latest) or stitched tickets."""
+    """(network, what it is) to sample with: a checkpoint (--restore_from / the run's latest)
+    or stitched tickets. What it is: checkpoint paths, their steps, a hash of the weights."""
     T = cfg["diffusion"]["num_diffusion_timesteps"]
-    if opts.get("tickets"):
-        tickets, regions = [], []
-        for t in load_manifest(opts["tickets"], T):
+    if opts.tickets:
+        tickets, regions, sources = [], [], []
+        for t in load_manifest(opts.tickets, T):
             c = ck.load_checkpoint(t["checkpoint"])
-            tickets.append(ck.model_from_checkpoint(c, t["checkpoint"], opts.get("use_ema")))
+            tickets.append(ck.model_from_checkpoint(c, t["checkpoint"], opts.use_ema))
             regions.append(t["range"])
+            sources.append({"checkpoint": os.path.abspath(t["checkpoint"]), "step": c.get("step"),
+                            "range": t["range"]})
         model = StitchedTickets(tickets, regions, T)
     else:
-        path = opts.get("restore_from") or os.path.join(opts["exp"], "logs", opts["doc"],
-                                                        "ckpt.pth")
+        path = opts.restore_from or Layout(opts.exp).latest_checkpoint(opts.doc)
         c = ck.load_checkpoint(path)
         args = c.get("model_args")
         if args is None:
             from models.unet import model_args_from_config
             args = model_args_from_config(cfg)
-        model = ck.model_from_checkpoint(c, path, opts.get("use_ema"), model_args=args)
+        else:
+            diff = ck.architecture_differences(cfg, args)
+            if diff:
+                print(f"note: {path} holds another network than the config's model section "
+                      f"({', '.join(diff)}); sampling the checkpoint's network")
+        model = ck.model_from_checkpoint(c, path, opts.use_ema, model_args=args)
         if args["in_channels"] != cfg["data"]["channels"]:
             raise UserError(f"{path}: network takes {args['in_channels']} channels, "
                             f"data.channels is {cfg['data']['channels']}")
+        sources = [{"checkpoint": os.path.abspath(path), "step": c.get("step")}]
+    about = {"sources": sources, "use_ema": bool(opts.use_ema),
+             "weights_sha256": weights_fingerprint(model)}
     model.to(device).eval()
     if use_channels_last(cfg, device):
         model = model.to(memory_format=torch.channels_last)
-    return model
+    return model, about
 
 
-def sampler_settings(cfg, opts):
-    """Sampler keyword arguments: command-line flags where given, else the config's."""
+def sampler_settings(cfg):
+    """The sampler keyword arguments of a config's ``sampling`` section."""
     s = cfg["sampling"]
-    return dict(timesteps=opts.get("timesteps") or s["timesteps"],
-                skip_type=opts.get("skip_type") or s["skip_type"],
-                sample_type=opts.get("sample_type") or s["sample_type"],
-                eta=s["eta"] if opts.get("eta") is None else opts["eta"])
+    return dict(timesteps=s["timesteps"], skip_type=s["skip_type"],
+                sample_type=s["sample_type"], eta=s["eta"])
 
 
 def image_noise(index, shape, seed):
+    """The initial noise of image ``index``."""
     g = torch.Generator().manual_seed(seed + index)
     return torch.randn(shape, generator=g)
+
+
+def per_image_step_noise(indices, seed, device):
+    """step_noise for a batch: image i's draws come from its own generator, so its pixels
+    depend only on (seed, i), not on the batch it shares (after EDM's per-image seeds)."""
+    gens = [torch.Generator(device=device).manual_seed(seed + i + STEP_NOISE_OFFSET)
+            for i in indices]
+
+    def draw(k, x):
+        return torch.stack([torch.randn(x.shape[1:], generator=g, device=x.device)
+                            for g in gens])
+    return draw
+
+
+def folder_metadata(folder):
+    """The sampling.json of a sample folder (None when there is none)."""
+    path = os.path.join(folder, META_FILE)
+    if not os.path.isfile(path):
+        return None
+    with open(path) as f:
+        return json.load(f)
+
+
+def _images_in(folder):
+    return sorted(f for f in os.listdir(folder) if f.endswith(".png") and f[:6].isdigit())
+
+
+def prepare_folder(folder, meta, start_over=False):
+    """Make ``folder`` ready to take images made as ``meta`` says: --ni empties it; images
+    made any other way are refused in one line; identical settings top the folder up."""
+    os.makedirs(folder, exist_ok=True)
+    if start_over:
+        for f in _images_in(folder) + [META_FILE]:
+            if os.path.exists(os.path.join(folder, f)):
+                os.remove(os.path.join(folder, f))
+    old = folder_metadata(folder)
+    if old is None and _images_in(folder):
+        raise UserError(f"{folder} holds {len(_images_in(folder))} images without "
+                        f"{META_FILE}: their origin is unknown; pass --ni to start it over")
+    if old is not None and old != meta:
+        diff = sorted(k for k in set(old) | set(meta) if old.get(k) != meta.get(k))
+        raise UserError(f"{folder} holds images made with other {', '.join(diff)}; pass --ni "
+                        f"to start it over or choose another --image_folder")
+    atomic_write_json(os.path.join(folder, META_FILE), meta)
 
 
 def save_png(x01, path):
@@ -105,12 +141,20 @@ def save_png(x01, path):
 
 
 def sample_to_folder(model, cfg, folder, n_samples, *, device, timesteps, skip_type,
-                     sample_type, eta, batch_size=None, seed=None, progress=True):
-    """Write images 000000.png .. (n-1) skipping those present; returns the count written."""
+                     sample_type, eta, about=None, start_over=False, batch_size=None,
+                     seed=None, progress=True):
+    """Write images 000000.png .. (n-1) skipping those present; returns the count written.
+
+    ``about`` (what the model is) goes into the folder's sampling.json with the sampler
+    settings, the seed and the number of network evaluations per image."""
     d, s = cfg["data"], cfg["sampling"]
     seed = s["seed"] if seed is None else seed
     batch_size = batch_size or s["batch_size"]
-    os.makedirs(folder, exist_ok=True)
+    nfe = len(timestep_sequence(skip_type, timesteps, cfg["diffusion"]["num_diffusion_timesteps"]))
+    meta = {"model": about or {}, "timesteps": timesteps, "skip_type": skip_type,
+            "sample_type": sample_type, "eta": eta, "seed": seed, "nfe": nfe,
+            "image_shape": [d["channels"], d["image_size"], d["image_size"]]}
+    prepare_folder(folder, meta, start_over)
     todo = [i for i in range(n_samples)
             if not os.path.isfile(os.path.join(folder, f"{i:06d}.png"))]
     diffusion = Diffusion(cfg["diffusion"], device)
@@ -120,27 +164,22 @@ def sample_to_folder(model, cfg, folder, n_samples, *, device, timesteps, skip_t
     for b in range(0, len(todo), batch_size):
         idx = todo[b:b + batch_size]
         noise = torch.stack([image_noise(i, shape, seed) for i in idx]).to(device)
-        gen = torch.Generator(device=device).manual_seed(seed + idx[0] + 1_000_003)
         x = sample_images(model, diffusion, noise, timesteps=timesteps, skip_type=skip_type,
-                          sample_type=sample_type, eta=eta, generator=gen, autocast=autocast)
+                          sample_type=sample_type, eta=eta, autocast=autocast,
+                          step_noise=per_image_step_noise(idx, seed, device))
         x = inverse_data_transform(x.float()).cpu()
         for i, img in zip(idx, x):
             save_png(img, os.path.join(folder, f"{i:06d}.png"))
         bar.update(len(idx))
     bar.close()
-    write_grid(folder, grid_path(folder))
+    write_grid(folder, sample_grid_of(folder))
     return len(todo)
-
-
-def grid_path(folder):
-    return os.path.join(os.path.dirname(os.path.abspath(folder)),
-                        os.path.basename(os.path.abspath(folder)) + "_grid.png")
 
 
 def write_grid(folder, path, n=64):
     """A grid of the first n images of a sample folder."""
     import torchvision.utils as vutils
-    files = sorted(f for f in os.listdir(folder) if f.endswith(".png") and f[:6].isdigit())[:n]
+    files = _images_in(folder)[:n]
     if not files:
         return None
     imgs = [torch.from_numpy(np.array(Image.open(os.path.join(folder, f)).convert("RGB")))
@@ -150,13 +189,15 @@ def write_grid(folder, path, n=64):
 
 
 def run_sampling(cfg, opts):
-    device = select_device(opts.get("device"))
-    if not opts.get("image_folder"):
+    device = select_device(opts.device)
+    if not opts.image_folder:
         raise UserError("--sample needs --image_folder")
-    model = load_sampling_model(cfg, opts, device)
-    n = opts.get("n_samples") or cfg["sampling"]["n_samples"]
-    written = sample_to_folder(model, cfg, opts["image_folder"], n, device=device,
-                               **sampler_settings(cfg, opts))
-    print(f"wrote {written} images to {opts['image_folder']} ({n - written} already there); "
-          f"grid: {grid_path(opts['image_folder'])}")
+    model, about = load_sampling_model(cfg, opts, device)
+    n = cfg["sampling"]["n_samples"]
+    written = sample_to_folder(model, cfg, opts.image_folder, n, device=device, about=about,
+                               start_over=opts.ni, **sampler_settings(cfg))
+    meta = folder_metadata(opts.image_folder)
+    print(f"wrote {written} images to {opts.image_folder} ({n - written} already there; "
+          f"{meta['nfe']} network evaluations per image); grid: "
+          f"{sample_grid_of(opts.image_folder)}")
     return 0

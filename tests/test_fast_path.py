@@ -55,8 +55,13 @@ def test_on_device_batches_equal_dataloader_batches():
             assert torch.equal(x, y)
     # resuming mid-epoch replays the same remaining batches
     assert all(torch.equal(x, y) for x, y in zip(list(on.epoch(1))[2:], on.epoch(1, 2)))
-    # flips happen, and the data are rescaled to [-1, 1]
+    # flips happen (about half the images, mirrored left-right), data are rescaled to [-1, 1]
     allx = torch.cat(list(on.epoch(0)))
+    plain = torch.cat(list(BatchStream(ds, on_device=True, **dict(kw, random_flip=False))
+                           .epoch(0)))
+    flipped = [not torch.equal(a, b) for a, b in zip(allx, plain)]
+    assert 0.2 < sum(flipped) / len(flipped) < 0.8
+    assert all(torch.equal(a, b.flip(2)) for a, b, f in zip(allx, plain, flipped) if f)
     assert allx.min() >= -1 and allx.max() <= 1
 
 

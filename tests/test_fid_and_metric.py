@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from conftest import run_py
-from runners.errors import UserError
+from utils.errors import UserError
 from runners.fid import (feature_statistics, frechet_distance, list_images,
                          reference_statistics)
 

@@ -2,7 +2,6 @@
 import copy
 import os
 import shutil
-import time
 
 from conftest import TINY, run_py, write_config
 from runners.report import write_report
@@ -33,10 +32,8 @@ def test_whole_pipeline_shortened(tmp_path):
     exp = str(tmp_path / "runs")
     args = ["earlybird_scripts/run_pipeline.py", "--config", path, "--exp", exp, "--doc",
             "pipe", "--pruning_ratio", "0.5", "--finetune_epochs", "1", "--n_samples", "12"]
-    t0 = time.time()
     res = run_py(args, timeout=900)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
-    first_run = time.time() - t0
     for rel in ["logs/pipe/ckpt_ep3.pth", "logs/pipe/earlybird.json",
                 "pruned/pipe/masks/pipe_pruned-0.5-magnitude-3.npy",
                 "pruned/pipe/masks/overlap-0.5-magnitude.png",
@@ -54,9 +51,8 @@ def test_whole_pipeline_shortened(tmp_path):
     # a second run reuses every finished stage
     dense = os.path.join(exp, "logs", "pipe", "ckpt.pth")
     mtime = os.path.getmtime(dense)
-    t0 = time.time()
     res = run_py(args, timeout=900)
     assert res.returncode == 0
     assert os.path.getmtime(dense) == mtime
-    assert "dense training" not in res.stdout and "TA-EB tickets (parallel)" not in res.stdout
-    assert time.time() - t0 < first_run
+    stages = [line for line in res.stdout.splitlines() if line.startswith("=== ")]
+    assert stages == ["=== report"], stages
