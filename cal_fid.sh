@@ -2,6 +2,10 @@
 # FID (pytorch-fid, Inception pool3) of sample folders against the config's training images.
 set -euo pipefail
 cd "$(dirname "$0")"
+# the project's environment when there is one (the README's set-up makes .venv)
+if [ -z "${PYTHON:-}" ]; then
+  if [ -x .venv/bin/python ]; then PYTHON=.venv/bin/python; else PYTHON=$(command -v python3 || echo python); fi
+fi
 CONFIG=${CONFIG:-cifar10.yml}
 EXP=${EXP:-checkpoints}
 DOC=${DOC:-cifar10}
@@ -9,7 +13,6 @@ REAL=${REAL:-}                       # default: the config's data set exported a
 N_REF=${N_REF:-}                     # use only the first N reference images (default: all)
 DEVICE=${DEVICE:-auto}               # auto: CUDA when there is one, else the CPU
 WEIGHTS=${WEIGHTS:-}                 # offline: a local pt_inception-2015-12-05-6726825d.pth
-PYTHON=${PYTHON:-python}
 
 if [ -z "$REAL" ]; then
   # written once per data set / split / size / count (export.json says which); the statistics

@@ -3,6 +3,10 @@
 # (one per timestep region of the config's taeb.regions, trained in parallel).
 set -euo pipefail
 cd "$(dirname "$0")"
+# the project's environment when there is one (the README's set-up makes .venv)
+if [ -z "${PYTHON:-}" ]; then
+  if [ -x .venv/bin/python ]; then PYTHON=.venv/bin/python; else PYTHON=$(command -v python3 || echo python); fi
+fi
 CONFIG=${CONFIG:-cifar10.yml}
 EXP=${EXP:-checkpoints}
 DOC=${DOC:-cifar10}
@@ -10,22 +14,34 @@ PRUNER=${PRUNER:-magnitude}
 RATIO=${RATIO:-0.3}
 EB_EPOCH=${EB_EPOCH:-7}              # from find_earlybird.py
 GPUS=${GPUS:-}                       # e.g. 0,1,2,3 (empty: all visible GPUs, or the CPU)
-PYTHON=${PYTHON:-python}
+EXTRA=${EXTRA:-}                     # e.g. "--override training.n_epochs=20"
 TICKET="$EXP/pruned/$DOC/models/${DOC}_pruned-$RATIO-$PRUNER-$EB_EPOCH.pth"
+RUN="$EXP/logs/${DOC}_eb_$RATIO"
 
 # Traditional EB ticket: prune the EB epoch's checkpoint, then fine-tune on all timesteps.
 if [ ! -f "$TICKET" ]; then
+  # shellcheck disable=SC2086
   "$PYTHON" earlybird_scripts/prune.py --config "$CONFIG" --exp "$EXP" --doc "$DOC" --ni \
     --use_ema --restore_from "$EXP/logs/$DOC/ckpt_ep$EB_EPOCH.pth" --pruner "$PRUNER" \
-    --pruning_ratio "$RATIO" --save_pruned_model
+    --pruning_ratio "$RATIO" --save_pruned_model $EXTRA
 fi
-"$PYTHON" main.py --config "$CONFIG" --timesteps 100 --eta 0 --ni --exp "$EXP" \
-  --doc "${DOC}_eb_$RATIO" --skip_type quad --use_ema --load_pruned_model "$TICKET"
+if [ -f "$RUN/DONE" ]; then
+  echo "EB ticket already fine-tuned: $RUN (delete its DONE file to train it again)"
+elif [ -f "$RUN/ckpt.pth" ]; then
+  # shellcheck disable=SC2086
+  "$PYTHON" main.py --config "$CONFIG" --exp "$EXP" --doc "${DOC}_eb_$RATIO" --use_ema \
+    --resume_training $EXTRA
+else
+  # shellcheck disable=SC2086
+  "$PYTHON" main.py --config "$CONFIG" --timesteps 100 --eta 0 --ni --exp "$EXP" \
+    --doc "${DOC}_eb_$RATIO" --skip_type quad --use_ema --load_pruned_model "$TICKET" $EXTRA
+fi
 
 # One region ticket by hand: the same plus --ts_range LO HI.
 #   $PYTHON main.py ... --doc ${DOC}_taeb_240_440 --load_pruned_model TICKET --ts_range 240 440
 
 # TA-EB: every region of taeb.regions, in parallel (one GPU each), manifest in
 # $EXP/tickets/$DOC/tickets.yml. A rerun finishes only unfinished tickets.
+# shellcheck disable=SC2086
 "$PYTHON" earlybird_scripts/train_tickets.py --config "$CONFIG" --exp "$EXP" --doc "$DOC" \
-  ${GPUS:+--gpus "$GPUS"}
+  ${GPUS:+--gpus "$GPUS"} $EXTRA

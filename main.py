@@ -7,6 +7,7 @@
       --restore_from checkpoints/logs/cifar10/ckpt_ep9.pth
 """
 import argparse
+import sys
 
 from runners.config import add_override_flag, flatten_overrides, load_config
 from runners.options import RunOptions, flag_overrides
@@ -17,8 +18,12 @@ CONFIG_FLAGS = {"seed": "training.seed", "timesteps": "sampling.timesteps",
                 "skip_type": "sampling.skip_type", "sample_type": "sampling.sample_type",
                 "eta": "sampling.eta", "n_samples": "sampling.n_samples"}
 
+# --verbose values (the seed passes logging level names) -> what the terminal shows
+VERBOSITY_NAMES = {"debug": "debug", "info": "info", "warning": "quiet", "error": "quiet",
+                   "critical": "quiet", "quiet": "quiet"}
 
-def parse_args(argv=None):
+
+def build_parser():
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", required=True, help="configs/NAME or a path to a YAML file")
@@ -28,8 +33,12 @@ def parse_args(argv=None):
     p.add_argument("--seed", type=int, default=None,
                    help="sets training.seed (default: the config's)")
     p.add_argument("--comment", default="", help="a note written into log.txt (default: none)")
-    p.add_argument("--verbose", default="info", help="accepted for the seed's commands "
-                   "(default: %(default)s)")
+    p.add_argument("--verbose", default="info",
+                   help="what the terminal shows: info (start, one line per epoch, summary), "
+                        "debug (also every logged step), warning / quiet (nothing but "
+                        "errors) (default: %(default)s)")
+    p.add_argument("--quiet", action="store_true",
+                   help="same as --verbose quiet (default: off)")
     p.add_argument("--ni", action="store_true",
                    help="no interaction: start the run over, replacing its earlier results "
                         "(default: off)")
@@ -73,14 +82,22 @@ def parse_args(argv=None):
     p.add_argument("--tickets", default=None,
                    help="tickets.yml: stitched TA-EB sampling (default: none)")
     add_override_flag(p)
-    return p.parse_args(argv)
+    return p
 
 
 def main(argv=None):
-    args = parse_args(argv)
+    args = build_parser().parse_args(argv)
     if args.interpolation or args.sequence or args.use_pretrained:
         raise UserError("--interpolation, --sequence and --use_pretrained are not supported; "
                         "use --restore_from with a checkpoint (official DDPM weights load too)")
+    if args.train_from_scratch and (args.restore_from or args.load_pruned_model or
+                                    args.resume_training):
+        raise UserError("--train_from_scratch restores nothing: drop it, or drop --restore_from "
+                        "/ --load_pruned_model / --resume_training")
+    level = "quiet" if args.quiet else VERBOSITY_NAMES.get(args.verbose.lower())
+    if level is None:
+        raise UserError(f"--verbose {args.verbose}: expected one of "
+                        f"{', '.join(sorted(VERBOSITY_NAMES))}")
     cfg = load_config(args.config, flatten_overrides(args.override) +
                       flag_overrides(args, CONFIG_FLAGS))
     opts = RunOptions(exp=args.exp, doc=args.doc, ni=args.ni, resume=args.resume_training,
@@ -88,7 +105,8 @@ def main(argv=None):
                       use_ema=args.use_ema, device=args.device,
                       ts_range=tuple(args.ts_range) if args.ts_range else None,
                       image_folder=args.image_folder, tickets=args.tickets,
-                      comment=args.comment)
+                      comment=args.comment, verbosity=level,
+                      command=" ".join(sys.argv) if argv is None else None)
     if args.sample:
         from runners.sample import run_sampling
         return run_sampling(cfg, opts)

@@ -2,21 +2,30 @@
 # Masks (and pruned models) of every per-epoch checkpoint, then the early-bird epoch per ratio.
 set -euo pipefail
 cd "$(dirname "$0")"
+# the project's environment when there is one (the README's set-up makes .venv)
+if [ -z "${PYTHON:-}" ]; then
+  if [ -x .venv/bin/python ]; then PYTHON=.venv/bin/python; else PYTHON=$(command -v python3 || echo python); fi
+fi
 CONFIG=${CONFIG:-cifar10.yml}
 EXP=${EXP:-checkpoints}
 DOC=${DOC:-cifar10}
-PRUNER=${PRUNER:-magnitude}          # magnitude | taylor | random | diff-pruning (ours)
-RATIOS=${RATIOS:-"0.3 0.6 0.8"}
-WINDOW=${WINDOW:-5}
-THRESHOLD=${THRESHOLD:-0.1}
-PYTHON=${PYTHON:-python}
+EXTRA=${EXTRA:-}                     # e.g. "--override pruning.use_ema=false"
+# defaults from the config (earlybird.ratios / pruner / window / threshold); set to override
+# shellcheck disable=SC2086
+IFS=$'\t' read -r CFG_RATIOS CFG_PRUNER CFG_WINDOW CFG_THRESHOLD <<< \
+  "$("$PYTHON" earlybird_scripts/config_value.py --config "$CONFIG" earlybird.ratios \
+     earlybird.pruner earlybird.window earlybird.threshold $EXTRA | paste -sd $'\t')"
+RATIOS=${RATIOS:-$CFG_RATIOS}
+PRUNER=${PRUNER:-$CFG_PRUNER}        # magnitude | taylor | random | diff-pruning (ours)
+WINDOW=${WINDOW:-$CFG_WINDOW}
+THRESHOLD=${THRESHOLD:-$CFG_THRESHOLD}
 MASKS="$EXP/pruned/$DOC/masks"
 
 # Fast form: every checkpoint and every ratio in one process (one dependency graph).
 # shellcheck disable=SC2086
 "$PYTHON" earlybird_scripts/prune.py --config "$CONFIG" --exp "$EXP" --doc "$DOC" --ni \
   --use_ema --restore_from "$EXP/logs/$DOC" --pruner "$PRUNER" --pruning_ratio $RATIOS \
-  --thr 0.05 --save_masks
+  --save_masks $EXTRA
 
 # The seed's form, one checkpoint and one ratio per process (also saves the pruned model):
 #   $PYTHON earlybird_scripts/prune.py --config $CONFIG --exp $EXP --doc $DOC --ni --use_ema \

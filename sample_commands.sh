@@ -2,22 +2,33 @@
 # Generate images: from one checkpoint, and stitched from the TA-EB tickets.
 set -euo pipefail
 cd "$(dirname "$0")"
+# the project's environment when there is one (the README's set-up makes .venv)
+if [ -z "${PYTHON:-}" ]; then
+  if [ -x .venv/bin/python ]; then PYTHON=.venv/bin/python; else PYTHON=$(command -v python3 || echo python); fi
+fi
 CONFIG=${CONFIG:-cifar10.yml}
 EXP=${EXP:-checkpoints}
 DOC=${DOC:-cifar10}
 CKPT=${CKPT:-$EXP/logs/$DOC/ckpt.pth}
 N=${N:-50000}                        # the paper's FID protocol
 STEPS=${STEPS:-100}
-GPUS=${GPUS:-1}
-PYTHON=${PYTHON:-python}
+GPUS=${GPUS:-1}                      # >1: torchrun, the images split across the processes
+EXTRA=${EXTRA:-}                     # e.g. "--ni" to start the folders over
+if [ "$GPUS" -gt 1 ]; then
+  LAUNCH=("$PYTHON" -m torch.distributed.run --standalone --nproc_per_node="$GPUS")
+else
+  LAUNCH=("$PYTHON")
+fi
 
-"$PYTHON" main.py --config "$CONFIG" --exp "$EXP" --doc "$DOC" --ni --sample --fid --use_ema \
+# Each image has its own seeds, so any number of processes gives the same folder, and a rerun
+# fills in what is missing (a folder of other settings is refused; --ni starts it over).
+# shellcheck disable=SC2086
+"${LAUNCH[@]}" main.py --config "$CONFIG" --exp "$EXP" --doc "$DOC" --sample --fid --use_ema \
   --skip_type quad --timesteps "$STEPS" --eta 0 --n_samples "$N" \
-  --image_folder "$EXP/samples/$DOC" --restore_from "$CKPT"
+  --image_folder "$EXP/samples/$DOC" --restore_from "$CKPT" $EXTRA
 
 # Stitched TA-EB sampling: each step uses the ticket whose region holds t.
-"$PYTHON" main.py --config "$CONFIG" --exp "$EXP" --doc "$DOC" --ni --sample --fid --use_ema \
+# shellcheck disable=SC2086
+"${LAUNCH[@]}" main.py --config "$CONFIG" --exp "$EXP" --doc "$DOC" --sample --fid --use_ema \
   --skip_type quad --timesteps "$STEPS" --eta 0 --n_samples "$N" \
-  --tickets "$EXP/tickets/$DOC/tickets.yml" --image_folder "$EXP/samples/${DOC}_taeb"
-# Images are {index:06d}.png, one seed per image: a rerun fills in what is missing, and
-# several GPUs can share the work by pointing at the same folder with CUDA_VISIBLE_DEVICES.
+  --tickets "$EXP/tickets/$DOC/tickets.yml" --image_folder "$EXP/samples/${DOC}_taeb" $EXTRA

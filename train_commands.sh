@@ -3,16 +3,19 @@
 # Edit the variables; any config value can be changed with --override section.key=value.
 set -euo pipefail
 cd "$(dirname "$0")"
+# the project's environment when there is one (the README's set-up makes .venv)
+if [ -z "${PYTHON:-}" ]; then
+  if [ -x .venv/bin/python ]; then PYTHON=.venv/bin/python; else PYTHON=$(command -v python3 || echo python); fi
+fi
 CONFIG=${CONFIG:-cifar10.yml}
 EXP=${EXP:-checkpoints}
 DOC=${DOC:-cifar10}
 GPUS=${GPUS:-1}              # >1: DDP with torchrun, one process per GPU
-PYTHON=${PYTHON:-python}
 EXTRA=${EXTRA:-}             # e.g. "--override training.n_epochs=20 earlybird.enabled=true"
 
 if [ "$GPUS" -gt 1 ]; then
   # shellcheck disable=SC2086
-  torchrun --standalone --nproc_per_node="$GPUS" main.py --config "$CONFIG" --exp "$EXP" \
+  "$PYTHON" -m torch.distributed.run --standalone --nproc_per_node="$GPUS" main.py --config "$CONFIG" --exp "$EXP" \
     --doc "$DOC" --ni --use_ema --train_from_scratch --skip_type quad $EXTRA
 else
   # shellcheck disable=SC2086

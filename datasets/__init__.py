@@ -7,6 +7,7 @@ come from a tensor held on the device or from a DataLoader.
 import gzip
 import math
 import os
+import sys
 
 import numpy as np
 import torch
@@ -144,6 +145,17 @@ def _fashion_mnist(cfg, train):
     return TensorImages(resize_uint8(images, d["image_size"]), "FASHION_MNIST")
 
 
+def _readable(path):
+    """None when ``path`` decodes as an image, else the reason it does not."""
+    from PIL import Image, UnidentifiedImageError
+    try:
+        with Image.open(path) as im:
+            im.load()
+        return None
+    except (OSError, UnidentifiedImageError, ValueError) as e:
+        return str(e) or type(e).__name__
+
+
 def _folder(cfg):
     d = cfg["data"]
     root = d["path"]
@@ -153,19 +165,28 @@ def _folder(cfg):
                    if f.lower().endswith(IMAGE_EXTS))
     if not paths:
         raise UserError(f"data.path: no images ({', '.join(IMAGE_EXTS)}) in {root}")
-    from PIL import Image, UnidentifiedImageError
-    try:
-        with Image.open(paths[0]) as im:
-            im.load()
-    except (OSError, UnidentifiedImageError) as e:
-        raise UserError(f"data.path: cannot read image {paths[0]} ({e})")
+    if d["skip_bad_images"]:
+        bad = [p for p in paths if _readable(p) is not None]
+        if bad:
+            print(f"warning: data.skip_bad_images: skipped {len(bad)} unreadable image(s) of "
+                  f"{len(paths)} in {root}, the first {bad[0]}", file=sys.stderr)
+            paths = [p for p in paths if p not in set(bad)]
+        if not paths:
+            raise UserError(f"data.path: no readable images in {root}")
+    else:
+        reason = _readable(paths[0])
+        if reason is not None:
+            raise UserError(f"data.path: cannot read image {paths[0]} ({reason}); "
+                            f"data.skip_bad_images: true skips such images")
 
     def load(p):
+        from PIL import Image, UnidentifiedImageError
         try:
             with Image.open(p) as im:
                 return im.copy()
         except (OSError, UnidentifiedImageError) as e:
-            raise UserError(f"data.path: cannot read image {p} ({e})")
+            raise UserError(f"data.path: cannot read image {p} ({e}); "
+                            f"data.skip_bad_images: true skips such images")
     ds = PILImages(paths, d["image_size"], d["channels"], "FOLDER", loader=load)
     n_bytes = len(paths) * d["channels"] * d["image_size"] ** 2
     if n_bytes <= d["max_on_device_mb"] * 2 ** 20 and len(paths) <= FOLDER_IN_MEMORY_MAX_IMAGES:

@@ -9,7 +9,7 @@ import _common  # noqa: F401
 from utils.errors import run_cli
 
 
-def main(argv=None):
+def build_parser():
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("samples", help="folder of generated digits")
@@ -20,7 +20,11 @@ def main(argv=None):
     p.add_argument("--cache_dir", default="data",
                    help="where the classifier is cached (default: %(default)s)")
     p.add_argument("--output", default=None, help="write the result as JSON (default: none)")
-    a = p.parse_args(argv)
+    return p
+
+
+def main(argv=None):
+    a = build_parser().parse_args(argv)
     from runners.digits_metric import evaluate, load_folder
     from runners.sample import folder_metadata
     from utils.io import atomic_write_json

@@ -16,7 +16,7 @@ from utils.errors import UserError, run_cli
 META = "export.json"
 
 
-def main(argv=None):
+def build_parser():
     from runners.config import add_override_flag
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -28,7 +28,11 @@ def main(argv=None):
     p.add_argument("--limit", type=int, default=None,
                    help="export the first N images (default: all)")
     add_override_flag(p)
-    a = p.parse_args(argv)
+    return p
+
+
+def main(argv=None):
+    a = build_parser().parse_args(argv)
     if a.limit is not None and a.limit < 1:
         raise UserError("--limit must be at least 1")
     from tqdm import tqdm

@@ -13,7 +13,7 @@ import _common  # noqa: F401
 from utils.errors import run_cli
 
 
-def main(argv=None):
+def build_parser():
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("samples", help="folder of generated images")
@@ -36,7 +36,11 @@ def main(argv=None):
                    help="where to cache a folder's statistics (default: "
                         "{reference}_fid_stats_{dims}.npz)")
     p.add_argument("--output", default=None, help="write the result as JSON (default: none)")
-    a = p.parse_args(argv)
+    return p
+
+
+def main(argv=None):
+    a = build_parser().parse_args(argv)
     from runners.device import select_device
     from runners.fid import fid
     from runners.sample import folder_metadata

@@ -10,8 +10,8 @@ import _common  # noqa: F401
 from utils.errors import UserError, run_cli
 
 
-def parse_args(argv=None):
-    from runners.masks import add_series_args
+def build_parser():
+    from runners.options import add_series_args
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     add_series_args(p)
@@ -21,11 +21,11 @@ def parse_args(argv=None):
                    help="largest accepted distance, in (0, 1) (default: %(default)s)")
     p.add_argument("--output", default=None,
                    help="JSON result (default: earlybird-{ratio}-{pruner}.json in --mask_dir)")
-    return p.parse_args(argv)
+    return p
 
 
 def main(argv=None):
-    a = parse_args(argv)
+    a = build_parser().parse_args(argv)
     from models.earlybird import find_earlybird
     from runners.layout import earlybird_result_in
     from runners.masks import load_mask_series, pruner_arg

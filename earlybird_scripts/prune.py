@@ -19,7 +19,7 @@ CONFIG_FLAGS = {"pruner": "earlybird.pruner", "thr": "pruning.thr",
                 "taylor_batch_size": "pruning.taylor_batch_size", "use_ema": "pruning.use_ema"}
 
 
-def parse_args(argv=None):
+def build_parser():
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", required=True, help="configs/NAME or a path to a YAML file")
@@ -28,13 +28,14 @@ def parse_args(argv=None):
                    help="the dense run; masks go to {exp}/pruned/{doc}/masks "
                         "(default: %(default)s)")
     p.add_argument("--ni", action="store_true",
-                   help="accepted for the seed's commands; outputs are always replaced")
+                   help="accepted for the seed's commands: outputs are always replaced "
+                        "(default: off)")
     ema = p.add_mutually_exclusive_group()
     ema.add_argument("--use_ema", action="store_true", default=None,
                      help="prune the EMA weights (sets pruning.use_ema=true; default: the "
                           "config's pruning.use_ema)")
     ema.add_argument("--no_ema", dest="use_ema", action="store_false",
-                     help="prune the raw weights (sets pruning.use_ema=false)")
+                     help="prune the raw weights: sets pruning.use_ema=false (default: the config's)")
     p.add_argument("--restore_from", required=True, nargs="+",
                    help="checkpoint(s), a folder of ckpt_ep*.pth, or a glob (default: required)")
     p.add_argument("--pruner", default=None,
@@ -53,11 +54,11 @@ def parse_args(argv=None):
     p.add_argument("--device", default="cpu", help="(default: %(default)s)")
     p.add_argument("--quiet", action="store_true", help="print nothing (default: off)")
     add_override_flag(p)
-    return p.parse_args(argv)
+    return p
 
 
 def main(argv=None):
-    args = parse_args(argv)
+    args = build_parser().parse_args(argv)
     from runners.masks import pruner_arg
     from runners.pruning import expand_checkpoints, prune_checkpoints
     if args.pruner is not None:

@@ -7,18 +7,24 @@ import argparse
 import _common  # noqa: F401
 
 from utils.errors import run_cli
-from runners.report import table, write_report
+
+
+def build_parser():
+    p = argparse.ArgumentParser(description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--exp", required=True, help="experiment root (default: required)")
+    p.add_argument("--doc", required=True, help="the dense run's name (default: required)")
+    p.add_argument("--out_dir", default=None, help="(default: {exp}/report/{doc})")
+    p.add_argument("--timesteps", type=int, default=100,
+                   help="sampling steps, for the TA-EB MACs average (default: %(default)s)")
+    p.add_argument("--skip_type", default="quad", choices=["uniform", "quad"],
+                   help="sampling schedule, for the TA-EB MACs average (default: %(default)s)")
+    return p
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--exp", required=True)
-    p.add_argument("--doc", required=True)
-    p.add_argument("--out_dir", default=None, help="default: {exp}/report/{doc}")
-    p.add_argument("--timesteps", type=int, default=100, help="sampling steps (TA-EB MACs)")
-    p.add_argument("--skip_type", default="quad", choices=["uniform", "quad"])
-    a = p.parse_args(argv)
+    a = build_parser().parse_args(argv)
+    from runners.report import table, write_report
     path, rows, notes = write_report(a.exp, a.doc, a.out_dir, sampling_steps=a.timesteps,
                                      skip_type=a.skip_type)
     print(table(rows))

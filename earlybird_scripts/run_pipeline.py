@@ -38,7 +38,7 @@ def script(name):
     return os.path.join(ROOT, "earlybird_scripts", name)
 
 
-def parse_args(argv=None):
+def build_parser():
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", default="digits.yml",
@@ -60,7 +60,7 @@ def parse_args(argv=None):
     p.add_argument("--max_parallel", type=int, default=None,
                    help="TA-EB tickets trained at once (default: see train_tickets.py)")
     add_override_flag(p)
-    return p.parse_args(argv)
+    return p
 
 
 class Pipeline:
@@ -96,8 +96,7 @@ class Pipeline:
 
     def dense(self):
         ratio_list = ",".join(f"{r:g}" for r in self.ratios)
-        cmd = self.train_cmd(self.a.doc, ["--train_from_scratch", "--override",
-                                          "earlybird.enabled=true",
+        cmd = self.train_cmd(self.a.doc, ["--override", "earlybird.enabled=true",
                                           f"earlybird.ratios=[{ratio_list}]",
                                           "earlybird.stop=false"] + self.overrides)
         if cmd:
@@ -211,7 +210,7 @@ class Pipeline:
 
 
 def main(argv=None):
-    a = parse_args(argv)
+    a = build_parser().parse_args(argv)
     check_name(a.doc, "--doc")
     t_start = time.perf_counter()
     pipe = Pipeline(a)

@@ -12,7 +12,7 @@ from runners.options import check_name
 from utils.errors import UserError, run_cli
 
 
-def main(argv=None):
+def build_parser():
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", required=True, help="configs/NAME or a path to a YAML file")
@@ -29,7 +29,11 @@ def main(argv=None):
     p.add_argument("--no_progress", action="store_true",
                    help="no progress bars (default: bars)")
     add_override_flag(p)
-    a = p.parse_args(argv)
+    return p
+
+
+def main(argv=None):
+    a = build_parser().parse_args(argv)
     check_name(a.doc, "--doc")
     overrides = flatten_overrides(a.override) + (["pruning.use_ema=false"] if a.no_ema else [])
     cfg = load_config(a.config, overrides)

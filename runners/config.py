@@ -29,6 +29,8 @@ DEFAULTS = {
         "num_workers": 2,
         "on_device": True,          # hold the whole set on the device as uint8 when it fits
         "max_on_device_mb": 2048,   # ... up to this size
+        "skip_bad_images": False,   # FOLDER: skip unreadable images (one warning) instead of
+                                    # stopping
     },
     "model": {
         "type": "simple",
@@ -57,6 +59,8 @@ DEFAULTS = {
         "sample_every": 10,         # epochs between sample grids (0: never)
         "grid_samples": 64,
         "max_steps_per_epoch": 0,   # 0: the whole data set each epoch (a cap for smoke runs)
+        "grad_accum": 1,            # micro-batches per optimizer step (batch_size stays the
+                                    # batch of one step; each pass holds batch_size/grad_accum)
     },
     "sampling": {
         "batch_size": 64,
@@ -75,6 +79,9 @@ DEFAULTS = {
         "amsgrad": False,
         "eps": 1.0e-8,
         "grad_clip": 1.0,
+        "warmup": 0,                # steps of linear warm-up from 0 to lr (0: none, the seed's)
+        "schedule": "constant",     # constant (the seed's) | cosine | linear decay to min_lr
+        "min_lr": 0.0,              # where cosine / linear decay ends, at the last step
     },
     "fast": {
         "amp": "auto",              # auto (bf16 on CUDA, off on CPU) | bf16 | off
@@ -111,6 +118,7 @@ CHOICES = {
     ("sampling", "skip_type"): ["uniform", "quad"],
     ("sampling", "sample_type"): ["generalized", "ddpm_noisy"],
     ("optim", "optimizer"): ["Adam", "AdamW", "SGD", "RMSProp"],
+    ("optim", "schedule"): ["constant", "cosine", "linear"],
     ("fast", "amp"): ["auto", "bf16", "off"],
     ("fast", "channels_last"): ["auto", "on", "off"],
     ("earlybird", "pruner"): ["magnitude", "taylor", "random", "diff-pruning"],
@@ -209,7 +217,8 @@ RANGES = {
     ("sampling", "seed"): NON_NEGATIVE,
     ("optim", "lr"): POSITIVE, ("optim", "weight_decay"): NON_NEGATIVE,
     ("optim", "beta1"): (0, 1, True, False), ("optim", "eps"): POSITIVE,
-    ("optim", "grad_clip"): NON_NEGATIVE,
+    ("optim", "grad_clip"): NON_NEGATIVE, ("optim", "warmup"): NON_NEGATIVE,
+    ("optim", "min_lr"): NON_NEGATIVE, ("training", "grad_accum"): AT_LEAST_ONE,
     ("pruning", "taylor_batch_size"): AT_LEAST_ONE, ("pruning", "taylor_steps"): AT_LEAST_ONE,
     ("pruning", "thr"): FRACTION, ("pruning", "diff_stride"): AT_LEAST_ONE,
     ("earlybird", "window"): (2, None, True, False), ("earlybird", "threshold"): FRACTION,
@@ -242,6 +251,13 @@ def _check_values(cfg, source):
     if m["ch"] % m["gn_groups"]:
         raise UserError(f"{source}: model.ch {m['ch']} is not divisible by "
                         f"model.gn_groups {m['gn_groups']}")
+    t = cfg["training"]
+    if t["batch_size"] % t["grad_accum"]:
+        raise UserError(f"{source}: training.batch_size {t['batch_size']} is not divisible by "
+                        f"training.grad_accum {t['grad_accum']}")
+    if cfg["optim"]["min_lr"] > cfg["optim"]["lr"]:
+        raise UserError(f"{source}: optim.min_lr {cfg['optim']['min_lr']} is above optim.lr "
+                        f"{cfg['optim']['lr']}")
     dcfg = cfg["diffusion"]
     if dcfg["beta_start"] > dcfg["beta_end"]:
         raise UserError(f"{source}: diffusion.beta_start {dcfg['beta_start']} is above "
@@ -300,7 +316,8 @@ def flatten_overrides(groups):
 def add_override_flag(parser):
     parser.add_argument("--override", nargs="+", action="append", default=[],
                         metavar="SECTION.KEY=VALUE",
-                        help="override config values without editing the YAML (repeatable)")
+                        help="override config values without editing the YAML, repeatable "
+                             "(default: none)")
 
 
 def dump_config(cfg, path):

@@ -23,23 +23,6 @@ def pruner_arg(name):
         raise UserError(str(e))
 
 
-def add_series_args(parser):
-    """The flags that select one mask series (find_earlybird, calculate_overlap)."""
-    parser.add_argument("--mask_dir", required=True, help="folder of *_pruned-*.npy masks")
-    parser.add_argument("--pruning_ratio", type=float, required=True,
-                        help="ratio of the series (default: required)")
-    parser.add_argument("--pruner", default="magnitude",
-                        help="importance of the series; 'ours' = diff-pruning "
-                             "(default: %(default)s)")
-    parser.add_argument("--doc", default=None,
-                        help="only masks of this run, when a folder mixes runs "
-                             "(default: all)")
-    parser.add_argument("--start_epoch", type=int, default=0,
-                        help="first epoch read (default: %(default)s)")
-    parser.add_argument("--end_epoch", type=int, default=None,
-                        help="last epoch read (default: the last there is)")
-
-
 def taylor_batch(dataset, n, seed=TAYLOR_BATCH_SEED):
     """A fixed batch of real images in [-1, 1] for Taylor / Diff-Pruning importance."""
     from datasets import data_transform

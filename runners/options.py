@@ -25,7 +25,9 @@ class RunOptions:
     ts_range: Optional[Tuple[int, int]] = None  # train only on timesteps in [lo, hi)
     image_folder: Optional[str] = None
     tickets: Optional[str] = None         # tickets.yml: stitched TA-EB sampling
-    comment: str = ""
+    comment: str = ""                     # written into log.txt
+    verbosity: str = "info"               # quiet | info | debug (runners/runlog.py)
+    command: Optional[str] = None         # the command line, for the "resume with" hint
 
     def __post_init__(self):
         check_name(self.doc, "--doc")
@@ -52,3 +54,20 @@ def flag_overrides(args, mapping):
         if value is not None:
             out.append(f"{key}={json.dumps(value)}")
     return out
+
+
+def add_series_args(parser):
+    """The flags that select one mask series (find_earlybird, calculate_overlap)."""
+    parser.add_argument("--mask_dir", required=True, help="folder of *_pruned-*.npy masks")
+    parser.add_argument("--pruning_ratio", type=float, required=True,
+                        help="ratio of the series (default: required)")
+    parser.add_argument("--pruner", default="magnitude",
+                        help="importance of the series; 'ours' = diff-pruning "
+                             "(default: %(default)s)")
+    parser.add_argument("--doc", default=None,
+                        help="only masks of this run, when a folder mixes runs "
+                             "(default: all)")
+    parser.add_argument("--start_epoch", type=int, default=0,
+                        help="first epoch read (default: %(default)s)")
+    parser.add_argument("--end_epoch", type=int, default=None,
+                        help="last epoch read (default: the last there is)")

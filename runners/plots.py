@@ -4,10 +4,17 @@ import os
 import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from models.earlybird import find_earlybird, hamming, overlap_matrix  # noqa: E402
 from runners.layout import overlap_stem_in  # noqa: E402
 from runners.masks import load_mask_series  # noqa: E402
+
+
+def integer_epochs(ax, axes="x"):
+    """Epoch axes get whole-number ticks only."""
+    for a in axes:
+        getattr(ax, f"{a}axis").set_major_locator(MaxNLocator(integer=True))
 
 
 def plot_heatmap(mat, epochs, title, path):
@@ -16,6 +23,7 @@ def plot_heatmap(mat, epochs, title, path):
                    origin="lower", extent=(epochs[0] - .5, epochs[-1] + .5,
                                            epochs[0] - .5, epochs[-1] + .5))
     fig.colorbar(im, ax=ax, label="mask overlap (1 - Hamming distance)")
+    integer_epochs(ax, "xy")
     ax.set_xlabel("epoch")
     ax.set_ylabel("epoch")
     ax.set_title(title)
@@ -40,8 +48,10 @@ def plot_distance_curves(curves, threshold, path):
     for label, (epochs, dists, eb) in curves.items():
         line, = ax.plot(epochs, dists, marker="o", ms=3, label=label)
         if eb is not None:
-            ax.axvline(eb, color=line.get_color(), ls=":", lw=1)
+            ax.axvline(eb, color=line.get_color(), ls=":", lw=1,
+                       label=f"EB epoch {eb} ({label})")
     ax.axhline(threshold, color="gray", ls="--", lw=1, label=f"threshold {threshold:g}")
+    integer_epochs(ax)
     ax.set_xlabel("epoch")
     ax.set_ylabel("max Hamming distance to the window")
     ax.legend(fontsize=8)
@@ -70,3 +80,34 @@ def plot_mask_series(mask_dir, ratios, pruner, out_dir, *, doc=None, window=5, t
         plot_distance_curves(curves, threshold, path)
         paths["distances"] = path
     return paths
+
+
+def upscale_factor(size, target=64):
+    """Nearest-neighbour zoom that brings small images to about ``target`` pixels."""
+    return max(1, target // max(size, 1))
+
+
+def save_sample_grid(images, path, title):
+    """images: float [N, C, H, W] in [0, 1] -> a titled PNG grid, small images scaled up
+    (nearest) so each is about 64 px. Returns the grid image [C', H', W'] in [0, 1]."""
+    import math
+
+    import torch
+    import torch.nn.functional as F
+    import torchvision.utils as vutils
+    k = upscale_factor(images.shape[-1])
+    big = F.interpolate(images, scale_factor=k, mode="nearest") if k > 1 else images
+    grid = vutils.make_grid(big, nrow=int(math.ceil(math.sqrt(len(images)))), padding=2 * k,
+                            pad_value=1.0)
+    h, w = grid.shape[1:]
+    fig = plt.figure(figsize=(w / 100, h / 100 + 0.35), dpi=100)
+    ax = fig.add_axes((0, 0, 1, h / (h + 35)))
+    ax.imshow(grid.permute(1, 2, 0).squeeze(-1).numpy() if grid.shape[0] == 1 else
+              grid.permute(1, 2, 0).numpy(), cmap="gray", vmin=0, vmax=1,
+              interpolation="nearest")
+    ax.axis("off")
+    fig.suptitle(title, fontsize=9, y=1 - 0.1 * 35 / (h + 35))
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return grid.clamp(0, 1).to(torch.float32)

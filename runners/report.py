@@ -162,10 +162,15 @@ def plot_losses(layout, doc, rows, path):
             for rng in r["regions"]:
                 name = region_doc(doc, rng)
                 c = read_costs(layout.costs(name))
-                ax.plot([x["epoch"] for x in c], [x["loss"] for x in c], ls="--", label=name)
+                ax.plot([x["epoch"] for x in c], [x["loss"] for x in c], ls="--", marker="o",
+                        ms=3, label=name)
             continue
         c = read_costs(layout.costs(r["key"]))
-        ax.plot([x["epoch"] for x in c], [x["loss"] for x in c], label=r["method"])
+        # markers: a run of a single epoch is a point, not an invisible line
+        ax.plot([x["epoch"] for x in c], [x["loss"] for x in c], marker="o", ms=3,
+                label=r["method"])
+    from runners.plots import integer_epochs
+    integer_epochs(ax)
     ax.set_xlabel("epoch")
     ax.set_ylabel("training loss (epoch mean)")
     ax.set_yscale("log")

@@ -1,9 +1,13 @@
-"""A run's records: log.txt, TensorBoard scalars and costs.jsonl (rank 0 only)."""
+"""A run's records: log.txt, TensorBoard and costs.jsonl (rank 0 only), and what the terminal
+shows (``verbosity``: quiet = nothing but warnings, info = start, epoch and summary lines,
+debug = also every logged step)."""
 import json
 import os
 import time
 
 from utils.io import atomic_write_text, read_jsonl
+
+VERBOSITY = ("quiet", "info", "debug")
 
 
 def read_costs(path):
@@ -25,11 +29,28 @@ def keep_costs_before(path, epoch):
         atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in kept))
 
 
-class RunLog:
-    """log.txt and TensorBoard of one run; does nothing when ``enabled`` is false."""
+def archive(path, stamp=None):
+    """Move an earlier run's log file or folder aside under a dated name; returns the new
+    name (None when there was nothing)."""
+    if not os.path.exists(path):
+        return None
+    stamp = stamp or time.strftime("%Y%m%d-%H%M%S")
+    root, ext = os.path.splitext(path) if os.path.isfile(path) else (path, "")
+    new = f"{root}-{stamp}{ext}"
+    n = 1
+    while os.path.exists(new):
+        n += 1
+        new = f"{root}-{stamp}-{n}{ext}"
+    os.replace(path, new)
+    return new
 
-    def __init__(self, log_file, tb_dir, enabled):
+
+class RunLog:
+    """log.txt, TensorBoard and the terminal of one run; silent when ``enabled`` is false."""
+
+    def __init__(self, log_file, tb_dir, enabled, verbosity="info"):
         self.enabled = enabled
+        self.verbosity = verbosity if enabled else "quiet"
         self.tb = None
         if enabled:
             os.makedirs(os.path.dirname(log_file), exist_ok=True)
@@ -38,14 +59,26 @@ class RunLog:
             self.tb = SummaryWriter(tb_dir)
 
     def info(self, msg):
+        """To log.txt only."""
         if self.enabled:
             self.log_file.write(time.strftime("%Y-%m-%d %H:%M:%S ") + msg + "\n")
             self.log_file.flush()
+
+    def say(self, msg, level="info"):
+        """To log.txt and, at this verbosity, the terminal."""
+        self.info(msg)
+        if VERBOSITY.index(self.verbosity) >= VERBOSITY.index(level):
+            print(msg, flush=True)
 
     def scalars(self, values, step):
         if self.enabled:
             for k, v in values.items():
                 self.tb.add_scalar(k, v, step)
+
+    def image(self, tag, image, step):
+        """image: float [C, H, W] in [0, 1]."""
+        if self.enabled:
+            self.tb.add_image(tag, image, step)
 
     def close(self):
         if self.enabled:

@@ -3,7 +3,6 @@ sampling shards and resumes exactly, plus a grid PNG. Works with a checkpoint or
 TA-EB ticket manifest."""
 import hashlib
 import json
-import math
 import os
 
 import numpy as np
@@ -15,7 +14,7 @@ from datasets import inverse_data_transform
 from models.diffusion import Diffusion, sample_images, timestep_sequence
 from models.stitched import StitchedTickets
 from runners import checkpoint as ck
-from runners.device import autocast_for, select_device, use_channels_last
+from runners.device import autocast_for, dist_setup, select_device, use_channels_last
 from runners.layout import Layout, sample_grid_of
 from runners.tickets import load_manifest
 from utils.errors import UserError
@@ -142,11 +141,13 @@ def save_png(x01, path):
 
 def sample_to_folder(model, cfg, folder, n_samples, *, device, timesteps, skip_type,
                      sample_type, eta, about=None, start_over=False, batch_size=None,
-                     seed=None, progress=True):
+                     seed=None, progress=True, rank=0, world=1):
     """Write images 000000.png .. (n-1) skipping those present; returns the count written.
 
     ``about`` (what the model is) goes into the folder's sampling.json with the sampler
-    settings, the seed and the number of network evaluations per image."""
+    settings, the seed and the number of network evaluations per image. With ``world``
+    processes (torchrun) process ``rank`` draws the images i with i % world == rank; every
+    image has its own seeds, so the folder is the same for any number of processes."""
     d, s = cfg["data"], cfg["sampling"]
     seed = s["seed"] if seed is None else seed
     batch_size = batch_size or s["batch_size"]
@@ -154,8 +155,10 @@ def sample_to_folder(model, cfg, folder, n_samples, *, device, timesteps, skip_t
     meta = {"model": about or {}, "timesteps": timesteps, "skip_type": skip_type,
             "sample_type": sample_type, "eta": eta, "seed": seed, "nfe": nfe,
             "image_shape": [d["channels"], d["image_size"], d["image_size"]]}
-    prepare_folder(folder, meta, start_over)
-    todo = [i for i in range(n_samples)
+    if rank == 0:
+        prepare_folder(folder, meta, start_over)
+    _barrier(world)
+    todo = [i for i in range(rank, n_samples, world)
             if not os.path.isfile(os.path.join(folder, f"{i:06d}.png"))]
     diffusion = Diffusion(cfg["diffusion"], device)
     autocast = autocast_for(cfg, device)
@@ -172,30 +175,58 @@ def sample_to_folder(model, cfg, folder, n_samples, *, device, timesteps, skip_t
             save_png(img, os.path.join(folder, f"{i:06d}.png"))
         bar.update(len(idx))
     bar.close()
-    write_grid(folder, sample_grid_of(folder))
+    _barrier(world)
+    if rank == 0:
+        write_grid(folder, sample_grid_of(folder))
     return len(todo)
 
 
-def write_grid(folder, path, n=64):
-    """A grid of the first n images of a sample folder."""
-    import torchvision.utils as vutils
+def _barrier(world):
+    if world > 1:
+        import torch.distributed as dist
+        dist.barrier()
+
+
+def write_grid(folder, path, n=64, title=None):
+    """A titled grid of the first n images of a sample folder."""
+    from runners.plots import save_sample_grid
     files = _images_in(folder)[:n]
     if not files:
         return None
     imgs = [torch.from_numpy(np.array(Image.open(os.path.join(folder, f)).convert("RGB")))
             .permute(2, 0, 1).float() / 255.0 for f in files]
-    vutils.save_image(torch.stack(imgs), path, nrow=int(math.ceil(math.sqrt(len(imgs)))))
+    meta = folder_metadata(folder) or {}
+    if title is None:
+        title = os.path.basename(os.path.abspath(folder))
+        if meta:
+            title += f", {meta['nfe']} network evaluations ({meta['skip_type']}, eta " \
+                     f"{meta['eta']:g})"
+    save_sample_grid(torch.stack(imgs), path, title)
     return path
 
 
 def run_sampling(cfg, opts):
-    device = select_device(opts.device)
+    """--sample: one process, or one per GPU under torchrun (the images are split)."""
     if not opts.image_folder:
         raise UserError("--sample needs --image_folder")
+    device = select_device(opts.device)
+    rank, world = dist_setup(device)
     model, about = load_sampling_model(cfg, opts, device)
     n = cfg["sampling"]["n_samples"]
     written = sample_to_folder(model, cfg, opts.image_folder, n, device=device, about=about,
-                               start_over=opts.ni, **sampler_settings(cfg))
+                               start_over=opts.ni, rank=rank, world=world,
+                               progress=rank == 0 and opts.verbosity != "quiet",
+                               **sampler_settings(cfg))
+    if world > 1:
+        import torch.distributed as dist
+        counts = torch.tensor([written], device=device if device.type == "cuda" else "cpu")
+        dist.all_reduce(counts)
+        written = int(counts.item())
+        dist.destroy_process_group()
+        if rank != 0:
+            return 0
+    if opts.verbosity == "quiet":
+        return 0
     meta = folder_metadata(opts.image_folder)
     print(f"wrote {written} images to {opts.image_folder} ({n - written} already there; "
           f"{meta['nfe']} network evaluations per image); grid: "

@@ -13,6 +13,7 @@ import math
 import os
 import signal
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any, Optional
 
@@ -31,7 +32,7 @@ from runners.device import (autocast_for, configure_device, dist_setup, rng_stat
                             select_device, set_rng_state, training_rng_untouched,
                             use_channels_last)
 from runners.layout import Layout
-from runners.runlog import RunLog, append_jsonl, keep_costs_before
+from runners.runlog import RunLog, append_jsonl, archive, keep_costs_before
 from utils.errors import UserError
 from utils.io import atomic_save, atomic_write_text
 
@@ -195,12 +196,16 @@ def build_run(cfg, opts, layout, device, rank, world):
 
 
 def _fresh_start(layout, doc):
-    """--ni without --resume_training: earlier per-epoch results of this run are replaced."""
+    """--ni without --resume_training: earlier per-epoch results of this run are replaced; its
+    log.txt and TensorBoard events are kept under a dated name, so the new ones start empty."""
     d = layout.run_dir(doc)
     for pattern in ("ckpt_ep*.pth", "ckpt.pth", "costs.jsonl", "stats.jsonl",
                     "earlybird.json", "DONE"):
         for f in glob.glob(os.path.join(d, pattern)):
             os.remove(f)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    archive(layout.run_log(doc), stamp)
+    archive(layout.tb_dir(doc), stamp)
 
 
 # --- the loop --------------------------------------------------------------------------------
@@ -247,22 +252,54 @@ def train(cfg, opts):
             stats = run_epoch(loop, run, epoch, stop)
             if stop.signum is not None:
                 if rank == 0:
-                    state = run.checkpoint(cfg, device, epochs_done=epoch,
-                                           step_in_epoch=stats["step_in_epoch"])
-                    atomic_save(state, layout.latest_checkpoint(opts.doc))
-                    loop.log.info(f"signal {stop.signum}: saved resumable checkpoint at epoch "
-                                  f"{epoch} step {run.step}")
+                    _save_interrupted(loop, run, epoch, stats, stop.signum)
                 stopped_by = stop.signum
                 break
             if end_epoch(loop, run, epoch, stats):
                 break
     if rank == 0 and stopped_by is None:
         atomic_write_text(layout.done_marker(opts.doc), "done\n")
+        _summary(loop, run)
     loop.log.close()
     if world > 1:
         dist.barrier()
         dist.destroy_process_group()
     return 0 if stopped_by is None else 128 + stopped_by
+
+
+def _resume_command(opts):
+    """The command that continues this run: the one given, without --ni / --train_from_scratch,
+    with --resume_training."""
+    if not opts.command:
+        return f"main.py --config ... --exp {opts.exp} --doc {opts.doc} --resume_training"
+    drop = ("--ni", "--resume_training", "--train_from_scratch")
+    args = [a for a in opts.command.split() if a not in drop]
+    return " ".join(["python"] + args + ["--resume_training"])
+
+
+def _save_interrupted(loop, run, epoch, stats, signum):
+    path = loop.layout.latest_checkpoint(loop.doc)
+    state = run.checkpoint(loop.cfg, loop.device, epochs_done=epoch,
+                           step_in_epoch=stats["step_in_epoch"])
+    atomic_save(state, path)
+    loop.log.say(f"signal {signum}: saved a resumable checkpoint {path} (epoch {epoch}, step "
+                 f"{run.step}); resume with: {_resume_command(loop.opts)}")
+
+
+def _summary(loop, run):
+    L, doc = loop.layout, loop.doc
+    lines = [f"finished {doc}: {run.step} steps; checkpoints {L.latest_checkpoint(doc)} and "
+             f"ckpt_ep*.pth beside it", f"  log {L.run_log(doc)}, costs {L.costs(doc)}, "
+             f"TensorBoard {L.tb_dir(doc)}"]
+    if loop.earlybird is not None:
+        found = {r: d.eb_epoch for r, d in loop.earlybird.detectors.items()}
+        lines.append(f"  masks {L.masks_dir(doc)}; early-bird epochs "
+                     + ", ".join(f"p={r:g}: {e if e is not None else 'none yet'}"
+                                 for r, e in found.items()))
+    if loop.cfg["training"]["sample_every"]:
+        lines.append(f"  sample grids {os.path.dirname(L.training_grid(doc, 0))}")
+    for line in lines:
+        loop.log.say(line)
 
 
 def _make_loop(cfg, opts, layout, device, rank, world, dataset, run):
@@ -276,17 +313,26 @@ def _make_loop(cfg, opts, layout, device, rank, world, dataset, run):
                          max_steps=t["max_steps_per_epoch"])
     if len(stream) == 0:
         raise UserError(f"data set has {len(dataset)} images: fewer than one batch per process")
-    log = RunLog(layout.run_log(opts.doc), layout.tb_dir(opts.doc), rank == 0)
+    if stream.per_rank % t["grad_accum"]:
+        raise UserError(f"training.grad_accum {t['grad_accum']} does not divide the batch of "
+                        f"each process ({stream.per_rank})")
+    log = RunLog(layout.run_log(opts.doc), layout.tb_dir(opts.doc), rank == 0, opts.verbosity)
     loop = Loop(cfg, opts, layout, device, rank, world, diffusion,
                 AntitheticSampler(*run.ts_range), stream, autocast_for(cfg, device), log)
     if rank == 0:
         dump_config(cfg, layout.run_config(opts.doc))
         n_params = sum(p.numel() for p in run.model.parameters())
         lo, hi = run.ts_range
-        log.info(f"start: epoch {run.start_epoch} step {run.step} params {n_params} device "
-                 f"{device} world {world} ts_range [{lo}, {hi}) pruned "
-                 f"{bool(run.source.pruning)}" + (f" comment {opts.comment}" if opts.comment
-                                                   else ""))
+        src = run.source
+        origin = ("resumed from " if src.resume is not None else "from ") + src.weights_from \
+            if src.weights_from else "from scratch"
+        log.say(f"{opts.doc}: {layout.run_dir(opts.doc)}, {n_params / 1e6:.3f}M params"
+                f"{' (pruned)' if src.pruning else ''} {origin}; {device}"
+                f"{f' x{world}' if world > 1 else ''}; {len(dataset)} images, "
+                f"{len(stream)} steps/epoch of {t['batch_size']}; epochs {run.start_epoch}.."
+                f"{t['n_epochs'] - 1}; timesteps [{lo}, {hi})")
+        if opts.comment:
+            log.info(f"comment: {opts.comment}")
     if cfg["earlybird"]["enabled"] and rank == 0 and not run.source.pruning:
         from runners.earlybird_online import OnlineEarlyBird
         with training_rng_untouched(device):
@@ -305,13 +351,17 @@ def run_epoch(loop, run, epoch, stop):
     n_steps, n_images = 0, 0
     first = run.start_step_in_epoch if epoch == run.start_epoch else 0
     bar = tqdm(loop.stream.epoch(epoch, first), total=len(loop.stream), initial=first,
-               desc=f"epoch {epoch}", disable=loop.rank != 0, leave=False, dynamic_ncols=True)
+               desc=f"epoch {epoch}", leave=False, dynamic_ncols=True,
+               disable=loop.rank != 0 or loop.log.verbosity == "quiet")
     log_every = cfg["training"]["log_every"]
     channels_last = use_channels_last(cfg, device)
+    total_steps = cfg["training"]["n_epochs"] * len(loop.stream)
     t_log = time.perf_counter()
     for x in bar:
         loss, gnorm = train_step(run, x, loop.sampler, loop.diffusion, loop.autocast,
-                                 cfg["optim"]["grad_clip"], channels_last)
+                                 cfg["optim"]["grad_clip"], channels_last,
+                                 grad_accum=cfg["training"]["grad_accum"],
+                                 lr=lr_at(cfg["optim"], run.step, total_steps))
         loss_sum += loss
         n_steps += 1
         n_images += x.shape[0]
@@ -322,9 +372,12 @@ def run_epoch(loop, run, epoch, stop):
             t_log = now
             lv = loss.item()
             bar.set_postfix(loss=f"{lv:.3f}", step=run.step)
+            lr = run.optimizer.param_groups[0]["lr"]
             loop.log.scalars({"train/loss": lv, "train/grad_norm": float(gnorm),
-                              "train/lr": run.optimizer.param_groups[0]["lr"],
-                              "train/images_per_s": ips}, run.step)
+                              "train/lr": lr, "train/images_per_s": ips}, run.step)
+            if loop.log.verbosity == "debug":
+                tqdm.write(f"  step {run.step}: loss {lv:.4f} grad norm {float(gnorm):.3f} "
+                           f"lr {lr:.3g} {ips:.0f} img/s")
         if stop.signum is not None:
             break
     bar.close()
@@ -359,14 +412,18 @@ def end_epoch(loop, run, epoch, stats):
             append_jsonl(layout.costs(doc), record)
             loop.log.scalars({"epoch/loss": stats["loss"], "epoch/wall_s": stats["wall_s"]},
                              epoch)
-            loop.log.info(f"epoch {epoch}: loss {stats['loss']:.4f} wall {stats['wall_s']:.1f}s "
-                          f"process {stats['process_s']:.1f}s steps {stats['steps']}")
+            loop.log.say(_epoch_line(loop, epoch, stats))
             every = cfg["training"]["sample_every"]
-            if every and ((epoch + 1) % every == 0 or epoch + 1 == cfg["training"]["n_epochs"]
-                          or stop_training):
-                sample_grid(cfg, run.ema.shadow if run.ema is not None else run.model,
-                            loop.diffusion, loop.device, layout.training_grid(doc, epoch),
-                            loop.autocast)
+            full_range = tuple(run.ts_range) == (0, loop.diffusion.num_timesteps)
+            # a region ticket alone cannot sample the whole chain: its grid would be noise
+            if every and full_range and ((epoch + 1) % every == 0 or
+                                         epoch + 1 == cfg["training"]["n_epochs"] or
+                                         stop_training):
+                grid = sample_grid(cfg, run.ema.shadow if run.ema is not None else run.model,
+                                   loop.diffusion, loop.device,
+                                   layout.training_grid(doc, epoch), loop.autocast,
+                                   title=f"{doc}, epoch {epoch}")
+                loop.log.image("samples", grid, epoch)
         # ckpt.pth last: a kill before this line reruns the epoch, and its records with it
         atomic_save(state, layout.latest_checkpoint(doc))
     if loop.world > 1:
@@ -374,32 +431,83 @@ def end_epoch(loop, run, epoch, stats):
         dist.broadcast(flag, 0)
         stop_training = bool(flag.item())
     if stop_training and loop.rank == 0:
-        loop.log.info(f"early-bird found for every ratio: dense training stops after "
-                      f"epoch {epoch}")
-        print(f"early-bird found for every ratio: stopping after epoch {epoch}")
+        loop.log.say(f"early-bird found for every ratio: dense training stops after "
+                     f"epoch {epoch}")
     return stop_training
 
 
-def train_step(run, x, sampler, diffusion, autocast, grad_clip, channels_last=False):
-    """One optimizer step; returns (loss, grad norm) as device tensors (no host sync)."""
+def _epoch_line(loop, epoch, stats):
+    n = loop.cfg["training"]["n_epochs"]
+    line = (f"epoch {epoch}/{n - 1}: loss {stats['loss']:.4f}, "
+            f"{stats['images'] / max(stats['wall_s'], 1e-9):.0f} img/s, {stats['wall_s']:.1f}s")
+    if loop.earlybird is not None:
+        dists = loop.earlybird.last_distances()
+        line += "; EB distance " + ", ".join(
+            f"p={r:g}: {'-' if d is None else f'{d:.3f}'}" for r, d in dists.items())
+        found = [f"p={r:g}" for r, det in loop.earlybird.detectors.items()
+                 if det.eb_epoch == epoch]
+        if found:
+            line += f" (early bird found for {', '.join(found)})"
+    return line
+
+
+def lr_at(optim_cfg, step, total_steps):
+    """The learning rate of optimizer step ``step`` (0-based): linear warm-up over
+    ``optim.warmup`` steps, then constant, or cosine / linear decay to ``optim.min_lr`` at the
+    last step. A function of the step alone, so resume needs no scheduler state."""
+    lr, warmup = optim_cfg["lr"], optim_cfg["warmup"]
+    if step < warmup:
+        return lr * (step + 1) / warmup
+    if optim_cfg["schedule"] == "constant":
+        return lr
+    p = min(1.0, (step - warmup) / max(1, total_steps - 1 - warmup))
+    lo = optim_cfg["min_lr"]
+    if optim_cfg["schedule"] == "cosine":
+        return lo + (lr - lo) * 0.5 * (1.0 + math.cos(math.pi * p))
+    return lr + (lo - lr) * p
+
+
+def train_step(run, x, sampler, diffusion, autocast, grad_clip, channels_last=False,
+               grad_accum=1, lr=None):
+    """One optimizer step over batch x, in ``grad_accum`` micro-batches (the gradient is that of
+    the whole batch); returns (loss, grad norm) as device tensors (no host sync)."""
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
     t, weights = sampler.sample(x.shape[0], x.device)
-    with autocast():
-        loss = diffusion.loss(run.train_model, x, t, weights=weights)
+    noise = torch.randn_like(x)
     run.optimizer.zero_grad(set_to_none=True)
-    loss.backward()
+    if grad_accum == 1:
+        with autocast():
+            loss = diffusion.loss(run.train_model, x, t, noise, weights=weights)
+        loss.backward()
+    else:
+        loss = torch.zeros((), device=x.device)
+        chunks = list(zip(x.chunk(grad_accum), t.chunk(grad_accum), noise.chunk(grad_accum),
+                          weights.chunk(grad_accum) if weights is not None else
+                          [None] * grad_accum))
+        no_sync = getattr(run.train_model, "no_sync", None)
+        for k, (xk, tk, nk, wk) in enumerate(chunks):
+            last = k == len(chunks) - 1
+            with (no_sync() if no_sync is not None and not last else nullcontext()):
+                with autocast():
+                    part = diffusion.loss(run.train_model, xk, tk, nk, weights=wk) / grad_accum
+                part.backward()
+            loss = loss + part.detach()
     gnorm = torch.nn.utils.clip_grad_norm_(run.model.parameters(), grad_clip) if grad_clip > 0 \
         else torch.zeros((), device=x.device)
+    if lr is not None:
+        for group in run.optimizer.param_groups:
+            group["lr"] = lr
     run.optimizer.step()
     if run.ema is not None:
         run.ema.update(run.model)
     return loss.detach(), gnorm
 
 
-def sample_grid(cfg, model, diffusion, device, path, autocast):
-    """A grid of samples from fixed noise (its own generators, not the training RNG)."""
-    import torchvision.utils as vutils
+def sample_grid(cfg, model, diffusion, device, path, autocast, title=None):
+    """A grid of samples from fixed noise (its own generators, not the training RNG), saved as
+    a titled PNG; returns the grid image [C, H, W] in [0, 1]."""
+    from runners.plots import save_sample_grid
     n = cfg["training"]["grid_samples"]
     d, s = cfg["data"], cfg["sampling"]
     g = torch.Generator(device="cpu").manual_seed(s["seed"])
@@ -411,6 +519,6 @@ def sample_grid(cfg, model, diffusion, device, path, autocast):
                       timesteps=s["timesteps"], skip_type=s["skip_type"],
                       sample_type=s["sample_type"], eta=s["eta"])
     model.train(was_training)
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    vutils.save_image(inverse_data_transform(x.float().cpu()), path,
-                      nrow=int(math.sqrt(n)) or 1)
+    images = inverse_data_transform(x.float().cpu())
+    label = f"{title}, " if title else ""
+    return save_sample_grid(images, path, f"{label}{s['timesteps']} {s['skip_type']} steps")
