@@ -15,7 +15,8 @@ EXTRA=${EXTRA:-}             # e.g. "--override training.n_epochs=20 earlybird.e
 
 if [ "$GPUS" -gt 1 ]; then
   # shellcheck disable=SC2086
-  "$PYTHON" -m torch.distributed.run --standalone --nproc_per_node="$GPUS" main.py --config "$CONFIG" --exp "$EXP" \
+  "$PYTHON" -m torch.distributed.run --standalone --nproc_per_node="$GPUS" main.py \
+    --config "$CONFIG" --exp "$EXP" \
     --doc "$DOC" --ni --use_ema --train_from_scratch --skip_type quad $EXTRA
 else
   # shellcheck disable=SC2086

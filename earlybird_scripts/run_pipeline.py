@@ -59,6 +59,22 @@ def build_parser():
                    help="local pt_inception-2015-12-05 weights for FID (default: download)")
     p.add_argument("--max_parallel", type=int, default=None,
                    help="TA-EB tickets trained at once (default: see train_tickets.py)")
+    p.add_argument("--eval_every", type=int, default=0,
+                   help="quality along training: score every K-th epoch of every run "
+                        "(default: 0, only the final samples are scored)")
+    p.add_argument("--eval_samples", type=int, default=300,
+                   help="images per quality evaluation along training (default: %(default)s)")
+    p.add_argument("--eval_timesteps", type=int, default=25,
+                   help="sampling steps per quality evaluation (default: %(default)s)")
+    p.add_argument("--skip_tpf", action="store_true",
+                   help="leave out the train-prune-finetune baseline (default: off)")
+    p.add_argument("--no_final_samples", action="store_true",
+                   help="skip the final sample folders and their metric, e.g. when the "
+                        "quality curves are the measure (default: off)")
+    p.add_argument("--equal_flops", action="store_true",
+                   help="also fine-tune a uniform EB ticket, at the ratio of TA-EB's "
+                        "sampling-averaged MACs, with the TA-EB tickets' fine-tuning FLOPs "
+                        "(default: off)")
     add_override_flag(p)
     return p
 
@@ -144,8 +160,10 @@ class Pipeline:
         p = self.a.pruning_ratio
         ft = ["--override", f"training.n_epochs={self.ft_epochs}",
               "earlybird.enabled=false"] + self.overrides
-        for doc, epoch, label in ((eb_doc(self.a.doc, p), eb[p], "EB ticket"),
-                                  (tpf_doc(self.a.doc, p), self.last, "train-prune-finetune")):
+        runs = [(eb_doc(self.a.doc, p), eb[p], "EB ticket")]
+        if not self.a.skip_tpf:
+            runs.append((tpf_doc(self.a.doc, p), self.last, "train-prune-finetune"))
+        for doc, epoch, label in runs:
             cmd = self.train_cmd(doc, ["--load_pruned_model", self.ticket(p, epoch)] + ft)
             if cmd:
                 run(cmd, f"fine-tune {label} p={p:g} (from epoch {epoch})")
@@ -166,7 +184,7 @@ class Pipeline:
             cmd += [f"taeb.regions=[{regs}]"]
         cmd += self.overrides
         cmd += ["--max_parallel", str(a.max_parallel)] if a.max_parallel else []
-        run(cmd, "TA-EB tickets (parallel)")
+        run(cmd, "TA-EB tickets")
 
     def sample_and_score(self):
         from runners.layout import eb_doc, taeb_name, tpf_doc
@@ -175,7 +193,10 @@ class Pipeline:
         ovr = ["--override"] + self.overrides if self.overrides else []
         methods = [(a.doc, ["--restore_from", L.latest_checkpoint(a.doc)])]
         methods += [(d, ["--restore_from", L.latest_checkpoint(d)])
-                    for d in (eb_doc(a.doc, p), tpf_doc(a.doc, p))]
+                    for d in (eb_doc(a.doc, p), tpf_doc(a.doc, p))
+                    if os.path.isfile(L.latest_checkpoint(d))]
+        methods += [(d, ["--restore_from", L.latest_checkpoint(d)])
+                    for _, d in L.derived_runs(a.doc, "eqflops")]
         methods += [(taeb_name(a.doc), ["--tickets", L.manifest(a.doc)])]
         for name, src in methods:
             folder, metric = L.samples_dir(name), L.metric_file(name)
@@ -203,6 +224,64 @@ class Pipeline:
             cmd += ["--inception_weights", a.inception_weights] if a.inception_weights else []
             run(cmd, f"FID {name}")
 
+    def ticket_macs(self, eb):
+        """{ratio: MACs per image} of every pipeline ratio's ticket (pruned once)."""
+        from runners.tickets import ticket_stats
+        return {r: ticket_stats(self.ticket(r, eb[r]))[1] for r in self.ratios}
+
+    def equal_flops(self, eb):
+        """A uniform EB ticket at the ratio of TA-EB's sampling-averaged MACs (the closest
+        pipeline ratio at or above it), fine-tuned as many epochs as give it the TA-EB
+        tickets' fine-tuning FLOPs."""
+        import yaml
+
+        from models.diffusion import timestep_sequence
+        from runners.evidence import best_equal_ratio, sampling_average_macs
+        from runners.layout import eqflops_doc
+        with open(self.layout.manifest(self.a.doc)) as f:
+            tickets = yaml.safe_load(f)["tickets"]
+        s = self.cfg["sampling"]
+        seq = timestep_sequence(s["skip_type"], s["timesteps"],
+                                self.cfg["diffusion"]["num_diffusion_timesteps"])
+        target = sampling_average_macs([(*t["range"], t["macs"]) for t in tickets], seq)
+        macs = self.ticket_macs(eb)
+        r = best_equal_ratio(macs, target)
+        epochs = max(1, round(self.ft_epochs * sum(t["macs"] for t in tickets) / macs[r]))
+        print(f"note: TA-EB averages {target / 1e6:.2f} MMACs per sampling step; the uniform "
+              f"ticket at p={r:g} has {macs[r] / 1e6:.2f}; {epochs} epochs give it the TA-EB "
+              f"tickets' fine-tuning FLOPs")
+        cmd = self.train_cmd(eqflops_doc(self.a.doc, r),
+                             ["--load_pruned_model", self.ticket(r, eb[r]), "--override",
+                              f"training.n_epochs={epochs}", "earlybird.enabled=false"]
+                             + self.overrides)
+        if cmd:
+            run(cmd, f"fine-tune uniform EB ticket p={r:g} for TA-EB's FLOPs ({epochs} epochs)")
+
+    def curves(self):
+        """Quality along training of every run, each on the same fixed noise."""
+        from runners.curves import digits_quality, eval_epochs, evaluate_curve
+        from runners.layout import region_doc, taeb_name
+        a, L = self.a, self.layout
+        if self.cfg["data"]["dataset"] != "DIGITS":
+            print("note: quality curves are scored with the digits metric only; skipped")
+            return
+        score = digits_quality(L.metric_cache())
+        runs = [a.doc] + [name for kind in ("eb", "tpf", "eqflops")
+                          for _, name in L.derived_runs(a.doc, kind)]
+        print("\n=== quality along training", flush=True)
+        for name in runs:
+            ckpts = L.epoch_checkpoints(name)
+            keep = eval_epochs(len(ckpts), a.eval_every)
+            evaluate_curve(self.cfg, L.curve_file(name), {e: ckpts[e] for e in keep}, score,
+                           n=a.eval_samples, timesteps=a.eval_timesteps)
+        regions = [r["range"] for r in self.regions]
+        per_region = [L.epoch_checkpoints(region_doc(a.doc, rng)) for rng in regions]
+        n = min(len(c) for c in per_region)
+        stitched = {e: [(rng, c[e]) for rng, c in zip(regions, per_region)]
+                    for e in eval_epochs(n, a.eval_every)}
+        evaluate_curve(self.cfg, L.curve_file(taeb_name(a.doc)), stitched, score,
+                       n=a.eval_samples, timesteps=a.eval_timesteps)
+
     def report(self):
         s = self.cfg["sampling"]
         run([PY, script("report.py"), "--exp", self.a.exp, "--doc", self.a.doc, "--timesteps",
@@ -217,8 +296,13 @@ def main(argv=None):
     pipe.dense()                    # 1. dense training with online masks
     eb = pipe.earlybird_epochs()    # 2. EB epochs from the masks
     pipe.finetune(eb)               # 3. EB ticket, 4. train-prune-finetune baseline
-    pipe.taeb(eb)                   # 5. TA-EB tickets in parallel
-    pipe.sample_and_score()         # 6. sampling, 7. metric
+    pipe.taeb(eb)                   # 5. TA-EB tickets (one device each, else one at a time)
+    if a.equal_flops:
+        pipe.equal_flops(eb)        # 5b. a uniform ticket given TA-EB's fine-tuning FLOPs
+    if not a.no_final_samples:
+        pipe.sample_and_score()     # 6. sampling, 7. metric
+    if a.eval_every:
+        pipe.curves()               # 7b. quality along training
     pipe.report()                   # 8. report
     print(f"\npipeline finished in {time.perf_counter() - t_start:.0f}s")
     return 0

@@ -22,7 +22,8 @@ def build_parser():
     p.add_argument("--gpus", default=None,
                    help="comma-separated GPU ids (default: all visible GPUs, else the CPU)")
     p.add_argument("--max_parallel", type=int, default=None,
-                   help="tickets trained at once (default: one per GPU; on the CPU all)")
+                   help="tickets trained at once (default: one per GPU; on the CPU one at a time, "
+                        "each with every core)")
     p.add_argument("--no_ema", action="store_true",
                    help="prune the raw (not EMA) weights: sets pruning.use_ema=false "
                         "(default: the config's pruning.use_ema)")

@@ -35,6 +35,15 @@ def get_beta_schedule(beta_schedule, *, beta_start, beta_end, num_diffusion_time
     return betas
 
 
+def alphas_cumprod_f64(diffusion_cfg):
+    """abar_t of a config's schedule in float64 (numpy), for schedule-derived constants."""
+    betas = get_beta_schedule(diffusion_cfg["beta_schedule"],
+                              beta_start=diffusion_cfg["beta_start"],
+                              beta_end=diffusion_cfg["beta_end"],
+                              num_diffusion_timesteps=diffusion_cfg["num_diffusion_timesteps"])
+    return np.cumprod(1.0 - betas)
+
+
 class Diffusion:
     """The schedule of one config, its tensors on ``device``."""
 
@@ -52,18 +61,25 @@ class Diffusion:
         a = self.alphas_cumprod.index_select(0, t).view(-1, 1, 1, 1)
         return x0 * a.sqrt() + noise * (1.0 - a).sqrt()
 
-    def loss(self, model, x0, t, noise=None, weights=None):
-        """eps-prediction loss: squared error summed over pixels, mean over the batch.
-
-        Returns a 0-d tensor (no host sync)."""
+    def per_sample_loss(self, model, x0, t, noise=None):
+        """Squared eps error summed over pixels, per sample: [B] (no host sync)."""
         if noise is None:
             noise = torch.randn_like(x0)
         xt = self.q_sample(x0, t, noise)
         out = model(xt, t)
-        per_sample = (noise - out.float()).square().sum(dim=(1, 2, 3))
+        return (noise - out.float()).square().sum(dim=(1, 2, 3))
+
+    def loss(self, model, x0, t, noise=None, weights=None, per_sample=None):
+        """eps-prediction loss: squared error summed over pixels, times ``weights`` [B] when
+        given, mean over the batch (the DDIM codebase's convention). Returns a 0-d tensor.
+
+        per_sample: a list that receives the unweighted per-sample losses (detached)."""
+        terms = self.per_sample_loss(model, x0, t, noise)
+        if per_sample is not None:
+            per_sample.append(terms.detach())
         if weights is not None:
-            per_sample = per_sample * weights
-        return per_sample.mean()
+            terms = terms * weights
+        return terms.mean()
 
 
 def timestep_sequence(skip_type, num_steps, num_timesteps):

@@ -5,6 +5,7 @@ One small interface, as improved-diffusion's resample.py: ``sample(n, device, ge
 returns ``(t, weights)``, t a LongTensor [n] and weights a float tensor [n] or None (all ones).
 Every sampler can be restricted to a timestep region [lo, hi) (a TA-EB ticket's region).
 """
+import numpy as np
 import torch
 
 
@@ -40,3 +41,69 @@ class UniformSampler(TimestepSampler):
 
     def sample(self, n, device, generator=None):
         return self._randint(self.lo, self.hi, (n,), device, generator).to(device), None
+
+
+def fold_into(t, lo, hi):
+    """Reflect integer timesteps into [lo, hi) at the region's edges (lo - 1 - d -> lo + d,
+    hi + d -> hi - 1 - d, repeated), the mirror the antithetic pairs use."""
+    span = hi - lo
+    u = torch.remainder(t - lo, 2 * span)
+    return lo + torch.where(u >= span, 2 * span - 1 - u, u)
+
+
+def speed_meaningful_step(alphas_cumprod, threshold=1e-4):
+    """SpeeD's m: 1 + the first t where d/dt sqrt(1 - abar_t) (numpy.gradient: central
+    differences inside, one-sided at the ends) falls below ``threshold``."""
+    grad = np.gradient(np.sqrt(1.0 - np.asarray(alphas_cumprod, dtype=np.float64)))
+    below = np.flatnonzero(grad < threshold)
+    return int(below[0]) + 1 if below.size else len(alphas_cumprod)
+
+
+def speed_weights(alphas_cumprod, lam, tau):
+    """SpeeD's loss weights [T]: for t < tau, kappa + (1 - 2 kappa) (g_t - g_min) /
+    (g_max - g_min) with kappa = 1 - lam and g = d/dt (1 - abar_t) (numpy.gradient), the min and
+    max taken over t < tau; 1 for t >= tau."""
+    g = np.gradient(1.0 - np.asarray(alphas_cumprod, dtype=np.float64))
+    w = np.ones_like(g)
+    kappa = 1.0 - lam
+    head = g[:tau]
+    span = head.max() - head.min()
+    w[:tau] = kappa + (1.0 - 2.0 * kappa) * ((head - head.min()) / span if span > 0 else 0.0)
+    return w
+
+
+class SpeedSampler(TimestepSampler):
+    """SpeeD (Wang et al., arXiv 2405.17403), as its public code's Speed_IDDPM does it.
+
+    t < tau is drawn k times as often as t >= tau (restricted to [lo, hi) and renormalised);
+    half the batch (plus one) is drawn and each draw t is paired with its dual m - t (t < m) or
+    t - m (t >= m), m the schedule's meaningful step (``speed_meaningful_step``); a dual outside
+    [lo, hi) is reflected back inside (``fold_into``). Each sample's loss is weighted by
+    ``speed_weights`` at its t."""
+
+    def __init__(self, lo, hi, *, alphas_cumprod, k, lam, tau):
+        super().__init__(lo, hi)
+        T = len(alphas_cumprod)
+        p = np.where(np.arange(T) < tau, float(k), 1.0)[self.lo:self.hi]
+        self.probs = torch.from_numpy(p / p.sum())
+        self.m = speed_meaningful_step(alphas_cumprod)
+        self.weights = torch.from_numpy(speed_weights(alphas_cumprod, lam, tau)).float()
+
+    def sample(self, n, device, generator=None):
+        draws = torch.multinomial(self.probs, n // 2 + 1, replacement=True,
+                                  generator=generator) + self.lo
+        dual = torch.where(draws < self.m, self.m - draws, draws - self.m)
+        t = torch.cat([draws, fold_into(dual, self.lo, self.hi)])[:n]
+        return t.to(device), self.weights[t].to(device)
+
+
+def make_timestep_sampler(cfg, lo, hi, alphas_cumprod):
+    """The sampler ``training.timestep_sampler`` names, for timestep region [lo, hi)."""
+    kind = cfg["training"]["timestep_sampler"]
+    if kind == "antithetic":
+        return AntitheticSampler(lo, hi)
+    if kind == "uniform":
+        return UniformSampler(lo, hi)
+    s = cfg["speed"]
+    tau = s["tau"] or round(0.7 * len(alphas_cumprod))
+    return SpeedSampler(lo, hi, alphas_cumprod=alphas_cumprod, k=s["k"], lam=s["lam"], tau=tau)

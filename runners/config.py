@@ -59,6 +59,7 @@ DEFAULTS = {
         "sample_every": 10,         # epochs between sample grids (0: never)
         "grid_samples": 64,
         "max_steps_per_epoch": 0,   # 0: the whole data set each epoch (a cap for smoke runs)
+        "timestep_sampler": "antithetic",  # antithetic (the DDIM codebase's) | uniform | speed
         "grad_accum": 1,            # micro-batches per optimizer step (batch_size stays the
                                     # batch of one step; each pass holds batch_size/grad_accum)
     },
@@ -70,6 +71,12 @@ DEFAULTS = {
         "sample_type": "generalized",
         "eta": 0.0,
         "seed": 0,
+    },
+    "speed": {                      # SpeeD (arXiv 2405.17403), training.timestep_sampler: speed
+        "k": 5.0,                   # t < tau is drawn k times as often as t >= tau
+        "lam": 0.6,                 # loss weights of t < tau span [1 - lam, lam]
+        "tau": 0,                   # where the accelerated range ends; 0: 70% of the schedule
+                                    # (SpeeD's 700 of 1000 steps)
     },
     "optim": {
         "optimizer": "Adam",
@@ -119,6 +126,7 @@ CHOICES = {
     ("sampling", "sample_type"): ["generalized", "ddpm_noisy"],
     ("optim", "optimizer"): ["Adam", "AdamW", "SGD", "RMSProp"],
     ("optim", "schedule"): ["constant", "cosine", "linear"],
+    ("training", "timestep_sampler"): ["antithetic", "uniform", "speed"],
     ("fast", "amp"): ["auto", "bf16", "off"],
     ("fast", "channels_last"): ["auto", "on", "off"],
     ("earlybird", "pruner"): ["magnitude", "taylor", "random", "diff-pruning"],
@@ -223,6 +231,7 @@ RANGES = {
     ("pruning", "thr"): FRACTION, ("pruning", "diff_stride"): AT_LEAST_ONE,
     ("earlybird", "window"): (2, None, True, False), ("earlybird", "threshold"): FRACTION,
     ("taeb", "finetune_epochs"): NON_NEGATIVE,
+    ("speed", "k"): POSITIVE, ("speed", "lam"): (0, 1, True, True), ("speed", "tau"): NON_NEGATIVE,
 }
 
 
@@ -263,6 +272,8 @@ def _check_values(cfg, source):
         raise UserError(f"{source}: diffusion.beta_start {dcfg['beta_start']} is above "
                         f"diffusion.beta_end {dcfg['beta_end']}")
     T = dcfg["num_diffusion_timesteps"]
+    if cfg["speed"]["tau"] > T:
+        raise UserError(f"{source}: speed.tau must be in 0..{T}, got {cfg['speed']['tau']}")
     if cfg["sampling"]["timesteps"] > T:
         raise UserError(f"{source}: sampling.timesteps must be in 1..{T}, "
                         f"got {cfg['sampling']['timesteps']}")

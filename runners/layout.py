@@ -13,9 +13,11 @@ This module is the only place that knows the layout; everything else asks it.
   {exp}/samples/{name}/             sample folders; {name}.metric.json and {name}_grid.png beside
   {exp}/metric/                     the digits classifier cache
   {exp}/report/{doc}/               results.md and its figures
+  {exp}/curves/{name}.jsonl         quality along training (runners/curves.py)
 
 Runs derived from a dense run ``doc`` are named ``{doc}_eb_{p}`` (EB ticket at ratio p),
-``{doc}_tpf_{p}`` (train-prune-finetune at p) and ``{doc}_taeb_{lo}_{hi}`` (TA-EB region).
+``{doc}_tpf_{p}`` (train-prune-finetune at p), ``{doc}_eqflops_{p}`` (a uniform EB ticket given
+the TA-EB tickets' fine-tuning FLOPs) and ``{doc}_taeb_{lo}_{hi}`` (TA-EB region).
 """
 import os
 import re
@@ -23,7 +25,8 @@ from dataclasses import dataclass
 
 from models.pruner_names import canonical_pruner
 
-RUN_KINDS = {"eb": "EB ticket", "tpf": "Train-prune-finetune"}
+RUN_KINDS = {"eb": "EB ticket", "tpf": "Train-prune-finetune",
+             "eqflops": "Uniform EB ticket, TA-EB's fine-tuning FLOPs"}
 _EPOCH_CKPT = re.compile(r"ckpt_ep(\d+)\.pth$")
 # {doc}_pruned-{ratio}-{pruner}-{epoch}; the pruner may hold a dash (diff-pruning)
 _MASK = re.compile(r"^(?P<doc>.*)_pruned-(?P<ratio>[0-9.eE+-]+?)-(?P<pruner>[a-z_]+(?:-[a-z_]+)?)"
@@ -71,6 +74,10 @@ def tpf_doc(doc, ratio):
     return f"{doc}_tpf_{ratio:g}"
 
 
+def eqflops_doc(doc, ratio):
+    return f"{doc}_eqflops_{ratio:g}"
+
+
 def region_doc(doc, rng):
     return f"{doc}_taeb_{rng[0]}_{rng[1]}"
 
@@ -83,11 +90,11 @@ def taeb_name(doc):
 def parse_run_doc(doc, name):
     """A run name derived from dense run ``doc`` -> (kind, value), or None.
 
-    ('eb', ratio), ('tpf', ratio) or ('taeb', (lo, hi))."""
+    ('eb', ratio), ('tpf', ratio), ('eqflops', ratio) or ('taeb', (lo, hi))."""
     if not name.startswith(doc + "_"):
         return None
     rest = name[len(doc) + 1:]
-    m = re.fullmatch(r"(eb|tpf)_([0-9.eE+-]+)", rest)
+    m = re.fullmatch(r"(eb|tpf|eqflops)_([0-9.eE+-]+)", rest)
     if m:
         try:
             return m.group(1), float(m.group(2))
@@ -198,6 +205,10 @@ class Layout:
 
     def report_dir(self, doc):
         return os.path.join(self.exp, "report", doc)
+
+    def curve_file(self, name):
+        """Quality along training of run (or stitched TA-EB) ``name``."""
+        return os.path.join(self.exp, "curves", f"{name}.jsonl")
 
 
 def earlybird_result_in(mask_dir, ratio, pruner):

@@ -45,14 +45,25 @@ def _arch_cost(ckpt_path):
     return params, macs, None, None
 
 
-def _wall(costs, upto=None):
-    """Wall-clock seconds of epochs <= upto (online early-bird time included)."""
-    return sum(c["wall_s"] + c.get("earlybird_s", 0.0) for c in costs
-               if upto is None or c["epoch"] <= upto)
+def _cost(costs, upto=None):
+    """(wall-clock seconds, training FLOPs) of the epochs <= upto (online early-bird time is
+    part of the wall-clock; FLOPs count training steps only)."""
+    sel = [c for c in costs if upto is None or c["epoch"] <= upto]
+    return (sum(c["wall_s"] + c.get("earlybird_s", 0.0) for c in sel),
+            sum(c.get("train_flops", 0) for c in sel))
 
 
-def _finetune_row(layout, kind, ratio, name, dense_costs, dense_wall, notes):
-    label = "Train-prune-finetune" if kind == "tpf" else "EB ticket"
+def _row(method, kind, key, params, macs, eb, epochs, critical, total, layout):
+    """critical / total: (wall s, FLOPs) pairs."""
+    return {"method": method, "kind": kind, "key": key, "params": params, "macs": macs,
+            "eb_epoch": eb, "epochs": epochs, "critical_s": critical[0], "total_s": total[0],
+            "critical_flops": critical[1], "total_flops": total[1],
+            "metric": _metric(layout, key)}
+
+
+def _finetune_row(layout, kind, ratio, name, dense_costs, notes):
+    from runners.layout import RUN_KINDS
+    label = RUN_KINDS[kind]
     ckpt = layout.latest_checkpoint(name)
     costs = read_costs(layout.costs(name))
     if not os.path.isfile(ckpt) or not costs:
@@ -60,36 +71,36 @@ def _finetune_row(layout, kind, ratio, name, dense_costs, dense_wall, notes):
                      f"({layout.run_dir(name)})")
         return None
     params, macs, eb, _ = _arch_cost(ckpt)
-    ft = _wall(costs)
-    pre = dense_wall if kind == "tpf" else _wall(dense_costs, upto=eb)
-    return {"method": f"{label} (p={ratio:g})", "params": params, "macs": macs,
-            "eb_epoch": eb if kind == "eb" else None, "epochs": len(costs),
-            "critical_s": pre + ft, "total_s": pre + ft, "metric": _metric(layout, name),
-            "key": name, "kind": kind}
+    ft = _cost(costs)
+    pre = _cost(dense_costs) if kind == "tpf" else _cost(dense_costs, upto=eb)
+    both = (pre[0] + ft[0], pre[1] + ft[1])
+    return _row(f"{label} (p={ratio:g})", kind, name, params, macs,
+                None if kind == "tpf" else eb, len(costs), both, both, layout)
 
 
 def _taeb_row(layout, doc, man, dense_costs, sampling_steps, skip_type, notes):
     from models.diffusion import timestep_sequence
+    from runners.evidence import critical_and_total, sampling_average_macs
     tickets = man["tickets"]
     seq = timestep_sequence(skip_type, sampling_steps, man["num_timesteps"])
-
-    def macs_at(t):
-        return next(k["macs"] for k in tickets if k["range"][0] <= t < k["range"][1])
-    avg_macs = sum(macs_at(t) for t in seq) / len(seq)
+    avg_macs = sampling_average_macs([(*k["range"], k["macs"]) for k in tickets], seq)
     ebs = [k["eb_epoch"] for k in tickets if k.get("eb_epoch") is not None]
     eb_max = max(ebs) if ebs else None
     if len(ebs) < len(tickets):
         notes.append("TA-EB: some tickets were given as files; their dense training time "
                      "before pruning is not counted")
-    pre = _wall(dense_costs, upto=eb_max) if eb_max is not None else 0.0
+    pre = _cost(dense_costs, upto=eb_max) if eb_max is not None else (0.0, 0)
+    wall = critical_and_total(pre[0], [k["wall_s"] for k in tickets])
+    flops = critical_and_total(pre[1], [k.get("train_flops", 0) for k in tickets])
     regions = ", ".join(f"[{k['range'][0]},{k['range'][1]}):{k['pruning_ratio']:g}"
                         for k in tickets)
-    return {"method": f"TA-EB ({regions})", "params": sum(k["params"] for k in tickets),
-            "macs": avg_macs, "eb_epoch": eb_max, "epochs": max(k["epochs"] for k in tickets),
-            "critical_s": pre + max(k["wall_s"] for k in tickets),
-            "total_s": pre + sum(k["wall_s"] for k in tickets),
-            "metric": _metric(layout, taeb_name(doc)), "key": taeb_name(doc), "kind": "taeb",
-            "regions": [k["range"] for k in tickets]}
+    row = _row(f"TA-EB ({regions})", "taeb", taeb_name(doc),
+               sum(k["params"] for k in tickets), avg_macs, eb_max,
+               max(k["epochs"] for k in tickets), (wall[0], flops[0]), (wall[1], flops[1]),
+               layout)
+    row["regions"] = [k["range"] for k in tickets]
+    row["schedule"] = man.get("schedule")
+    return row
 
 
 def collect(exp, doc, *, sampling_steps=100, skip_type="quad"):
@@ -100,18 +111,17 @@ def collect(exp, doc, *, sampling_steps=100, skip_type="quad"):
     if not dense_costs:
         raise UserError(f"{layout.run_dir(doc)}: no dense training run here (no costs.jsonl)")
     params0, macs0, _, _ = _arch_cost(layout.latest_checkpoint(doc))
-    dense_wall = _wall(dense_costs)
-    rows.append({"method": "Dense", "params": params0, "macs": macs0,
-                 "eb_epoch": None, "epochs": len(dense_costs), "critical_s": dense_wall,
-                 "total_s": dense_wall, "metric": _metric(layout, doc), "key": doc})
-    for kind in ("tpf", "eb"):
+    dense = _cost(dense_costs)
+    rows.append(_row("Dense", "dense", doc, params0, macs0, None, len(dense_costs), dense,
+                     dense, layout))
+    for kind in ("tpf", "eb", "eqflops"):
         for ratio, name in layout.derived_runs(doc, kind):
-            row = _finetune_row(layout, kind, ratio, name, dense_costs, dense_wall, notes)
+            row = _finetune_row(layout, kind, ratio, name, dense_costs, notes)
             if row:
                 rows.append(row)
-    if not any(r.get("kind") == "tpf" for r in rows):
+    if not any(r["kind"] == "tpf" for r in rows):
         notes.append("train-prune-finetune: missing")
-    if not any(r.get("kind") == "eb" for r in rows):
+    if not any(r["kind"] == "eb" for r in rows):
         notes.append("EB ticket: missing")
     man_path = layout.manifest(doc)
     if os.path.isfile(man_path):
@@ -120,34 +130,45 @@ def collect(exp, doc, *, sampling_steps=100, skip_type="quad"):
         rows.append(_taeb_row(layout, doc, man, dense_costs, sampling_steps, skip_type, notes))
     else:
         notes.append(f"TA-EB tickets: missing ({man_path})")
-
-    tpf = [r for r in rows if r.get("kind") == "tpf"]
-    for r in rows:
-        r["speedup_dense"] = dense_wall / r["critical_s"] if r["critical_s"] else None
-        r["speedup_tpf"] = (tpf[0]["critical_s"] / r["critical_s"]) if tpf and r["critical_s"] \
-            else None
+    _speedups(rows)
     for r in rows:
         if r["metric"] is None:
             notes.append(f"{r['method']}: no sample metric yet ({layout.metric_file(r['key'])})")
     return rows, notes
 
 
+def _speedups(rows):
+    """Fixed-budget speed-ups of each row's critical path, in FLOPs and in wall-clock."""
+    from runners.evidence import fraction
+    dense = rows[0]
+    tpf = next((r for r in rows if r["kind"] == "tpf"), None)
+    for r in rows:
+        for unit, key in (("flops", "critical_flops"), ("wall", "critical_s")):
+            r[f"vs_dense_{unit}"] = fraction(dense[key], r[key])
+            r[f"vs_tpf_{unit}"] = fraction(tpf[key], r[key]) if tpf else None
+
+
 def _fmt(v, spec):
     return "–" if v is None else format(v, spec)
 
 
+def _x(v):
+    return "–" if v is None else f"{v:.2f}x"
+
+
 def table(rows):
     metric_name = next((r["metric"][0] for r in rows if r["metric"]), "metric")
-    head = (f"| Method | Params (M) | MACs (M) | EB epoch | Train time, critical path (s) | "
-            f"Train time, total (s) | Speed-up vs dense | Speed-up vs train-prune-finetune | "
-            f"{metric_name} |")
+    head = ("| Method | Params (M) | MACs (M) | EB epoch | Train TFLOPs, critical / total | "
+            "Train time (s), critical / total | vs dense, FLOPs / wall | "
+            f"vs train-prune-finetune, FLOPs / wall | {metric_name} |")
     lines = [head, "|" + "---|" * 9]
     for r in rows:
         lines.append(
             f"| {r['method']} | {r['params'] / 1e6:.3f} | {r['macs'] / 1e6:.2f} | "
-            f"{_fmt(r['eb_epoch'], 'd')} | {r['critical_s']:.1f} | {r['total_s']:.1f} | "
-            f"{_fmt(r['speedup_dense'], '.2f')}x | "
-            f"{(_fmt(r['speedup_tpf'], '.2f') + 'x') if r['speedup_tpf'] else '–'} | "
+            f"{_fmt(r['eb_epoch'], 'd')} | {r['critical_flops'] / 1e12:.2f} / "
+            f"{r['total_flops'] / 1e12:.2f} | {r['critical_s']:.1f} / {r['total_s']:.1f} | "
+            f"{_x(r['vs_dense_flops'])} / {_x(r['vs_dense_wall'])} | "
+            f"{_x(r['vs_tpf_flops'])} / {_x(r['vs_tpf_wall'])} | "
             f"{_fmt(r['metric'][1] if r['metric'] else None, '.2f')} |")
     return "\n".join(lines)
 
@@ -209,12 +230,18 @@ def write_report(exp, doc, out_dir=None, *, sampling_steps=100, skip_type="quad"
         grid = sample_grid_of(layout.samples_dir(r["key"]))
         if os.path.isfile(grid):
             figures.append((f"Samples: {r['method']}", grid))
+    taeb = next((r for r in rows if r["kind"] == "taeb"), None)
+    schedule = (f" The TA-EB tickets were fine-tuned {taeb['schedule']}, so each ticket's time "
+                f"is its time on a device of its own." if taeb and taeb.get("schedule") else "")
     md = [f"# Results: {doc}", "",
-          "Training time is wall-clock from each run's costs.jsonl. EB rows count dense "
-          "training up to the EB epoch plus fine-tuning; TA-EB counts its slowest ticket on "
-          "the critical path (tickets train in parallel) and all tickets in the total; "
-          "train-prune-finetune counts the whole dense run plus fine-tuning. TA-EB MACs are "
-          f"averaged over the {sampling_steps}-step {skip_type} sampling schedule.", ""]
+          "Training cost from each run's costs.jsonl, as FLOPs (machine-independent: 2 FLOPs "
+          "per MAC x 3 for forward + backward x MACs per image x training images) and as "
+          "measured wall-clock. EB rows count dense training up to the EB epoch plus "
+          "fine-tuning; TA-EB counts its slowest ticket on the critical path (one device per "
+          "ticket) and all tickets in the total; train-prune-finetune counts the whole dense "
+          "run plus fine-tuning. Speed-ups compare critical paths at a fixed budget (each "
+          f"method's own number of epochs).{schedule} TA-EB MACs are averaged over the "
+          f"{sampling_steps}-step {skip_type} sampling schedule.", ""]
     if metric_note:
         md += [metric_note, ""]
     md += [table(rows), ""]

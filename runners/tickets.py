@@ -178,12 +178,12 @@ def _run_parallel(jobs, k, gpus, threads, n_epochs, layout, poll_s, progress):
     return failed
 
 
-def write_manifest(cfg, config_name, exp, doc, regions):
+def write_manifest(cfg, config_name, exp, doc, regions, schedule=None):
     """tickets.yml: every region's fine-tuned checkpoint, cost and where it was pruned from."""
     layout = Layout(exp)
     out_dir = layout.tickets_dir(doc)
     man = {"doc": doc, "num_timesteps": cfg["diffusion"]["num_diffusion_timesteps"],
-           "config": config_name, "tickets": []}
+           "config": config_name, "schedule": schedule, "tickets": []}
     for r in regions:
         rdoc = region_doc(doc, r["range"])
         costs = read_costs(layout.costs(rdoc))
@@ -194,7 +194,8 @@ def write_manifest(cfg, config_name, exp, doc, regions):
             "pruned_from": os.path.relpath(r["ticket_file"], out_dir),
             "params": params, "macs": macs, "epochs": len(costs),
             "wall_s": round(sum(c["wall_s"] for c in costs), 3),
-            "process_s": round(sum(c["process_s"] for c in costs), 3)})
+            "process_s": round(sum(c["process_s"] for c in costs), 3),
+            "train_flops": sum(c.get("train_flops", 0) for c in costs)})
     walls = [t["wall_s"] for t in man["tickets"]]
     man["critical_path_wall_s"] = max(walls)
     man["total_wall_s"] = round(sum(walls), 3)
@@ -219,9 +220,14 @@ def train_tickets(cfg, *, config_name, exp, doc, overrides, gpus=None, max_paral
         if not os.path.isfile(layout.done_marker(region_doc(doc, r["range"]))):
             jobs.append((r, _region_command(config_name, exp, doc, r, n_epochs, overrides,
                                             layout)))
-    k = max_parallel or (len(gpus) if gpus else len(jobs)) or 1
+    # one ticket per GPU; without GPUs one at a time, each with the whole machine, so each
+    # ticket's time is what it would take on a device of its own (a fair critical path)
+    k = max_parallel or (len(gpus) if gpus else 1)
     k = max(1, min(k, len(jobs) or 1))
     threads = max(1, (os.cpu_count() or 1) // k)
+    schedule = (f"{k} at a time, one GPU each" if gpus else
+                "one at a time, each with the whole machine" if k == 1 else
+                f"{k} at a time sharing the CPU ({threads} threads each)")
     failed = _run_parallel(jobs, k, gpus, threads, n_epochs, layout, poll_s, progress)
     if failed:
         for r in failed:
@@ -230,5 +236,5 @@ def train_tickets(cfg, *, config_name, exp, doc, overrides, gpus=None, max_paral
         print(f"{len(failed)} of {len(regions)} tickets failed; the others are kept; rerun the "
               f"same command to finish only what is unfinished", file=sys.stderr)
         return 1
-    write_manifest(cfg, config_name, exp, doc, regions)
+    write_manifest(cfg, config_name, exp, doc, regions, schedule)
     return 0

@@ -22,9 +22,9 @@ import torch.distributed as dist
 from tqdm import tqdm
 
 from datasets import BatchStream, get_dataset, inverse_data_transform
-from models.diffusion import Diffusion, sample_images
+from models.diffusion import Diffusion, alphas_cumprod_f64, sample_images
 from models.ema import EMA
-from models.resample import AntitheticSampler
+from models.resample import make_timestep_sampler
 from models.unet import model_args_from_config
 from runners import checkpoint as ck
 from runners.config import dump_config
@@ -225,6 +225,7 @@ class Loop:
     autocast: Any
     log: RunLog
     earlybird: Any = None
+    macs_per_image: int = 0   # of the network trained, for the FLOPs of each cost record
 
     @property
     def doc(self):
@@ -302,6 +303,21 @@ def _summary(loop, run):
         loop.log.say(line)
 
 
+def network_macs(source):
+    """MACs per image of a run's network (its pruning record, else counted)."""
+    if source.pruning and source.pruning.get("macs"):
+        return int(source.pruning["macs"])
+    from models.pruning import count_params_macs
+    return count_params_macs(ck.build_model(source.model_args, source.pruning),
+                             source.model_args)[1]
+
+
+def training_flops(macs_per_image, images):
+    """The one FLOPs convention of every cost record and report: 2 FLOPs per MAC, and a
+    backward pass costs two forward passes (3 in all), per training image."""
+    return 2 * 3 * macs_per_image * images
+
+
 def _make_loop(cfg, opts, layout, device, rank, world, dataset, run):
     diffusion = Diffusion(cfg["diffusion"], device)
     t = cfg["training"]
@@ -317,8 +333,12 @@ def _make_loop(cfg, opts, layout, device, rank, world, dataset, run):
         raise UserError(f"training.grad_accum {t['grad_accum']} does not divide the batch of "
                         f"each process ({stream.per_rank})")
     log = RunLog(layout.run_log(opts.doc), layout.tb_dir(opts.doc), rank == 0, opts.verbosity)
-    loop = Loop(cfg, opts, layout, device, rank, world, diffusion,
-                AntitheticSampler(*run.ts_range), stream, autocast_for(cfg, device), log)
+    sampler = make_timestep_sampler(cfg, *run.ts_range, alphas_cumprod_f64(cfg["diffusion"]))
+    loop = Loop(cfg, opts, layout, device, rank, world, diffusion, sampler, stream,
+                autocast_for(cfg, device), log)
+    if rank == 0:
+        with training_rng_untouched(device):
+            loop.macs_per_image = network_macs(run.source)
     if rank == 0:
         dump_config(cfg, layout.run_config(opts.doc))
         n_params = sum(p.numel() for p in run.model.parameters())
@@ -356,12 +376,14 @@ def run_epoch(loop, run, epoch, stop):
     log_every = cfg["training"]["log_every"]
     channels_last = use_channels_last(cfg, device)
     total_steps = cfg["training"]["n_epochs"] * len(loop.stream)
+    quartiles = QuartileLoss(loop.diffusion.num_timesteps, device) if loop.rank == 0 else None
     t_log = time.perf_counter()
     for x in bar:
         loss, gnorm = train_step(run, x, loop.sampler, loop.diffusion, loop.autocast,
                                  cfg["optim"]["grad_clip"], channels_last,
                                  grad_accum=cfg["training"]["grad_accum"],
-                                 lr=lr_at(cfg["optim"], run.step, total_steps))
+                                 lr=lr_at(cfg["optim"], run.step, total_steps),
+                                 quartiles=quartiles)
         loss_sum += loss
         n_steps += 1
         n_images += x.shape[0]
@@ -374,7 +396,8 @@ def run_epoch(loop, run, epoch, stop):
             bar.set_postfix(loss=f"{lv:.3f}", step=run.step)
             lr = run.optimizer.param_groups[0]["lr"]
             loop.log.scalars({"train/loss": lv, "train/grad_norm": float(gnorm),
-                              "train/lr": lr, "train/images_per_s": ips}, run.step)
+                              "train/lr": lr, "train/images_per_s": ips,
+                              **quartiles.read_and_reset()}, run.step)
             if loop.log.verbosity == "debug":
                 tqdm.write(f"  step {run.step}: loss {lv:.4f} grad norm {float(gnorm):.3f} "
                            f"lr {lr:.3g} {ips:.0f} img/s")
@@ -400,7 +423,8 @@ def end_epoch(loop, run, epoch, stats):
         record = {"epoch": epoch, "steps": stats["steps"], "images": stats["images"],
                   "wall_s": stats["wall_s"], "process_s": stats["process_s"],
                   "loss": stats["loss"], "world_size": loop.world,
-                  "device": str(loop.device.type)}
+                  "device": str(loop.device.type), "macs_per_image": loop.macs_per_image,
+                  "train_flops": training_flops(loop.macs_per_image, stats["images"])}
         with training_rng_untouched(loop.device):
             if loop.earlybird is not None:
                 t_eb = time.perf_counter()
@@ -468,7 +492,7 @@ def lr_at(optim_cfg, step, total_steps):
 
 
 def train_step(run, x, sampler, diffusion, autocast, grad_clip, channels_last=False,
-               grad_accum=1, lr=None):
+               grad_accum=1, lr=None, quartiles=None):
     """One optimizer step over batch x, in ``grad_accum`` micro-batches (the gradient is that of
     the whole batch); returns (loss, grad norm) as device tensors (no host sync)."""
     if channels_last:
@@ -476,9 +500,11 @@ def train_step(run, x, sampler, diffusion, autocast, grad_clip, channels_last=Fa
     t, weights = sampler.sample(x.shape[0], x.device)
     noise = torch.randn_like(x)
     run.optimizer.zero_grad(set_to_none=True)
+    terms = []  # unweighted per-sample losses, for the loss per timestep quartile
     if grad_accum == 1:
         with autocast():
-            loss = diffusion.loss(run.train_model, x, t, noise, weights=weights)
+            loss = diffusion.loss(run.train_model, x, t, noise, weights=weights,
+                                  per_sample=terms)
         loss.backward()
     else:
         loss = torch.zeros((), device=x.device)
@@ -490,7 +516,8 @@ def train_step(run, x, sampler, diffusion, autocast, grad_clip, channels_last=Fa
             last = k == len(chunks) - 1
             with (no_sync() if no_sync is not None and not last else nullcontext()):
                 with autocast():
-                    part = diffusion.loss(run.train_model, xk, tk, nk, weights=wk) / grad_accum
+                    part = diffusion.loss(run.train_model, xk, tk, nk, weights=wk,
+                                          per_sample=terms) / grad_accum
                 part.backward()
             loss = loss + part.detach()
     gnorm = torch.nn.utils.clip_grad_norm_(run.model.parameters(), grad_clip) if grad_clip > 0 \
@@ -501,7 +528,31 @@ def train_step(run, x, sampler, diffusion, autocast, grad_clip, channels_last=Fa
     run.optimizer.step()
     if run.ema is not None:
         run.ema.update(run.model)
+    if quartiles is not None:
+        quartiles.add(t, torch.cat(terms))
     return loss.detach(), gnorm
+
+
+class QuartileLoss:
+    """Sum and count of per-sample losses by timestep quartile of [0, T), on the device (read
+    only when logged), as improved-diffusion's loss_q0..q3."""
+
+    def __init__(self, num_timesteps, device):
+        self.T = num_timesteps
+        self.sums = torch.zeros(4, device=device)
+        self.counts = torch.zeros(4, device=device)
+
+    def add(self, t, losses):
+        q = (t * 4 // self.T).clamp(0, 3)
+        self.sums.index_add_(0, q, losses.float())
+        self.counts.index_add_(0, q, torch.ones_like(losses, dtype=torch.float32))
+
+    def read_and_reset(self):
+        """{'train/loss_q0': mean, ...} for the quartiles seen since the last read."""
+        sums, counts = self.sums.tolist(), self.counts.tolist()
+        self.sums.zero_()
+        self.counts.zero_()
+        return {f"train/loss_q{i}": s / c for i, (s, c) in enumerate(zip(sums, counts)) if c}
 
 
 def sample_grid(cfg, model, diffusion, device, path, autocast, title=None):

@@ -1,0 +1,90 @@
+"""The evidence study: the pipeline for several seeds (reusing finished stages), quality along
+training on one fixed noise set, equal-quality speed-ups in FLOPs and wall-clock, the metric's
+noise floor, and a verdict per claim; writes a Markdown page with small figures.
+
+  python earlybird_scripts/study.py --config digits.yml --exp study --seeds 3 --speed \
+      --out docs/results/digits.md
+"""
+import argparse
+import os
+import subprocess
+import sys
+import time
+
+import _common  # noqa: F401
+
+from utils.errors import UserError, run_cli
+
+
+def build_parser():
+    from runners.config import add_override_flag
+    p = argparse.ArgumentParser(description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", default="digits.yml",
+                   help="configs/NAME or a YAML path (default: %(default)s)")
+    p.add_argument("--exp", default="study", help="experiment root (default: %(default)s)")
+    p.add_argument("--doc", default="digits",
+                   help="run name stem: seed s runs as {doc}_s{s} (default: %(default)s)")
+    p.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1 (default: %(default)s)")
+    p.add_argument("--speed", action="store_true",
+                   help="also every seed with the SpeeD timestep sampler: dense, EB ticket "
+                        "and TA-EB (default: off)")
+    p.add_argument("--pruning_ratio", type=float, default=0.5,
+                   help="the EB ticket's ratio (default: %(default)s)")
+    p.add_argument("--finetune_epochs", type=int, default=None,
+                   help="(default: the pipeline's: half the dense epochs)")
+    p.add_argument("--eval_every", type=int, default=5,
+                   help="quality every K epochs of every run (default: %(default)s)")
+    p.add_argument("--eval_samples", type=int, default=300,
+                   help="images per quality evaluation (default: %(default)s)")
+    p.add_argument("--eval_timesteps", type=int, default=25,
+                   help="sampling steps per quality evaluation (default: %(default)s)")
+    p.add_argument("--out", default=None,
+                   help="the results page (default: {exp}/report/study/results.md)")
+    add_override_flag(p)
+    return p
+
+
+def pipeline_cmd(a, doc, seed, extra):
+    cmd = [sys.executable, os.path.join(_common.ROOT, "earlybird_scripts", "run_pipeline.py"),
+           "--config", a.config, "--exp", a.exp, "--doc", doc, "--pruning_ratio",
+           f"{a.pruning_ratio:g}", "--eval_every", str(a.eval_every), "--eval_samples",
+           str(a.eval_samples), "--eval_timesteps", str(a.eval_timesteps),
+           "--no_final_samples"] + extra
+    cmd += ["--finetune_epochs", str(a.finetune_epochs)] if a.finetune_epochs else []
+    from runners.config import flatten_overrides
+    return cmd + ["--override", f"training.seed={seed}"] + flatten_overrides(a.override)
+
+
+def main(argv=None):
+    a = build_parser().parse_args(argv)
+    if a.seeds < 1:
+        raise UserError("--seeds must be at least 1")
+    from runners.config import flatten_overrides, load_config
+    from runners.options import check_name
+    from runners.study_page import write_page
+    check_name(a.doc, "--doc")
+    cfg = load_config(a.config, flatten_overrides(a.override))
+    t0 = time.perf_counter()
+    variants = [("plain", "", ["--equal_flops"])]
+    if a.speed:
+        variants.append(("speed", "_speed", ["--skip_tpf", "--override",
+                                             "training.timestep_sampler=speed"]))
+    docs = {}
+    for seed in range(a.seeds):
+        for name, suffix, extra in variants:
+            doc = f"{a.doc}{suffix}_s{seed}"
+            docs.setdefault(name, []).append(doc)
+            cmd = pipeline_cmd(a, doc, seed, extra)
+            print(f"\n##### seed {seed}{' (SpeeD)' if name == 'speed' else ''}\n$ "
+                  f"{' '.join(cmd)}", flush=True)
+            if subprocess.run(cmd).returncode != 0:
+                raise UserError(f"the pipeline of {doc} failed; rerun the study to continue")
+    out = a.out or os.path.join(a.exp, "report", "study", "results.md")
+    write_page(cfg, a, docs, out, study_s=time.perf_counter() - t0)
+    print(f"\nstudy page: {out} ({time.perf_counter() - t0:.0f}s)")
+    return 0
+
+
+if __name__ == "__main__":
+    run_cli(main)

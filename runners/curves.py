@@ -1,0 +1,93 @@
+"""Quality along training: the per-epoch checkpoints of a run (or of every TA-EB region,
+stitched) are sampled every few epochs with one fixed set of noise (the same images' seeds for
+every evaluation and every method, so curves differ by model, not by noise) and scored.
+
+Written to {exp}/curves/{name}.jsonl, one line per evaluated epoch; a rerun evaluates only the
+epochs missing there.
+"""
+import os
+
+import torch
+
+from datasets import inverse_data_transform
+from models.diffusion import Diffusion, sample_images
+from models.stitched import StitchedTickets
+from runners import checkpoint as ck
+from runners.device import autocast_for
+from runners.runlog import append_jsonl
+from utils.io import read_jsonl
+
+
+def eval_epochs(n_epochs, every):
+    """Epochs evaluated: every ``every``-th (1-based) and always the last."""
+    out = [e for e in range(n_epochs) if every and (e + 1) % every == 0]
+    return sorted(set(out) | {n_epochs - 1})
+
+
+def sample_fixed(model, cfg, n, timesteps, device, batch_size=250):
+    """n images [N, C, H, W] in [0, 1], quantised like a PNG, from the fixed per-image noise."""
+    from runners.sample import image_noise, per_image_step_noise
+    d, s = cfg["data"], cfg["sampling"]
+    device = torch.device(device)
+    shape = (d["channels"], d["image_size"], d["image_size"])
+    diffusion = Diffusion(cfg["diffusion"], device)
+    out = []
+    for b in range(0, n, batch_size):
+        idx = list(range(b, min(n, b + batch_size)))
+        noise = torch.stack([image_noise(i, shape, s["seed"]) for i in idx]).to(device)
+        x = sample_images(model, diffusion, noise, timesteps=timesteps,
+                          skip_type=s["skip_type"], sample_type=s["sample_type"], eta=s["eta"],
+                          autocast=autocast_for(cfg, device),
+                          step_noise=per_image_step_noise(idx, s["seed"], device))
+        out.append((inverse_data_transform(x.float().cpu()) * 255).round() / 255)
+    return torch.cat(out)
+
+
+def digits_quality(cache_dir):
+    """images [N, 1, S, S] in [0, 1] -> ('digits-FD', value)."""
+    from runners.digits_metric import evaluate
+
+    def score(images):
+        return "digits-FD", evaluate(images * 2 - 1, images.shape[-1], cache_dir)["digits_fd"]
+    return score
+
+
+def _network(sources, T, device):
+    """One checkpoint, or [(range, checkpoint)] stitched."""
+    if isinstance(sources, str):
+        model = ck.model_from_checkpoint(ck.load_checkpoint(sources), sources, use_ema=True)
+    else:
+        nets = [ck.model_from_checkpoint(ck.load_checkpoint(p), p, use_ema=True)
+                for _, p in sources]
+        model = StitchedTickets(nets, [r for r, _ in sources], T)
+    return model.to(device).eval()
+
+
+def evaluate_curve(cfg, path, sources_by_epoch, score, *, n, timesteps, device="cpu",
+                   log=print):
+    """Score the network of each epoch in ``sources_by_epoch`` {epoch: checkpoint path, or
+    [(range, path)] to stitch}; appends new points to ``path``. Returns the whole curve
+    [{epoch, metric, value, n, timesteps}] in epoch order."""
+    done = {p["epoch"]: p for p in read_jsonl(path)
+            if p.get("n") == n and p.get("timesteps") == timesteps}
+    T = cfg["diffusion"]["num_diffusion_timesteps"]
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    for epoch, sources in sorted(sources_by_epoch.items()):
+        if epoch in done:
+            continue
+        model = _network(sources, T, device)  # (rebuilding a pruned network needs autograd)
+        with torch.no_grad():
+            images = sample_fixed(model, cfg, n, timesteps, device)
+        metric, value = score(images)
+        point = {"epoch": epoch, "metric": metric, "value": float(value), "n": n,
+                 "timesteps": timesteps}
+        append_jsonl(path, point)
+        done[epoch] = point
+        if log:
+            log(f"  {os.path.basename(path)[:-6]} epoch {epoch}: {metric} {value:.2f}")
+    return [done[e] for e in sorted(done) if e in sources_by_epoch]
+
+
+def read_curve(path):
+    return sorted(read_jsonl(path), key=lambda p: p["epoch"])
+

@@ -1,0 +1,112 @@
+"""The arithmetic of the evidence (no I/O): equal-quality speed-ups, spreads over seeds and
+verdicts. Quality is a distance (digits-FD or FID): lower is better.
+
+Equal-quality speed-up (the paper's definition): the dense run's cost to first reach a method's
+final quality, divided by the method's own cost. The dense cost is interpolated linearly
+between evaluations; a dense run that never gets there gives a lower bound (its whole cost).
+"""
+import math
+from dataclasses import dataclass
+from typing import Optional
+
+
+@dataclass(frozen=True)
+class Speedup:
+    value: float
+    lower_bound: bool = False   # dense never reached the quality: the speed-up is at least this
+
+    def text(self, digits=2):
+        return f"{'> ' if self.lower_bound else ''}{self.value:.{digits}f}x"
+
+
+def cost_to_reach(curve, target):
+    """curve: [(cost, quality)] in training order. The cost at which quality first reaches
+    ``target`` (<=), linearly interpolated between evaluations; None if it never does. A curve
+    that dips below and rises again counts its first crossing."""
+    prev = None
+    for cost, q in curve:
+        if q <= target:
+            if prev is None or prev[1] == q:
+                return float(cost)
+            c0, q0 = prev
+            return float(c0 + (cost - c0) * (q0 - target) / (q0 - q))
+        prev = (cost, q)
+    return None
+
+
+def equal_quality_speedup(dense_curve, target, method_cost):
+    """Speedup of a method of final quality ``target`` and cost ``method_cost`` over dense."""
+    if method_cost <= 0:
+        raise ValueError("a method's cost must be positive")
+    reach = cost_to_reach(dense_curve, target)
+    if reach is None:
+        return Speedup(dense_curve[-1][0] / method_cost, lower_bound=True)
+    return Speedup(reach / method_cost)
+
+
+def mean_std(values):
+    """(mean, sample std) of a list; std 0 for one value; (None, None) for none."""
+    vals = [v for v in values if v is not None]
+    if not vals:
+        return None, None
+    m = sum(vals) / len(vals)
+    if len(vals) < 2:
+        return m, 0.0
+    return m, math.sqrt(sum((v - m) ** 2 for v in vals) / (len(vals) - 1))
+
+
+def fmt_mean_std(values, spec=".2f", suffix=""):
+    m, s = mean_std(values)
+    if m is None:
+        return "–"
+    return f"{m:{spec}}{suffix} ± {s:{spec}}" if len(values) > 1 else f"{m:{spec}}{suffix}"
+
+
+@dataclass(frozen=True)
+class Verdict:
+    word: str            # holds | does not hold | inconclusive (within noise)
+    mean: float
+    margin: float
+
+    def text(self):
+        return f"**{self.word}**"
+
+
+def verdict(diffs, noise_floor):
+    """diffs: per-seed differences, negative where the claim holds (e.g. quality of A minus
+    quality of B for "A beats B"). The margin is the larger of the metric's noise floor and
+    two standard errors over seeds; a mean beyond it decides, otherwise it is within noise."""
+    m, s = mean_std(diffs)
+    if m is None:
+        return Verdict("inconclusive (no data)", float("nan"), float("nan"))
+    margin = max(noise_floor, 2 * s / math.sqrt(len(diffs)) if len(diffs) > 1 else 0.0)
+    if m < -margin:
+        return Verdict("holds", m, margin)
+    if m > margin:
+        return Verdict("does not hold", m, margin)
+    return Verdict("inconclusive (within noise)", m, margin)
+
+
+def critical_and_total(pre_cost, ticket_costs):
+    """Cost of tickets trained after a shared prefix: (critical path, total) = (prefix + the
+    slowest ticket, prefix + all tickets); one device per ticket makes the first the time."""
+    return pre_cost + max(ticket_costs), pre_cost + sum(ticket_costs)
+
+
+def best_equal_ratio(ratio_macs, target_macs):
+    """The uniform pruning ratio whose MACs per image are closest to (and at least as high as,
+    when possible) ``target_macs``: ratio_macs {ratio: MACs}."""
+    above = {r: m for r, m in ratio_macs.items() if m >= target_macs}
+    pool = above or ratio_macs
+    return min(pool, key=lambda r: abs(pool[r] - target_macs))
+
+
+def sampling_average_macs(tickets, sequence):
+    """MACs per image averaged over the timesteps a sampler visits: tickets [(lo, hi, macs)]."""
+    def macs_at(t):
+        return next(m for lo, hi, m in tickets if lo <= t < hi)
+    return sum(macs_at(t) for t in sequence) / len(sequence)
+
+
+def fraction(a, b) -> Optional[float]:
+    return a / b if a is not None and b else None
