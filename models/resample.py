@@ -89,9 +89,12 @@ class SpeedSampler(TimestepSampler):
         self.m = speed_meaningful_step(alphas_cumprod)
         self.weights = torch.from_numpy(speed_weights(alphas_cumprod, lam, tau)).float()
 
+    def draw(self, k, generator=None):
+        """k timesteps from p(t) (before pairing), on the CPU."""
+        return torch.multinomial(self.probs, k, replacement=True, generator=generator) + self.lo
+
     def sample(self, n, device, generator=None):
-        draws = torch.multinomial(self.probs, n // 2 + 1, replacement=True,
-                                  generator=generator) + self.lo
+        draws = self.draw(n // 2 + 1, generator)
         dual = torch.where(draws < self.m, self.m - draws, draws - self.m)
         t = torch.cat([draws, fold_into(dual, self.lo, self.hi)])[:n]
         return t.to(device), self.weights[t].to(device)

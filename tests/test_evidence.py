@@ -1,0 +1,91 @@
+"""The evidence arithmetic (FLOPs, equal-quality speed-ups, critical paths, verdicts) and the
+study on tiny settings."""
+import copy
+import json
+import os
+
+import pytest
+
+from conftest import TINY, run_py, write_config
+from runners.evidence import (Speedup, best_equal_ratio, cost_to_reach, critical_and_total,
+                              equal_quality_speedup, mean_std, sampling_average_macs, verdict)
+
+
+def test_cost_records_carry_training_flops_by_hand_count(trained):
+    from models.pruning import count_params_macs
+    from models.unet import UNet
+    from runners.checkpoint import load_checkpoint
+    args = load_checkpoint(os.path.join(trained["log"], "ckpt.pth"))["model_args"]
+    _, macs = count_params_macs(UNet(**args), args)
+    costs = [json.loads(line) for line in open(os.path.join(trained["log"], "costs.jsonl"))]
+    for c in costs:
+        # 3 steps of 32 images; 2 FLOPs per MAC; forward + backward = 3 forwards
+        assert c["images"] == 96 and c["macs_per_image"] == macs
+        assert c["train_flops"] == 2 * 3 * macs * 96
+
+
+def test_equal_quality_interpolation():
+    dense = [(10, 100.0), (20, 80.0), (30, 60.0), (40, 50.0)]
+    assert cost_to_reach(dense, 70.0) == pytest.approx(25.0)   # halfway between 20 and 30
+    assert cost_to_reach(dense, 100.0) == 10.0
+    assert cost_to_reach(dense, 120.0) == 10.0                  # already at the first point
+    assert cost_to_reach(dense, 40.0) is None
+    s = equal_quality_speedup(dense, 70.0, 5.0)
+    assert s == Speedup(5.0) and s.text() == "5.00x"
+    lb = equal_quality_speedup(dense, 40.0, 8.0)                # dense never gets there
+    assert lb.lower_bound and lb.value == pytest.approx(5.0) and lb.text() == "> 5.00x"
+    # a curve that is not monotone: its first crossing counts
+    bumpy = [(10, 90.0), (20, 70.0), (30, 85.0), (40, 60.0)]
+    assert cost_to_reach(bumpy, 75.0) == pytest.approx(17.5)
+    assert cost_to_reach(bumpy, 65.0) == pytest.approx(30 + 10 * (85 - 65) / (85 - 60))
+
+
+def test_critical_path_and_sampling_macs():
+    assert critical_and_total(100.0, [30.0, 50.0, 20.0]) == (150.0, 200.0)
+    tickets = [(0, 40, 10.0), (40, 100, 2.0)]
+    assert sampling_average_macs(tickets, [0, 10, 39, 40, 99]) == pytest.approx(6.8)
+    assert best_equal_ratio({0.4: 25.0, 0.5: 16.0, 0.6: 9.0}, 15.9) == 0.5
+    assert best_equal_ratio({0.4: 25.0, 0.5: 16.0}, 30.0) == 0.4  # none as high: the closest
+
+
+def test_verdicts():
+    assert verdict([-5.0, -6.0, -4.0], noise_floor=1.0).word == "holds"
+    assert verdict([5.0, 6.0, 4.0], noise_floor=1.0).word == "does not hold"
+    assert verdict([-0.5, 0.3, -0.2], noise_floor=1.0).word == "inconclusive (within noise)"
+    # spread over seeds widens the margin beyond the noise floor
+    wide = verdict([-10.0, 8.0, -7.0], noise_floor=0.5)
+    assert wide.word == "inconclusive (within noise)" and wide.margin > 0.5
+    assert mean_std([1.0, 3.0]) == (2.0, pytest.approx(2 ** 0.5))
+
+
+def test_study_on_tiny_settings(tmp_path):
+    cfg = copy.deepcopy(TINY)
+    cfg["training"]["n_epochs"] = 2
+    cfg["taeb"]["regions"] = [{"range": [0, 40], "pruning_ratio": 0.3},
+                              {"range": [40, 100], "pruning_ratio": 0.5}]
+    cfg["earlybird"].update(ratios=[0.3, 0.5], window=2, threshold=0.5)
+    path = write_config(tmp_path / "s.yml", cfg)
+    out = tmp_path / "page" / "tiny.md"
+    res = run_py(["earlybird_scripts/study.py", "--config", path, "--exp", str(tmp_path / "e"),
+                  "--doc", "t", "--seeds", "2", "--speed", "--finetune_epochs", "1",
+                  "--eval_every", "1", "--eval_samples", "16", "--eval_timesteps", "3",
+                  "--out", str(out)], timeout=900)
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
+    page = out.read_text()
+    for column in ("digits-FD", "EB epoch", "equal-quality speed-up vs dense, FLOPs",
+                   "same, wall-clock", "fixed budget vs dense, FLOPs / wall",
+                   "vs train-prune-finetune, FLOPs / wall"):
+        assert column in page
+    for row in ("| Dense |", "| EB ticket (p=0.5) |", "| Train-prune-finetune (p=0.5) |",
+                "| TA-EB ([0,40):0.3, [40,100):0.5) |", "| Dense + SpeeD |",
+                "| EB ticket (p=0.5) + SpeeD |", "| TA-EB ([0,40):0.3, [40,100):0.5) + SpeeD |",
+                "Uniform EB ticket, TA-EB's fine-tuning FLOPs"):
+        assert row in page, row
+    for claim in ("(a) the EB epoch comes early", "(b) the EB ticket reaches",
+                  "(c) TA-EB beats a uniform EB ticket of equal cost", "(SpeeD)"):
+        line = next(line for line in page.splitlines() if claim in line)
+        assert any(w in line for w in ("**holds**", "**does not hold**",
+                                       "**inconclusive (within noise)**")), line
+    assert "Noise floor of the metric" in page and "± " in page
+    for fig in ("tiny_quality_flops.png", "tiny_quality_wall.png"):
+        assert (out.parent / fig).stat().st_size > 2000 and f"({fig})" in page
