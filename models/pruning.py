@@ -22,7 +22,7 @@ import torch
 import torch.nn as nn
 import torch_pruning as tp
 
-from models.pruner_names import PRUNERS, canonical_pruner  # noqa: F401
+from models.pruner_names import canonical_pruner
 from models.unet import UNet
 
 def example_inputs(model_args, device="cpu"):

@@ -15,7 +15,6 @@ import torch
 
 from models.unet import UNet
 from utils.errors import UserError
-from utils.io import atomic_save
 
 VERSION = 2  # 2: epochs_done / epoch_index (version 1 stored epochs_done as 'epoch')
 

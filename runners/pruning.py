@@ -10,6 +10,7 @@ from runners import checkpoint as ck
 from runners.layout import Layout, epoch_of_checkpoint
 from runners.masks import compute_masks, mask_meta, pruning_inputs, save_mask
 from utils.errors import UserError
+from utils.io import atomic_save
 
 
 def _weights(c, path, cfg):
@@ -79,7 +80,7 @@ def save_ticket(extractor, state_dict, mask, model_args, cfg, meta, out_path, lo
     pruning = dict(meta, history=history, params=p1, macs=m1, dense_params=p0, dense_macs=m0)
     state = ck.make_checkpoint(model=ck.cpu_state_dict(pruned), config=cfg,
                                model_args=model_args, pruning=pruning)
-    ck.atomic_save(state, out_path)
+    atomic_save(state, out_path)
     if log:
         log(f"ratio {meta['ratio']:g}: params {p0 / 1e6:.3f}M -> {p1 / 1e6:.3f}M "
             f"({p1 / p0:.3f}x), MACs {m0 / 1e9:.4f}G -> {m1 / 1e9:.4f}G ({m1 / m0:.3f}x); "

@@ -39,6 +39,17 @@ def write_config(path, cfg=None, **changes):
     return str(path)
 
 
+def pipeline_config(path, n_epochs):
+    """TINY with EB-discovered TA-EB regions (no fixed epochs), for whole-pipeline tests."""
+    import copy
+    cfg = copy.deepcopy(TINY)
+    cfg["training"]["n_epochs"] = n_epochs
+    cfg["taeb"]["regions"] = [{"range": [0, 40], "pruning_ratio": 0.3},
+                              {"range": [40, 100], "pruning_ratio": 0.5}]
+    cfg["earlybird"].update(ratios=[0.3, 0.5], window=2, threshold=0.5)
+    return write_config(path, cfg)
+
+
 def run_py(args, cwd=None, timeout=600, env=None):
     """Run a project script with the test interpreter; returns CompletedProcess."""
     e = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")

@@ -1,12 +1,11 @@
 """The evidence arithmetic (FLOPs, equal-quality speed-ups, critical paths, verdicts) and the
 study on tiny settings."""
-import copy
 import json
 import os
 
 import pytest
 
-from conftest import TINY, run_py, write_config
+from conftest import pipeline_config, run_py
 from runners.evidence import (Speedup, best_equal_ratio, cost_to_reach, critical_and_total,
                               equal_quality_speedup, mean_std, sampling_average_macs, verdict)
 
@@ -59,12 +58,7 @@ def test_verdicts():
 
 
 def test_study_on_tiny_settings(tmp_path):
-    cfg = copy.deepcopy(TINY)
-    cfg["training"]["n_epochs"] = 2
-    cfg["taeb"]["regions"] = [{"range": [0, 40], "pruning_ratio": 0.3},
-                              {"range": [40, 100], "pruning_ratio": 0.5}]
-    cfg["earlybird"].update(ratios=[0.3, 0.5], window=2, threshold=0.5)
-    path = write_config(tmp_path / "s.yml", cfg)
+    path = pipeline_config(tmp_path / "s.yml", 2)
     out = tmp_path / "page" / "tiny.md"
     res = run_py(["earlybird_scripts/study.py", "--config", path, "--exp", str(tmp_path / "e"),
                   "--doc", "t", "--seeds", "2", "--speed", "--finetune_epochs", "1",

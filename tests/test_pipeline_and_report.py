@@ -1,9 +1,8 @@
 """The report on partial experiments, and a shortened run of the whole pipeline."""
-import copy
 import os
 import shutil
 
-from conftest import TINY, run_py, write_config
+from conftest import pipeline_config, run_py
 from runners.report import write_report
 
 
@@ -23,12 +22,7 @@ def test_report_marks_missing_stages(trained, tmp_path):
 
 
 def test_whole_pipeline_shortened(tmp_path):
-    cfg = copy.deepcopy(TINY)
-    cfg["training"]["n_epochs"] = 4
-    cfg["taeb"]["regions"] = [{"range": [0, 40], "pruning_ratio": 0.3},
-                              {"range": [40, 100], "pruning_ratio": 0.5}]
-    cfg["earlybird"].update(ratios=[0.3, 0.5], window=2, threshold=0.5)
-    path = write_config(tmp_path / "pipe.yml", cfg)
+    path = pipeline_config(tmp_path / "pipe.yml", 4)
     exp = str(tmp_path / "runs")
     args = ["earlybird_scripts/run_pipeline.py", "--config", path, "--exp", exp, "--doc",
             "pipe", "--pruning_ratio", "0.5", "--finetune_epochs", "1", "--n_samples", "12"]

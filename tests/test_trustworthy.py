@@ -86,11 +86,12 @@ def test_kill_9_mid_epoch_then_resume_equals_uninterrupted(tmp_path):
     env = dict(os.environ, OMP_NUM_THREADS="1")
     proc = subprocess.Popen([sys.executable] + cmd("killed", "--ni"), cwd=ROOT, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    first = os.path.join(exp, "logs", "killed", "ckpt_ep0.pth")
+    # ckpt.pth is the last thing an epoch writes: once it exists, epoch 1 has begun
+    first = os.path.join(exp, "logs", "killed", "ckpt.pth")
     deadline = time.time() + 300
     while not os.path.isfile(first) and time.time() < deadline and proc.poll() is None:
         time.sleep(0.05)
-    time.sleep(0.8)  # into epoch 1
+    time.sleep(0.5)  # into epoch 1
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert proc.returncode == -signal.SIGKILL
