@@ -19,7 +19,8 @@ from utils.errors import UserError
 
 # the shipped digits config (online early bird and grids on), shortened
 DIGITS_SHORT = ["training.max_steps_per_epoch=4", "training.sample_every=1",
-                "training.grid_samples=4", "sampling.timesteps=4", "earlybird.window=2"]
+                "training.grid_samples=4", "sampling.timesteps=4", "earlybird.window=2",
+                "earlybird.ratios=[0.5]"]
 
 
 def _train(exp, doc, epochs, *extra):
@@ -138,12 +139,13 @@ def test_mask_json_records_the_diff_pruning_timesteps(tmp_path):
     from conftest import TINY
     cfg = write_config(tmp_path / "c.yml", TINY, training__n_epochs=1,
                        earlybird__enabled=True, earlybird__pruner="diff-pruning",
-                       pruning__thr=0.5, pruning__taylor_batch_size=8)
+                       pruning__thr=0.5, pruning__taylor_batch_size=8,
+                       pruning__diff_stride=7)
     assert main(["--config", cfg, "--exp", str(tmp_path), "--doc", "d", "--ni"]) == 0
     masks = os.path.join(tmp_path, "pruned", "d", "masks")
     meta = json.load(open(os.path.join(masks, "d_pruned-0.3-diff-pruning-0.json")))
-    assert meta["timesteps"] == list(range(len(meta["timesteps"])))
-    assert meta["thr"] == 0.5 and "stopped_at" in meta
+    assert meta["timesteps"] == list(range(0, 7 * len(meta["timesteps"]), 7))
+    assert meta["thr"] == 0.5 and meta["stride"] == 7 and "stopped_at" in meta
 
 
 def test_release_mask_names_with_ours_are_read(tmp_path):
