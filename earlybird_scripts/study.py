@@ -81,9 +81,25 @@ def main(argv=None):
             if subprocess.run(cmd).returncode != 0:
                 raise UserError(f"the pipeline of {doc} failed; rerun the study to continue")
     out = a.out or os.path.join(a.exp, "report", "study", "results.md")
-    write_page(cfg, a, docs, out, study_s=time.perf_counter() - t0)
-    print(f"\nstudy page: {out} ({time.perf_counter() - t0:.0f}s)")
+    total_s = record_wall_time(a.exp, time.perf_counter() - t0)
+    write_page(cfg, a, docs, out, study_s=total_s)
+    print(f"\nstudy page: {out} ({time.perf_counter() - t0:.0f}s now, {total_s:.0f}s in all)")
     return 0
+
+
+def record_wall_time(exp, seconds):
+    """Add this invocation's wall-clock to {exp}/report/study/wall.json; returns the sum over
+    every invocation (an interrupted and continued study counts all its parts, reruns too)."""
+    import json
+
+    from utils.io import atomic_write_json
+    path = os.path.join(exp, "report", "study", "wall.json")
+    total = seconds
+    if os.path.isfile(path):
+        with open(path) as f:
+            total += json.load(f)["wall_s"]
+    atomic_write_json(path, {"wall_s": round(total, 1)})
+    return total
 
 
 if __name__ == "__main__":

@@ -222,6 +222,7 @@ def run_sampling(cfg, opts):
         counts = torch.tensor([written], device=device if device.type == "cuda" else "cpu")
         dist.all_reduce(counts)
         written = int(counts.item())
+        dist.barrier()  # nobody leaves while another rank still talks to it
         dist.destroy_process_group()
         if rank != 0:
             return 0
