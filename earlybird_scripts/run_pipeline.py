@@ -120,14 +120,13 @@ class Pipeline:
 
     def earlybird_epochs(self):
         """{ratio: EB epoch}; a ratio without one falls back to the last epoch."""
-        from runners.layout import earlybird_result_in
         a, e = self.a, self.cfg["earlybird"]
         mask_dir = self.layout.masks_dir(a.doc)
         newest = max((os.path.getmtime(os.path.join(mask_dir, f)) for f in os.listdir(mask_dir)
                       if f.endswith(".npy")), default=0.0) if os.path.isdir(mask_dir) else 0.0
         eb = {}
         for r in self.ratios:
-            out = earlybird_result_in(mask_dir, r, self.pruner)
+            out = self.layout.earlybird_result(a.doc, r, self.pruner)
             if not (os.path.isfile(out) and os.path.getmtime(out) >= newest):
                 run([PY, script("find_earlybird.py"), "--mask_dir", mask_dir, "--pruning_ratio",
                      f"{r:g}", "--pruner", self.pruner, "--doc", a.doc, "--window",

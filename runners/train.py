@@ -501,25 +501,20 @@ def train_step(run, x, sampler, diffusion, autocast, grad_clip, channels_last=Fa
     noise = torch.randn_like(x)
     run.optimizer.zero_grad(set_to_none=True)
     terms = []  # unweighted per-sample losses, for the loss per timestep quartile
-    if grad_accum == 1:
-        with autocast():
-            loss = diffusion.loss(run.train_model, x, t, noise, weights=weights,
-                                  per_sample=terms)
-        loss.backward()
-    else:
-        loss = torch.zeros((), device=x.device)
-        chunks = list(zip(x.chunk(grad_accum), t.chunk(grad_accum), noise.chunk(grad_accum),
-                          weights.chunk(grad_accum) if weights is not None else
-                          [None] * grad_accum))
-        no_sync = getattr(run.train_model, "no_sync", None)
-        for k, (xk, tk, nk, wk) in enumerate(chunks):
-            last = k == len(chunks) - 1
-            with (no_sync() if no_sync is not None and not last else nullcontext()):
-                with autocast():
-                    part = diffusion.loss(run.train_model, xk, tk, nk, weights=wk,
-                                          per_sample=terms) / grad_accum
-                part.backward()
-            loss = loss + part.detach()
+    loss = torch.zeros((), device=x.device)
+    chunks = list(zip(x.chunk(grad_accum), t.chunk(grad_accum), noise.chunk(grad_accum),
+                      weights.chunk(grad_accum) if weights is not None else [None] * grad_accum))
+    no_sync = getattr(run.train_model, "no_sync", None)
+    for k, (xk, tk, nk, wk) in enumerate(chunks):
+        # DDP: gradients are all-reduced once, after the last micro-batch
+        last = k == len(chunks) - 1
+        with (no_sync() if no_sync is not None and not last else nullcontext()):
+            with autocast():
+                part = diffusion.loss(run.train_model, xk, tk, nk, weights=wk, per_sample=terms)
+            if grad_accum > 1:
+                part = part / grad_accum
+            part.backward()
+        loss = loss + part.detach()
     gnorm = torch.nn.utils.clip_grad_norm_(run.model.parameters(), grad_clip) if grad_clip > 0 \
         else torch.zeros((), device=x.device)
     if lr is not None:
