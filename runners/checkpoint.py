@@ -102,6 +102,17 @@ def load_weights(model, state_dict, source):
     model.load_state_dict(state_dict, strict=True)
 
 
+def pick_weights(ckpt, use_ema, source):
+    """The EMA weights when asked for and present, else the raw ones; a per-epoch file written
+    with training.epoch_ckpt: ema holds no raw weights."""
+    if use_ema and ckpt.get("ema") is not None:
+        return ckpt["ema"]
+    if ckpt.get("model") is None:
+        raise UserError(f"{source}: holds only EMA weights (training.epoch_ckpt: ema); use "
+                        f"them (--use_ema, pruning.use_ema: true)")
+    return ckpt["model"]
+
+
 def model_from_checkpoint(ckpt, source, use_ema=True, model_args=None):
     """Rebuild the network stored in ``ckpt`` (EMA weights when asked and present)."""
     args = ckpt.get("model_args") or model_args
@@ -113,6 +124,5 @@ def model_from_checkpoint(ckpt, source, use_ema=True, model_args=None):
         raise
     except Exception as e:
         raise UserError(f"{source}: cannot rebuild its network ({str(e).splitlines()[0]})")
-    sd = ckpt["ema"] if use_ema and ckpt.get("ema") is not None else ckpt["model"]
-    load_weights(model, sd, source)
+    load_weights(model, pick_weights(ckpt, use_ema, source), source)
     return model

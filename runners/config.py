@@ -62,6 +62,13 @@ DEFAULTS = {
         "timestep_sampler": "antithetic",  # antithetic (the DDIM codebase's) | uniform | speed
         "grad_accum": 1,            # micro-batches per optimizer step (batch_size stays the
                                     # batch of one step; each pass holds batch_size/grad_accum)
+        # what stays on disk (runners/ckpt_policy.py); ckpt.pth is written every epoch anyway
+        "epoch_ckpt": "full",       # per-epoch ckpt_epE.pth: full (model + EMA, the seed's) |
+                                    # ema (the weights masks and tickets read, half the size) |
+                                    # none (online early-bird masks and tickets only)
+        "epoch_ckpt_until": 0,      # per-epoch files for epochs < E only (0: every epoch)
+        "snapshot_every": 0,        # after that, snapshot_epE.pth every N epochs (0: none)
+        "keep_last": 0,             # snapshots kept, newest first (0: all)
     },
     "sampling": {
         "batch_size": 64,
@@ -103,6 +110,8 @@ DEFAULTS = {
         "thr": 0.05,                # Diff-Pruning: stop when loss < thr * max loss
         "diff_stride": 1,           # Diff-Pruning visits t = 0, stride, 2 * stride, ...
         "use_ema": True,            # masks and tickets come from the EMA weights
+        "round_to": 0,              # keep a multiple of lcm(round_to, GroupNorm group size)
+                                    # channels per group (0: only the GroupNorm group size)
     },
     "earlybird": {
         "enabled": False,           # compute masks after each epoch during training
@@ -127,6 +136,7 @@ CHOICES = {
     ("optim", "optimizer"): ["Adam", "AdamW", "SGD", "RMSProp"],
     ("optim", "schedule"): ["constant", "cosine", "linear"],
     ("training", "timestep_sampler"): ["antithetic", "uniform", "speed"],
+    ("training", "epoch_ckpt"): ["full", "ema", "none"],
     ("fast", "amp"): ["auto", "bf16", "off"],
     ("fast", "channels_last"): ["auto", "on", "off"],
     ("earlybird", "pruner"): ["magnitude", "taylor", "random", "diff-pruning"],
@@ -227,8 +237,11 @@ RANGES = {
     ("optim", "beta1"): (0, 1, True, False), ("optim", "eps"): POSITIVE,
     ("optim", "grad_clip"): NON_NEGATIVE, ("optim", "warmup"): NON_NEGATIVE,
     ("optim", "min_lr"): NON_NEGATIVE, ("training", "grad_accum"): AT_LEAST_ONE,
+    ("training", "epoch_ckpt_until"): NON_NEGATIVE, ("training", "snapshot_every"): NON_NEGATIVE,
+    ("training", "keep_last"): NON_NEGATIVE,
     ("pruning", "taylor_batch_size"): AT_LEAST_ONE, ("pruning", "taylor_steps"): AT_LEAST_ONE,
     ("pruning", "thr"): FRACTION, ("pruning", "diff_stride"): AT_LEAST_ONE,
+    ("pruning", "round_to"): NON_NEGATIVE,
     ("earlybird", "window"): (2, None, True, False), ("earlybird", "threshold"): FRACTION,
     ("taeb", "finetune_epochs"): NON_NEGATIVE,
     ("speed", "k"): POSITIVE, ("speed", "lam"): (0, 1, True, True), ("speed", "tau"): NON_NEGATIVE,
@@ -264,6 +277,9 @@ def _check_values(cfg, source):
     if t["batch_size"] % t["grad_accum"]:
         raise UserError(f"{source}: training.batch_size {t['batch_size']} is not divisible by "
                         f"training.grad_accum {t['grad_accum']}")
+    if t["epoch_ckpt"] == "ema" and not (m["ema"] and cfg["pruning"]["use_ema"]):
+        raise UserError(f"{source}: training.epoch_ckpt: ema keeps only the EMA weights, which "
+                        f"needs model.ema and pruning.use_ema true (or use epoch_ckpt: full)")
     if cfg["optim"]["min_lr"] > cfg["optim"]["lr"]:
         raise UserError(f"{source}: optim.min_lr {cfg['optim']['min_lr']} is above optim.lr "
                         f"{cfg['optim']['lr']}")

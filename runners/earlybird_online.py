@@ -12,6 +12,7 @@ import numpy as np
 from models.earlybird import EarlyBirdDetector
 from models.pruning import MaskExtractor, canonical_pruner
 from runners.masks import compute_masks, mask_meta, pruning_inputs, save_mask
+from runners.pruning import save_ticket
 from utils.io import atomic_write_json
 
 
@@ -22,7 +23,8 @@ class OnlineEarlyBird:
         self.ratios = [float(r) for r in e["ratios"]]
         self.pruner = canonical_pruner(e["pruner"])
         self.window, self.threshold = e["window"], e["threshold"]
-        self.extractor = MaskExtractor(model_args, device="cpu")
+        self.extractor = MaskExtractor(model_args, device="cpu",
+                                       round_to=cfg["pruning"]["round_to"])
         self.diffusion, self.data = pruning_inputs(cfg, self.pruner, dataset, "cpu")
         self.detectors = {r: EarlyBirdDetector(self.window, self.threshold) for r in self.ratios}
 
@@ -34,7 +36,9 @@ class OnlineEarlyBird:
                 if os.path.isfile(f):
                     self.detectors[r].push(epoch, np.load(f))
 
-    def update(self, epoch, model, log):
+    def update(self, epoch, model, log, save_tickets=False):
+        """Masks of ``epoch``; with ``save_tickets`` (its weights are not kept on disk), the
+        ticket of every ratio whose early bird is this epoch is pruned and saved now."""
         sd = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
         masks, info = compute_masks(self.extractor, sd, self.pruner, self.ratios, cfg=self.cfg,
                                     diffusion=self.diffusion, data=self.data)
@@ -49,6 +53,10 @@ class OnlineEarlyBird:
                 log.scalars({f"earlybird/max_distance_{r:g}": max(dists)}, epoch)
             if det.found and not was_found:
                 log.info(f"early-bird ticket at ratio {r:g}: epoch {det.eb_epoch}")
+                if save_tickets:
+                    save_ticket(self.extractor, sd, mask, self.extractor.model_args, self.cfg,
+                                meta, self.layout.ticket_file(self.doc, r, self.pruner, epoch),
+                                log=log.info)
         self._write()
         return all(d.found for d in self.detectors.values())
 

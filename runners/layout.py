@@ -3,13 +3,14 @@
 This module is the only place that knows the layout; everything else asks it.
 
   {exp}/logs/{doc}/                 a training run (dense, EB ticket, baseline or TA-EB region):
-      ckpt.pth, ckpt_ep{E}.pth, config.yml, log.txt, costs.jsonl, earlybird.json, DONE,
-      samples/ep{E}.png
+      ckpt.pth, ckpt_ep{E}.pth, snapshot_ep{E}.pth, config.yml, log.txt, costs.jsonl,
+      earlybird.json, DONE, samples/ep{E}.png
   {exp}/tensorboard/{doc}/          its TensorBoard events
   {exp}/pruned/{doc}/masks/         masks of the dense run {doc}: {doc}_pruned-{p}-{pruner}-{E}.npy
                                     (+ .json), earlybird-{p}-{pruner}.json, overlap figures
   {exp}/pruned/{doc}/models/        pruned tickets, named like their masks (.pth)
-  {exp}/tickets/{doc}/              TA-EB: tickets.yml (the manifest) and logs/region_{lo}_{hi}.log
+  {exp}/tickets/{doc}/              TA-EB: tickets.yml (the manifest), logs/region_{lo}_{hi}.log,
+                                    slurm/region_{lo}_{hi}.sbatch and slurm/jobs.json
   {exp}/samples/{name}/             sample folders; {name}.metric.json and {name}_grid.png beside
   {exp}/metric/                     the digits classifier cache
   {exp}/report/{doc}/               results.md and its figures
@@ -137,6 +138,19 @@ class Layout:
                 out[e] = os.path.join(d, f)
         return dict(sorted(out.items()))
 
+    def snapshot(self, doc, epoch):
+        return os.path.join(self.run_dir(doc), f"snapshot_ep{epoch}.pth")
+
+    def snapshots(self, doc):
+        """{epoch: path} of the snapshots a run keeps after its per-epoch window."""
+        d = self.run_dir(doc)
+        out = {}
+        for f in (os.listdir(d) if os.path.isdir(d) else []):
+            m = re.fullmatch(r"snapshot_ep(\d+)\.pth", f)
+            if m:
+                out[int(m.group(1))] = os.path.join(d, f)
+        return dict(sorted(out.items()))
+
     def costs(self, doc):
         return os.path.join(self.run_dir(doc), "costs.jsonl")
 
@@ -192,6 +206,12 @@ class Layout:
 
     def region_log(self, doc, rng):
         return os.path.join(self.tickets_dir(doc), "logs", f"region_{rng[0]}_{rng[1]}.log")
+
+    def slurm_script(self, doc, rng):
+        return os.path.join(self.tickets_dir(doc), "slurm", f"region_{rng[0]}_{rng[1]}.sbatch")
+
+    def slurm_jobs(self, doc):
+        return os.path.join(self.tickets_dir(doc), "slurm", "jobs.json")
 
     # --- samples, metrics, report ----------------------------------------------------------
     def samples_dir(self, name):

@@ -27,6 +27,7 @@ from models.ema import EMA
 from models.resample import make_timestep_sampler
 from models.unet import model_args_from_config
 from runners import checkpoint as ck
+from runners import ckpt_policy as policy
 from runners.config import dump_config
 from runners.device import (autocast_for, configure_device, dist_setup, rng_state,
                             select_device, set_rng_state, training_rng_untouched,
@@ -116,7 +117,7 @@ def resolve_source(cfg, opts, layout):
         return Source(tk["model_args"], tk["pruning"], tk["model"], src)
     if opts.restore_from:
         rs = ck.load_checkpoint(opts.restore_from)
-        sd = rs["ema"] if opts.use_ema and rs.get("ema") else rs["model"]
+        sd = ck.pick_weights(rs, opts.use_ema, opts.restore_from)
         if rs.get("model_args"):
             _refuse_other_architecture(cfg, rs["model_args"], opts.restore_from, "train on")
         if rs.get("pruning"):
@@ -199,8 +200,8 @@ def _fresh_start(layout, doc):
     """--ni without --resume_training: earlier per-epoch results of this run are replaced; its
     log.txt and TensorBoard events are kept under a dated name, so the new ones start empty."""
     d = layout.run_dir(doc)
-    for pattern in ("ckpt_ep*.pth", "ckpt.pth", "costs.jsonl", "stats.jsonl",
-                    "earlybird.json", "DONE"):
+    for pattern in ("ckpt_ep*.pth", "snapshot_ep*.pth", "ckpt.pth", "costs.jsonl",
+                    "stats.jsonl", "earlybird.json", "DONE"):
         for f in glob.glob(os.path.join(d, pattern)):
             os.remove(f)
     stamp = time.strftime("%Y%m%d-%H%M%S")
@@ -240,12 +241,19 @@ def train(cfg, opts):
     layout = Layout(opts.exp)
     dataset = get_dataset(cfg, train=True)  # bad data fails before anything on disk changes
     run = build_run(cfg, opts, layout, device, rank, world)
+    disk_line = None
+    if rank == 0:  # before anything on disk changes
+        disk_line = policy.check_disk(
+            cfg, policy.plan(cfg, policy.state_bytes(run.model), run.start_epoch),
+            layout.run_dir(opts.doc), fresh=run.source.resume is None)
     if rank == 0:
         if run.source.resume is not None:
             keep_costs_before(layout.costs(opts.doc), run.start_epoch)
         elif opts.ni:
             _fresh_start(layout, opts.doc)
     loop = _make_loop(cfg, opts, layout, device, rank, world, dataset, run)
+    if disk_line:
+        loop.log.info(disk_line)
     n_epochs = cfg["training"]["n_epochs"]
     stopped_by = None
     with _StopFlag() as stop:
@@ -289,9 +297,11 @@ def _save_interrupted(loop, run, epoch, stats, signum):
 
 def _summary(loop, run):
     L, doc = loop.layout, loop.doc
-    lines = [f"finished {doc}: {run.step} steps; checkpoints {L.latest_checkpoint(doc)} and "
-             f"ckpt_ep*.pth beside it", f"  log {L.run_log(doc)}, costs {L.costs(doc)}, "
-             f"TensorBoard {L.tb_dir(doc)}"]
+    kept = [n for n, have in (("ckpt_ep*.pth", L.epoch_checkpoints(doc)),
+                              ("snapshot_ep*.pth", L.snapshots(doc))) if have]
+    lines = [f"finished {doc}: {run.step} steps; checkpoint {L.latest_checkpoint(doc)}"
+             + (f" and {' and '.join(kept)} beside it" if kept else ""),
+             f"  log {L.run_log(doc)}, costs {L.costs(doc)}, TensorBoard {L.tb_dir(doc)}"]
     if loop.earlybird is not None:
         found = {r: d.eb_epoch for r, d in loop.earlybird.detectors.items()}
         lines.append(f"  masks {L.masks_dir(doc)}; early-bird epochs "
@@ -418,8 +428,7 @@ def end_epoch(loop, run, epoch, stats):
     stop_training = False
     if loop.rank == 0:
         state = run.checkpoint(cfg, loop.device, epochs_done=epoch + 1, step_in_epoch=0)
-        # per-epoch files carry no optimizer state: they are what masks and tickets read
-        atomic_save(dict(state, optimizer=None), layout.epoch_checkpoint(doc, epoch))
+        _keep_epoch(loop, state, epoch)
         record = {"epoch": epoch, "steps": stats["steps"], "images": stats["images"],
                   "wall_s": stats["wall_s"], "process_s": stats["process_s"],
                   "loss": stats["loss"], "world_size": loop.world,
@@ -430,7 +439,10 @@ def end_epoch(loop, run, epoch, stats):
                 t_eb = time.perf_counter()
                 weights = run.ema.shadow if run.ema is not None and \
                     cfg["pruning"]["use_ema"] else run.model
-                found_all = loop.earlybird.update(epoch, weights, loop.log)
+                # weights not kept on disk: the tickets found now are pruned now
+                found_all = loop.earlybird.update(
+                    epoch, weights, loop.log,
+                    save_tickets=not policy.keeps_epoch_file(cfg, epoch))
                 record["earlybird_s"] = time.perf_counter() - t_eb
                 stop_training = found_all and cfg["earlybird"]["stop"]
             append_jsonl(layout.costs(doc), record)
@@ -458,6 +470,18 @@ def end_epoch(loop, run, epoch, stats):
         loop.log.say(f"early-bird found for every ratio: dense training stops after "
                      f"epoch {epoch}")
     return stop_training
+
+
+def _keep_epoch(loop, state, epoch):
+    """The per-epoch file and snapshot of ``epoch`` that training.epoch_ckpt & co. ask for."""
+    cfg, layout, doc = loop.cfg, loop.layout, loop.doc
+    if policy.keeps_epoch_file(cfg, epoch):
+        # no optimizer state: these are what masks and tickets read
+        atomic_save(policy.epoch_file_state(cfg, state), layout.epoch_checkpoint(doc, epoch))
+    if policy.is_snapshot(cfg, epoch):
+        atomic_save(policy.snapshot_state(state), layout.snapshot(doc, epoch))
+        for old in policy.old_snapshots(cfg, layout.snapshots(doc)):
+            os.remove(old)
 
 
 def _epoch_line(loop, epoch, stats):
