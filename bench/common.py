@@ -56,12 +56,12 @@ def reset_peak(device):
         torch.cuda.reset_peak_memory_stats(device)
 
 
-def tickets(cfg, ratios, device="cpu"):
+def tickets(cfg, ratios, device="cpu", round_to=0):
     """{ratio: (pruned UNet, params, MACs)} pruned by magnitude from one random dense net."""
     args = model_args_from_config(cfg)
     torch.manual_seed(0)
     dense = UNet(**args)
-    ex = MaskExtractor(args)
+    ex = MaskExtractor(args, round_to=round_to)
     sd = dense.state_dict()
     ex.load_weights(sd)
     scores, _ = ex.scores("magnitude")

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Every GPU check and measurement in one script (under 8 minutes on an H100):
 #   the benchmark suite at the paper's batch (128) with bf16 vs fp32 loss over 200 steps,
-#   torch.compile timing, and a short real training + stitched-sampling smoke run on CUDA.
+#   torch.compile timing, ticket step time with and without pruning.round_to 8, and a short
+#   real training + sampling smoke run on CUDA.
 # Without a CUDA device it falls back to the CPU suite in smoke mode and says so.
 # Results go to $OUT/gpu_check.txt (OUT defaults to bench/out).
 set -uo pipefail
@@ -22,6 +23,9 @@ if "$PY" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)"
   (cd bench && timeout 360 "$PY" suite.py --device cuda --batch 128 --iters 20 \
       --bf16_steps 200 --sample_steps 100 --compile) 2>&1 | tee -a "$OUT/gpu_check.txt"
   (cd bench && timeout 60 "$PY" mask_overhead.py --device cuda --batch 128) 2>&1 | tee -a "$OUT/gpu_check.txt"
+  # kernel-friendly widths: tickets at p = 0.3 / 0.6 / 0.8 with and without pruning.round_to 8
+  (cd bench && timeout 120 "$PY" ticket_speed.py --device cuda --batch 128 --iters 10 \
+      --round_to 0 8) 2>&1 | tee -a "$OUT/gpu_check.txt"
   E=$(mktemp -d)
   timeout 60 "$PY" main.py --config digits.yml --exp "$E" --doc gpu --ni --override \
     training.n_epochs=2 earlybird.enabled=true 2>&1 | tail -2 | tee -a "$OUT/gpu_check.txt"

@@ -6,7 +6,9 @@ entry per channel of the group's root layer (1 = pruned), concatenated.
 How a ratio p becomes kept channels (torch-pruning's GroupNorm handling is not used, see
 shared/reference/torch-pruning-notes.md): every group keeps round((1 - p) * C / u) * u of its
 C channels, at least u, where u is the GroupNorm group size (C / model.gn_groups) for groups
-that feed a GroupNorm and 1 otherwise. Channels are ranked per channel by importance. After
+that feed a GroupNorm and 1 otherwise. With ``round_to`` R (pruning.round_to), u becomes
+lcm(R, that unit) wherever it divides C, so kept widths are multiples of R (8: what GPU kernels
+like), as torch-pruning's own ``round_to`` does. Channels are ranked per channel by importance. After
 pruning, each GroupNorm keeps its original group size where it can: its number of groups
 becomes the divisor of its new width closest to new_width / original_group_size. So realised
 MACs follow (1 - p)^2 closely and fall monotonically with p, every layer is pruned, and
@@ -16,6 +18,7 @@ A pruned model is stored as its state dict plus torch-pruning's pruning history 
 ints) and rebuilt on a fresh dense UNet with ``DependencyGraph.load_pruning_history``.
 """
 import functools
+import math
 
 import numpy as np
 import torch
@@ -44,6 +47,16 @@ def count_params_macs(model, model_args):
     return int(params), int(macs)
 
 
+def channel_unit(channels, gn_unit, round_to):
+    """The step of a group's kept width: lcm(round_to, GroupNorm unit) where it divides the
+    group, else the GroupNorm unit."""
+    if round_to and round_to > 1:
+        u = math.lcm(int(round_to), int(gn_unit))
+        if channels % u == 0:
+            return u
+    return int(gn_unit)
+
+
 def kept_channels(channels, unit, ratio):
     """How many of ``channels`` a group keeps at pruning ratio ``ratio``."""
     slots = channels // unit
@@ -55,8 +68,9 @@ class MaskExtractor:
     """Dependency graph and group layout of one architecture, built once; computes importance
     scores from any weights of that architecture and masks at any ratio."""
 
-    def __init__(self, model_args, device="cpu"):
+    def __init__(self, model_args, device="cpu", round_to=0):
         self.model_args = dict(model_args)
+        self.round_to = int(round_to or 0)
         self.device = torch.device(device)
         self.model = UNet(**model_args).to(self.device).eval()
         self.DG = build_graph(self.model, model_args)
@@ -70,7 +84,7 @@ class MaskExtractor:
             c = self.DG.get_out_channels(root)
             has_gn = any(isinstance(d.dep.target.module, nn.GroupNorm) for d in g)
             unit = c // gn_groups if has_gn and c % gn_groups == 0 and c >= gn_groups else 1
-            self.layout.append((names[root], int(c), int(unit)))
+            self.layout.append((names[root], int(c), channel_unit(c, unit, self.round_to)))
 
     @functools.cached_property
     def dense_cost(self):

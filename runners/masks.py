@@ -57,7 +57,8 @@ def compute_masks(extractor, state_dict, pruner, ratios, *, cfg, diffusion=None,
 def mask_meta(extractor, mask, ratio, pruner, epoch, source, use_ema, info):
     """The JSON sidecar of a mask."""
     return dict({"ratio": ratio, "pruner": pruner, "epoch": epoch, "source": source,
-                 "use_ema": bool(use_ema), "pruned_fraction": float(np.mean(mask)),
+                 "use_ema": bool(use_ema), "round_to": extractor.round_to,
+                 "pruned_fraction": float(np.mean(mask)),
                  "group_sizes": [c for _, c, _ in extractor.layout]}, **info)
 
 

@@ -2,6 +2,7 @@
 number of ratios with one dependency graph, and pruned tickets saved as state dict + pruning
 history. earlybird_scripts/prune.py, the TA-EB tickets and the pipeline all call this.
 """
+import json
 import os
 import time
 
@@ -20,9 +21,7 @@ def _weights(c, path, cfg):
     if model_args is None:
         from models.unet import model_args_from_config
         model_args = model_args_from_config(cfg)
-    use_ema = cfg["pruning"]["use_ema"]
-    sd = c["ema"] if use_ema and c.get("ema") is not None else c["model"]
-    return model_args, sd
+    return model_args, ck.pick_weights(c, cfg["pruning"]["use_ema"], path)
 
 
 def prune_checkpoints(cfg, exp, doc, checkpoints, ratios, *, save_masks=True,
@@ -43,7 +42,8 @@ def prune_checkpoints(cfg, exp, doc, checkpoints, ratios, *, save_masks=True,
         c = ck.load_checkpoint(path)
         model_args, sd = _weights(c, path, cfg)
         if extractor is None:
-            extractor = MaskExtractor(model_args, device=device)
+            extractor = MaskExtractor(model_args, device=device,
+                                      round_to=cfg["pruning"]["round_to"])
         elif model_args != extractor.model_args:
             raise UserError(f"{path}: architecture differs from the first checkpoint's")
         try:
@@ -94,16 +94,48 @@ def ticket_for(cfg, exp, doc, ratio, epoch, *, log=None):
     layout = Layout(exp)
     out = layout.ticket_file(doc, ratio, cfg["earlybird"]["pruner"], epoch)
     if os.path.isfile(out):
-        return out
-    src = layout.epoch_checkpoint(doc, epoch)
-    if not os.path.isfile(src):
-        raise UserError(f"ratio {ratio:g}: checkpoint {src} not found (dense training must "
-                        f"reach epoch {epoch})")
+        kept = (ck.load_checkpoint(out).get("pruning") or {}).get("round_to", 0)
+        if kept == cfg["pruning"]["round_to"]:
+            return out
+        if log:
+            log(f"{out}: pruned with round_to {kept}, the config says "
+                f"{cfg['pruning']['round_to']}: pruned again")
+    src = weights_of_epoch(layout, doc, epoch)
+    if src is None:
+        raise UserError(f"ratio {ratio:g}: no checkpoint of epoch {epoch} in "
+                        f"{layout.run_dir(doc)} (dense training must reach epoch {epoch}, and "
+                        f"training.epoch_ckpt / epoch_ckpt_until must keep it)")
     # the mask is saved too, unless that epoch's mask exists already (online masks equal it)
-    have_mask = os.path.isfile(layout.mask_file(doc, ratio, cfg["earlybird"]["pruner"], epoch))
+    have_mask = _mask_round_to(layout.mask_file(doc, ratio, cfg["earlybird"]["pruner"],
+                                                epoch)) == cfg["pruning"]["round_to"]
     prune_checkpoints(cfg, exp, doc, [(epoch, src)], [ratio], save_masks=not have_mask,
                       save_models=True, log=log)
     return out
+
+
+def _mask_round_to(path):
+    """The round_to a saved mask was made with (0 before the key existed); None: no mask."""
+    if not os.path.isfile(path):
+        return None
+    meta = path[:-4] + ".json"
+    if not os.path.isfile(meta):
+        return 0
+    with open(meta) as f:
+        return json.load(f).get("round_to", 0)
+
+
+def weights_of_epoch(layout, doc, epoch):
+    """The file holding run ``doc``'s weights after epoch ``epoch``: its per-epoch file, its
+    snapshot, or ckpt.pth when that is where training stopped; None if none is kept."""
+    for path in (layout.epoch_checkpoint(doc, epoch), layout.snapshot(doc, epoch)):
+        if os.path.isfile(path):
+            return path
+    latest = layout.latest_checkpoint(doc)
+    if os.path.isfile(latest):
+        c = ck.load_checkpoint(latest)
+        if c.get("epoch_index") == epoch and not c.get("step_in_epoch"):
+            return latest
+    return None
 
 
 def expand_checkpoints(items):
