@@ -1,7 +1,11 @@
-"""Fine-tune all TA-EB tickets of a config's ``taeb.regions`` in parallel, one process each.
+"""Fine-tune all TA-EB tickets of a config's ``taeb.regions``: one GPU (or group of GPUs) each,
+extra tickets queue; or one Slurm job each. Finished tickets are never retrained.
 
-  python earlybird_scripts/train_tickets.py --config cifar10.yml --exp checkpoints \
-      --doc cifar10 [--gpus 0,1,2,3] [--max_parallel K]
+  python earlybird_scripts/train_tickets.py --config cifar10.yml --exp checkpoints \\
+      --doc cifar10 [--gpus 0,1,2,3,4,5,6,7 --gpus_per_ticket 2] [--max_parallel K]
+  python earlybird_scripts/train_tickets.py ... --launcher slurm --partition gpu \\
+      --time 24:00:00 [--dry_run]            # one sbatch job per unfinished ticket
+  python earlybird_scripts/train_tickets.py ... --collect   # the manifest, once all are done
 """
 import argparse
 
@@ -21,9 +25,32 @@ def build_parser():
                    help="the dense run whose checkpoints are pruned (default: %(default)s)")
     p.add_argument("--gpus", default=None,
                    help="comma-separated GPU ids (default: all visible GPUs, else the CPU)")
+    p.add_argument("--gpus_per_ticket", type=int, default=1,
+                   help="GPUs per ticket: more than 1 runs each ticket with torchrun (DDP); on "
+                        "the CPU, that many gloo processes (default: %(default)s)")
     p.add_argument("--max_parallel", type=int, default=None,
-                   help="tickets trained at once (default: one per GPU; on the CPU one at a time, "
-                        "each with every core)")
+                   help="tickets trained at once (default: one per GPU group; on the CPU one at "
+                        "a time, each with every core)")
+    p.add_argument("--launcher", choices=["local", "slurm"], default="local",
+                   help="run the tickets here, or submit one sbatch job per unfinished ticket "
+                        "(default: %(default)s)")
+    p.add_argument("--dry_run", action="store_true",
+                   help="slurm: write the sbatch scripts and print the commands, submit nothing "
+                        "(default: submit)")
+    p.add_argument("--collect", action="store_true",
+                   help="write the manifest if every ticket is trained, else list the "
+                        "unfinished ones and exit 1 (default: train)")
+    g = p.add_argument_group("slurm resources (or --slurm_template)")
+    g.add_argument("--partition", default=None, help="#SBATCH --partition (default: none)")
+    g.add_argument("--time", dest="time_limit", default=None,
+                   help="#SBATCH --time, e.g. 24:00:00 (default: none)")
+    g.add_argument("--cpus_per_task", type=int, default=None,
+                   help="#SBATCH --cpus-per-task (default: none)")
+    g.add_argument("--mem", default=None, help="#SBATCH --mem, e.g. 64G (default: none)")
+    g.add_argument("--account", default=None, help="#SBATCH --account (default: none)")
+    g.add_argument("--slurm_template", default=None,
+                   help="an sbatch script template with {job_name} {log} {gpus} {cwd} "
+                        "{command} fields, used instead of the flags above (default: none)")
     p.add_argument("--no_ema", action="store_true",
                    help="prune the raw (not EMA) weights: sets pruning.use_ema=false "
                         "(default: the config's pruning.use_ema)")
@@ -33,22 +60,35 @@ def build_parser():
     return p
 
 
+def _gpus(text):
+    if not text:
+        return None
+    try:
+        return [int(g) for g in text.split(",") if g.strip()]
+    except ValueError:
+        raise UserError(f"--gpus {text}: expected comma-separated integers")
+
+
 def main(argv=None):
     a = build_parser().parse_args(argv)
     check_name(a.doc, "--doc")
-    overrides = flatten_overrides(a.override) + (["pruning.use_ema=false"] if a.no_ema else [])
-    cfg = load_config(a.config, overrides)
-    gpus = None
-    if a.gpus:
-        try:
-            gpus = [int(g) for g in a.gpus.split(",") if g.strip()]
-        except ValueError:
-            raise UserError(f"--gpus {a.gpus}: expected comma-separated integers")
     if a.max_parallel is not None and a.max_parallel < 1:
         raise UserError("--max_parallel must be at least 1")
-    from runners.tickets import train_tickets
+    if a.gpus_per_ticket < 1:
+        raise UserError("--gpus_per_ticket must be at least 1")
+    if a.dry_run and a.launcher != "slurm":
+        raise UserError("--dry_run goes with --launcher slurm")
+    overrides = flatten_overrides(a.override) + (["pruning.use_ema=false"] if a.no_ema else [])
+    cfg = load_config(a.config, overrides)
+    from runners.tickets import Launch, train_tickets
+    launch = Launch(gpus=_gpus(a.gpus), max_parallel=a.max_parallel,
+                    gpus_per_ticket=a.gpus_per_ticket, launcher=a.launcher, dry_run=a.dry_run,
+                    collect=a.collect, slurm_template=a.slurm_template,
+                    slurm=dict(partition=a.partition, time_limit=a.time_limit,
+                               cpus=a.cpus_per_task, mem=a.mem, account=a.account),
+                    progress=not a.no_progress)
     return train_tickets(cfg, config_name=a.config, exp=a.exp, doc=a.doc, overrides=overrides,
-                         gpus=gpus, max_parallel=a.max_parallel, progress=not a.no_progress)
+                         launch=launch)
 
 
 if __name__ == "__main__":

@@ -1,15 +1,17 @@
-"""TA-EB tickets (DESIGN.md steps 4-5): resolve each region's ticket, fine-tune all regions in
-parallel processes (one GPU each, round-robin; CPU threads split), and write the manifest
+"""TA-EB tickets (DESIGN.md steps 4-5): resolve each region's ticket, fine-tune the unfinished
+ones (local processes on GPU groups, or Slurm jobs: runners/launch.py), and write the manifest
 ``{exp}/tickets/{doc}/tickets.yml`` that stitched sampling reads."""
 import json
 import os
-import subprocess
 import sys
-import time
+from dataclasses import dataclass, field
+from typing import Optional
 
 import yaml
 
 from models.stitched import check_regions
+from runners.launch import (gpu_groups, load_jobs, read_template, run_local, sbatch_script,
+                            slurm_options, submit_slurm, ticket_command)
 from runners.layout import Layout, region_doc
 from runners.masks import load_mask_series
 from runners.pruning import ticket_for
@@ -17,7 +19,6 @@ from runners.runlog import read_costs
 from utils.errors import UserError
 from utils.io import atomic_write_text, load_yaml
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 REGION_KEYS = {"range", "pruning_ratio", "epoch", "ticket", "overrides"}
 
 
@@ -131,51 +132,15 @@ def resolve_tickets(cfg, exp, doc, regions):
     return regions
 
 
-def _region_command(config_name, exp, doc, r, n_epochs, overrides, layout):
-    rdoc = region_doc(doc, r["range"])
-    cmd = [sys.executable, os.path.join(ROOT, "main.py"), "--config", config_name,
-           "--exp", exp, "--doc", rdoc, "--ni", "--load_pruned_model", r["ticket_file"],
-           "--ts_range", str(r["range"][0]), str(r["range"][1])]
-    if os.path.isfile(layout.latest_checkpoint(rdoc)):
-        cmd.append("--resume_training")
+def _region_args(config_name, exp, doc, r, n_epochs, overrides, resume):
+    """main.py's arguments that fine-tune region ``r``'s ticket."""
+    args = ["--config", config_name, "--exp", exp, "--doc", region_doc(doc, r["range"]), "--ni",
+            "--load_pruned_model", r["ticket_file"],
+            "--ts_range", str(r["range"][0]), str(r["range"][1])]
+    if resume:
+        args.append("--resume_training")
     ovr = list(overrides) + [f"training.n_epochs={n_epochs}", "earlybird.enabled=false"]
-    return cmd + ["--override"] + ovr + r["overrides"]
-
-
-def _run_parallel(jobs, k, gpus, threads, n_epochs, layout, poll_s, progress):
-    """Run [(region, command)] k at a time; returns the regions whose process failed."""
-    procs, failed, queue, bars, slot = {}, [], list(jobs), {}, 0
-    if progress and jobs:
-        from tqdm import tqdm
-        for i, (r, _) in enumerate(jobs):
-            bars[id(r)] = tqdm(total=n_epochs, position=i, dynamic_ncols=True,
-                               desc=f"ticket [{r['range'][0]},{r['range'][1]}) "
-                                    f"p={r['pruning_ratio']:g}")
-    while queue or procs:
-        while queue and len(procs) < k:
-            r, cmd = queue.pop(0)
-            env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
-            env["CUDA_VISIBLE_DEVICES"] = str(gpus[slot % len(gpus)]) if gpus else ""
-            slot += 1
-            os.makedirs(os.path.dirname(r["log_file"]), exist_ok=True)
-            fh = open(r["log_file"], "a")
-            fh.write(f"$ {' '.join(cmd)}\n")
-            fh.flush()
-            procs[id(r)] = (subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env,
-                                             cwd=os.getcwd()), r, fh)
-        time.sleep(poll_s)
-        for key, (p, r, fh) in list(procs.items()):
-            if key in bars:
-                bars[key].n = len(read_costs(layout.costs(region_doc(r["doc"], r["range"]))))
-                bars[key].refresh()
-            if p.poll() is not None:
-                fh.close()
-                del procs[key]
-                if p.returncode != 0:
-                    failed.append(r)
-    for b in bars.values():
-        b.close()
-    return failed
+    return args + ["--override"] + ovr + r["overrides"]
 
 
 def write_manifest(cfg, config_name, exp, doc, regions, schedule=None):
@@ -205,30 +170,64 @@ def write_manifest(cfg, config_name, exp, doc, regions, schedule=None):
     return path
 
 
-def train_tickets(cfg, *, config_name, exp, doc, overrides, gpus=None, max_parallel=None,
-                  poll_s=1.0, progress=True):
-    """Fine-tune every region's ticket in parallel; returns 0, or 1 if any region failed."""
+@dataclass
+class Launch:
+    """How the tickets run (earlybird_scripts/train_tickets.py's flags)."""
+    gpus: Optional[list] = None         # None: every visible GPU, else the CPU
+    max_parallel: Optional[int] = None
+    gpus_per_ticket: int = 1            # DDP processes per ticket (gloo ones on the CPU)
+    launcher: str = "local"             # local | slurm
+    dry_run: bool = False
+    collect: bool = False
+    slurm: dict = field(default_factory=dict)   # partition, time_limit, cpus, mem, account
+    slurm_template: Optional[str] = None
+    poll_s: float = 1.0
+    progress: bool = True
+
+
+def train_tickets(cfg, *, config_name, exp, doc, overrides, launch=None):
+    """Fine-tune every unfinished region's ticket, then write the manifest; returns 0, or 1
+    if a ticket failed (local), sbatch failed, or --collect found unfinished tickets."""
+    launch = launch or Launch()
     layout = Layout(exp)
     regions = resolve_tickets(cfg, exp, doc, parse_regions(cfg, config_name))
     n_epochs = cfg["taeb"]["finetune_epochs"] or cfg["training"]["n_epochs"]
+    for r in regions:
+        r["doc"], r["log_file"] = doc, layout.region_log(doc, r["range"])
+    todo = [r for r in regions if not os.path.isfile(layout.done_marker(region_doc(doc,
+                                                                                   r["range"])))]
+    if launch.collect:
+        return _collect(cfg, config_name, exp, doc, regions, todo, layout)
+    if launch.launcher == "slurm":
+        return _submit(cfg, config_name, exp, doc, overrides, todo, n_epochs, layout, launch)
+    return _run_here(cfg, config_name, exp, doc, overrides, regions, todo, n_epochs, layout,
+                     launch)
+
+
+def _run_here(cfg, config_name, exp, doc, overrides, regions, todo, n_epochs, layout, launch):
+    gpus = launch.gpus
     if gpus is None:
         import torch
         gpus = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
-    jobs = []
-    for r in regions:
-        r["doc"], r["log_file"] = doc, layout.region_log(doc, r["range"])
-        if not os.path.isfile(layout.done_marker(region_doc(doc, r["range"]))):
-            jobs.append((r, _region_command(config_name, exp, doc, r, n_epochs, overrides,
-                                            layout)))
-    # one ticket per GPU; without GPUs one at a time, each with the whole machine, so each
-    # ticket's time is what it would take on a device of its own (a fair critical path)
-    k = max_parallel or (len(gpus) if gpus else 1)
+    per = launch.gpus_per_ticket
+    groups = gpu_groups(gpus, per)
+    jobs = [(r, ticket_command(_region_args(
+        config_name, exp, doc, r, n_epochs, overrides,
+        os.path.isfile(layout.latest_checkpoint(region_doc(doc, r["range"])))), per))
+        for r in todo]
+    # one ticket per GPU group; without GPUs one at a time, each with the whole machine, so
+    # each ticket's time is what it would take on a device of its own (a fair critical path)
+    k = launch.max_parallel or (len(groups) if gpus else 1)
     k = max(1, min(k, len(jobs) or 1))
-    threads = max(1, (os.cpu_count() or 1) // k)
-    schedule = (f"{k} at a time, one GPU each" if gpus else
+    threads = max(1, (os.cpu_count() or 1) // (k * per))
+    each = f"{per} GPUs" if per > 1 else "one GPU"
+    schedule = (f"{k} at a time, {each} each" if gpus else
                 "one at a time, each with the whole machine" if k == 1 else
-                f"{k} at a time sharing the CPU ({threads} threads each)")
-    failed = _run_parallel(jobs, k, gpus, threads, n_epochs, layout, poll_s, progress)
+                f"{k} at a time sharing the CPU ({threads} threads per process)")
+    if per > 1:
+        schedule += f", {per} DDP processes per ticket"
+    failed = run_local(jobs, groups, k, threads, n_epochs, layout, launch.poll_s,
+                       launch.progress)
     if failed:
         for r in failed:
             print(f"ticket for region [{r['range'][0]}, {r['range'][1]}) (ratio "
@@ -237,4 +236,46 @@ def train_tickets(cfg, *, config_name, exp, doc, overrides, gpus=None, max_paral
               f"same command to finish only what is unfinished", file=sys.stderr)
         return 1
     write_manifest(cfg, config_name, exp, doc, regions, schedule)
+    return 0
+
+
+def _submit(cfg, config_name, exp, doc, overrides, todo, n_epochs, layout, launch):
+    """One sbatch script and job per unfinished ticket."""
+    if not todo:
+        print(f"every ticket of {doc} is trained; write the manifest with --collect")
+        return 0
+    per = launch.gpus_per_ticket
+    template = read_template(launch.slurm_template) if launch.slurm_template else None
+    resources = slurm_options(gpus=per, **launch.slurm)
+
+    def script_for(r, cmd):
+        rdoc = region_doc(doc, r["range"])
+        os.makedirs(os.path.dirname(r["log_file"]), exist_ok=True)
+        return sbatch_script(cmd, job_name=rdoc, log=os.path.abspath(r["log_file"]),
+                             latest=os.path.abspath(layout.latest_checkpoint(rdoc)), gpus=per,
+                             template=template, resources=resources)
+    # the script adds --resume_training by itself when the ticket has a checkpoint
+    jobs = [(r, ticket_command(_region_args(config_name, exp, doc, r, n_epochs, overrides,
+                                            False), per)) for r in todo]
+    rc = submit_slurm(jobs, layout, doc, dry_run=launch.dry_run, script_for=script_for)
+    if not launch.dry_run:
+        print("when the jobs are done, write the manifest with the same command and --collect")
+    return rc
+
+
+def _collect(cfg, config_name, exp, doc, regions, todo, layout):
+    """The manifest, once every ticket is trained; else which ones are not."""
+    if todo:
+        jobs = load_jobs(layout.slurm_jobs(doc))
+        for r in todo:
+            name = region_doc(doc, r["range"])
+            job = jobs.get(name, {}).get("job_id")
+            print(f"not finished: region [{r['range'][0]}, {r['range'][1]}) (ratio "
+                  f"{r['pruning_ratio']:g}){f', job {job}' if job else ''}; log {r['log_file']}",
+                  file=sys.stderr)
+        print(f"{len(todo)} of {len(regions)} tickets are not finished; no manifest written",
+              file=sys.stderr)
+        return 1
+    write_manifest(cfg, config_name, exp, doc, regions,
+                   "separate jobs, one per ticket (collected)")
     return 0
