@@ -80,6 +80,10 @@ def test_study_on_tiny_settings(tmp_path):
         line = next(line for line in page.splitlines() if claim in line)
         assert any(w in line for w in ("**holds**", "**does not hold**",
                                        "**inconclusive (within noise)**")), line
+    # dense + SpeeD is measured against plain dense, not its own reference
+    cells = next(line for line in page.splitlines() if line.startswith("| Dense + SpeeD |"))
+    assert cells.split("|")[4].strip().rstrip("x").split()[-1].replace(".", "").isdigit()
+    assert sum(line.startswith("- (SpeeD)") for line in page.splitlines()) == 3
     assert "Noise floor of the metric" in page and "± " in page
     for fig in ("tiny_quality_flops.png", "tiny_quality_wall.png"):
         assert (out.parent / fig).stat().st_size > 2000 and f"({fig})" in page
