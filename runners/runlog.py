@@ -11,8 +11,16 @@ VERBOSITY = ("quiet", "info", "debug")
 
 
 def read_costs(path):
-    """The per-epoch cost records of a costs.jsonl ([] when there is none)."""
-    return read_jsonl(path)
+    """The per-epoch cost records of a costs.jsonl ([] when there is none); the record of an
+    interrupted epoch ("partial") is bookkeeping for its resume, not an epoch."""
+    return [r for r in read_jsonl(path) if not r.get("partial")]
+
+
+def interrupted_cost(path, epoch):
+    """The cost of the steps of ``epoch`` done before an interruption (None when there are
+    none): a resume into the middle of that epoch adds it to the epoch's record."""
+    part = [r for r in read_jsonl(path) if r.get("partial") and r["epoch"] == epoch]
+    return part[-1] if part else None
 
 
 def append_jsonl(path, record):
@@ -22,7 +30,7 @@ def append_jsonl(path, record):
 
 def keep_costs_before(path, epoch):
     """On resume: drop records of epochs >= ``epoch`` (a kill after the record was written
-    but before ckpt.pth moved on would otherwise count that epoch twice)."""
+    but before ckpt.pth moved on would otherwise count that epoch twice), partial ones too."""
     records = read_jsonl(path)
     kept = [r for r in records if r["epoch"] < epoch]
     if len(kept) != len(records):

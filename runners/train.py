@@ -33,7 +33,8 @@ from runners.device import (autocast_for, configure_device, dist_setup, rng_stat
                             select_device, set_rng_state, training_rng_untouched,
                             use_channels_last)
 from runners.layout import Layout
-from runners.runlog import RunLog, append_jsonl, archive, keep_costs_before
+from runners.runlog import (RunLog, append_jsonl, archive, interrupted_cost,
+                            keep_costs_before)
 from utils.errors import UserError
 from utils.io import atomic_save, atomic_write_text
 
@@ -137,6 +138,7 @@ class RunState:
     start_epoch: int = 0
     step: int = 0
     start_step_in_epoch: int = 0
+    carried_cost: Optional[dict] = None  # the interrupted part of epoch start_epoch
 
     def checkpoint(self, cfg, device, *, epochs_done, step_in_epoch, with_optimizer=True):
         return ck.make_checkpoint(
@@ -248,6 +250,8 @@ def train(cfg, opts):
             layout.run_dir(opts.doc), fresh=run.source.resume is None)
     if rank == 0:
         if run.source.resume is not None:
+            if run.start_step_in_epoch:  # the steps before the interruption cost too
+                run.carried_cost = interrupted_cost(layout.costs(opts.doc), run.start_epoch)
             keep_costs_before(layout.costs(opts.doc), run.start_epoch)
         elif opts.ni:
             _fresh_start(layout, opts.doc)
@@ -291,6 +295,9 @@ def _save_interrupted(loop, run, epoch, stats, signum):
     state = run.checkpoint(loop.cfg, loop.device, epochs_done=epoch,
                            step_in_epoch=stats["step_in_epoch"])
     atomic_save(state, path)
+    if stats["steps"]:  # what this part of the epoch cost: its resume adds it to the epoch
+        append_jsonl(loop.layout.costs(loop.doc),
+                     dict(_cost_record(loop, run, epoch, stats), partial=True))
     loop.log.say(f"signal {signum}: saved a resumable checkpoint {path} (epoch {epoch}, step "
                  f"{run.step}); resume with: {_resume_command(loop.opts)}")
 
@@ -429,11 +436,7 @@ def end_epoch(loop, run, epoch, stats):
     if loop.rank == 0:
         state = run.checkpoint(cfg, loop.device, epochs_done=epoch + 1, step_in_epoch=0)
         _keep_epoch(loop, state, epoch)
-        record = {"epoch": epoch, "steps": stats["steps"], "images": stats["images"],
-                  "wall_s": stats["wall_s"], "process_s": stats["process_s"],
-                  "loss": stats["loss"], "world_size": loop.world,
-                  "device": str(loop.device.type), "macs_per_image": loop.macs_per_image,
-                  "train_flops": training_flops(loop.macs_per_image, stats["images"])}
+        record = _cost_record(loop, run, epoch, stats)
         with training_rng_untouched(loop.device):
             if loop.earlybird is not None:
                 t_eb = time.perf_counter()
@@ -470,6 +473,23 @@ def end_epoch(loop, run, epoch, stats):
         loop.log.say(f"early-bird found for every ratio: dense training stops after "
                      f"epoch {epoch}")
     return stop_training
+
+
+def _cost_record(loop, run, epoch, stats):
+    """The cost record of ``epoch``; resumed mid-epoch, it includes the interrupted part."""
+    record = {"epoch": epoch, "steps": stats["steps"], "images": stats["images"],
+              "wall_s": stats["wall_s"], "process_s": stats["process_s"], "loss": stats["loss"],
+              "world_size": loop.world, "device": str(loop.device.type),
+              "macs_per_image": loop.macs_per_image}
+    prev = run.carried_cost  # also carried on when this epoch is interrupted again
+    if prev is not None and prev["epoch"] == epoch:
+        steps = record["steps"] + prev["steps"]
+        record["loss"] = (record["loss"] * record["steps"] + prev["loss"] * prev["steps"]) / \
+            max(steps, 1)
+        for k in ("steps", "images", "wall_s", "process_s"):
+            record[k] += prev[k]
+    record["train_flops"] = training_flops(loop.macs_per_image, record["images"])
+    return record
 
 
 def _keep_epoch(loop, state, epoch):

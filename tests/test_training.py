@@ -72,6 +72,18 @@ def test_sigterm_saves_resumable_checkpoint(tmp_path):
     c = torch.load(os.path.join(exp, "logs", "s", "ckpt.pth"), weights_only=True)
     assert c["epochs_done"] >= 1 and c["step"] > 0
     assert not os.path.isfile(os.path.join(exp, "logs", "s", "DONE"))
+    # the interrupted part of the epoch is paid for: resuming completes the epoch's record
+    costs = os.path.join(exp, "logs", "s", "costs.jsonl")
+    lines = [json.loads(line) for line in open(costs)]
+    assert bool(c["step_in_epoch"]) == any(r.get("partial") for r in lines)
+    done = c["epochs_done"]
+    assert main(["--config", cfg, "--exp", exp, "--doc", "s", "--resume_training",
+                 "--override", f"training.n_epochs={done + 1}"]) == 0
+    records = [json.loads(line) for line in open(costs)]
+    assert [r["epoch"] for r in records] == list(range(done + 1))
+    assert not any(r.get("partial") for r in records)
+    assert records[-1]["images"] == records[0]["images"] == 1437   # the whole data set
+    assert records[-1]["train_flops"] == records[0]["train_flops"]
 
 
 def test_sampling_writes_images_grid_and_resumes(trained, tmp_path):
