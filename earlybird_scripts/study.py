@@ -90,14 +90,9 @@ def main(argv=None):
 def record_wall_time(exp, seconds):
     """Add this invocation's wall-clock to {exp}/report/study/wall.json; returns the sum over
     every invocation (an interrupted and continued study counts all its parts, reruns too)."""
-    import json
-
-    from utils.io import atomic_write_json
+    from utils.io import atomic_write_json, read_json
     path = os.path.join(exp, "report", "study", "wall.json")
-    total = seconds
-    if os.path.isfile(path):
-        with open(path) as f:
-            total += json.load(f)["wall_s"]
+    total = seconds + read_json(path, {"wall_s": 0.0})["wall_s"]
     atomic_write_json(path, {"wall_s": round(total, 1)})
     return total
 

@@ -13,7 +13,6 @@ epoch_ckpt_until, snapshot_every, keep_last).
 A CIFAR-10 checkpoint (35.7M parameters) is about 143 MB per copy of the weights: ``full``
 per-epoch files are about 286 MB, ``ema`` ones about 143 MB.
 """
-import glob
 import os
 import shutil
 from dataclasses import dataclass
@@ -105,14 +104,6 @@ def describe(cfg, p):
     return f"checkpoints: {', '.join(parts)}: about {_mb(p.total)}"
 
 
-def replaced_bytes(run_dir):
-    """Bytes of the checkpoints a fresh start (--ni) deletes."""
-    files = []
-    for pattern in ("ckpt_ep*.pth", "ckpt.pth", "snapshot_ep*.pth"):
-        files += glob.glob(os.path.join(run_dir, pattern))
-    return sum(os.path.getsize(f) for f in files)
-
-
 def free_bytes(path):
     """Free bytes on the file system that will hold ``path`` (its nearest existing parent)."""
     p = os.path.abspath(path)
@@ -121,9 +112,12 @@ def free_bytes(path):
     return shutil.disk_usage(p).free
 
 
-def check_disk(cfg, p, run_dir, fresh):
-    """One line about the projected disk use; a UserError if the disk cannot hold it."""
-    free = free_bytes(run_dir) + (replaced_bytes(run_dir) if fresh else 0)
+def check_disk(cfg, p, layout, doc, fresh):
+    """One line about the projected disk use; a UserError if the disk cannot hold it. A fresh
+    start (--ni) frees the run's old checkpoints first."""
+    run_dir = layout.run_dir(doc)
+    free = free_bytes(run_dir) + (sum(os.path.getsize(f) for f in layout.checkpoint_files(doc))
+                                  if fresh else 0)
     line = f"{describe(cfg, p)} projected, {_mb(free)} free"
     if p.total > free:
         raise UserError(f"{line} in {run_dir}: not enough disk; keep less with "

@@ -1,7 +1,6 @@
 """Running TA-EB tickets: local processes (one group of GPUs each, extra tickets queue), or one
 Slurm job per ticket. Each ticket is ``main.py`` fine-tuning one region; with more than one
 process per ticket it runs under torchrun (DDP: NCCL on GPUs, gloo on the CPU)."""
-import json
 import os
 import shlex
 import shutil
@@ -13,7 +12,7 @@ import time
 from runners.layout import region_doc
 from runners.runlog import read_costs
 from utils.errors import UserError
-from utils.io import atomic_write_json, atomic_write_text
+from utils.io import atomic_write_json, atomic_write_text, read_json
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MAIN = os.path.join(ROOT, "main.py")
@@ -144,18 +143,11 @@ def _queued(job_ids):
     return set(res.stdout.split()) & set(job_ids) if res.returncode == 0 else set()
 
 
-def load_jobs(path):
-    if not os.path.isfile(path):
-        return {}
-    with open(path) as f:
-        return json.load(f)
-
-
 def submit_slurm(jobs, layout, doc, *, dry_run, script_for):
     """Write one sbatch script per unfinished ticket and submit it; returns 0, or 1 if sbatch
     failed. ``jobs``: [(region, command)]; ``script_for(region, command)`` -> script text."""
     record_path = layout.slurm_jobs(doc)
-    record = load_jobs(record_path)
+    record = read_json(record_path, {})
     queued = _queued([j["job_id"] for j in record.values() if j.get("job_id")])
     if not dry_run and shutil.which("sbatch") is None:
         raise UserError("--launcher slurm: sbatch is not on PATH (use --dry_run to only write "

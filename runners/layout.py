@@ -29,6 +29,7 @@ from models.pruner_names import canonical_pruner
 RUN_KINDS = {"eb": "EB ticket", "tpf": "Train-prune-finetune",
              "eqflops": "Uniform EB ticket, TA-EB's fine-tuning FLOPs"}
 _EPOCH_CKPT = re.compile(r"ckpt_ep(\d+)\.pth$")
+_SNAPSHOT = re.compile(r"^snapshot_ep(\d+)\.pth$")
 # {doc}_pruned-{ratio}-{pruner}-{epoch}; the pruner may hold a dash (diff-pruning)
 _MASK = re.compile(r"^(?P<doc>.*)_pruned-(?P<ratio>[0-9.eE+-]+?)-(?P<pruner>[a-z_]+(?:-[a-z_]+)?)"
                    r"-(?P<epoch>\d+)$")
@@ -126,30 +127,32 @@ class Layout:
     def epoch_checkpoint(self, doc, epoch):
         return os.path.join(self.run_dir(doc), f"ckpt_ep{epoch}.pth")
 
+    def _by_epoch(self, doc, pattern):
+        """{epoch: path} of the files of a run whose name matches ``pattern`` (group 1: E)."""
+        d = self.run_dir(doc)
+        out = {}
+        for f in (os.listdir(d) if os.path.isdir(d) else []):
+            m = pattern.search(f)
+            if m:
+                out[int(m.group(1))] = os.path.join(d, f)
+        return dict(sorted(out.items()))
+
     def epoch_checkpoints(self, doc):
         """{epoch: path} of the per-epoch checkpoints of a run."""
-        d = self.run_dir(doc)
-        if not os.path.isdir(d):
-            return {}
-        out = {}
-        for f in os.listdir(d):
-            e = epoch_of_checkpoint(f)
-            if e is not None:
-                out[e] = os.path.join(d, f)
-        return dict(sorted(out.items()))
+        return self._by_epoch(doc, _EPOCH_CKPT)
 
     def snapshot(self, doc, epoch):
         return os.path.join(self.run_dir(doc), f"snapshot_ep{epoch}.pth")
 
     def snapshots(self, doc):
         """{epoch: path} of the snapshots a run keeps after its per-epoch window."""
-        d = self.run_dir(doc)
-        out = {}
-        for f in (os.listdir(d) if os.path.isdir(d) else []):
-            m = re.fullmatch(r"snapshot_ep(\d+)\.pth", f)
-            if m:
-                out[int(m.group(1))] = os.path.join(d, f)
-        return dict(sorted(out.items()))
+        return self._by_epoch(doc, _SNAPSHOT)
+
+    def checkpoint_files(self, doc):
+        """Every checkpoint file of a run: ckpt.pth, per-epoch files, snapshots."""
+        latest = self.latest_checkpoint(doc)
+        return ([latest] if os.path.isfile(latest) else []) + \
+            list(self.epoch_checkpoints(doc).values()) + list(self.snapshots(doc).values())
 
     def costs(self, doc):
         return os.path.join(self.run_dir(doc), "costs.jsonl")

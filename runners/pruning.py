@@ -2,7 +2,6 @@
 number of ratios with one dependency graph, and pruned tickets saved as state dict + pruning
 history. earlybird_scripts/prune.py, the TA-EB tickets and the pipeline all call this.
 """
-import json
 import os
 import time
 
@@ -11,7 +10,7 @@ from runners import checkpoint as ck
 from runners.layout import Layout, epoch_of_checkpoint
 from runners.masks import compute_masks, mask_meta, pruning_inputs, save_mask
 from utils.errors import UserError
-from utils.io import atomic_save
+from utils.io import atomic_save, read_json
 
 
 def _weights(c, path, cfg):
@@ -117,11 +116,7 @@ def _mask_round_to(path):
     """The round_to a saved mask was made with (0 before the key existed); None: no mask."""
     if not os.path.isfile(path):
         return None
-    meta = path[:-4] + ".json"
-    if not os.path.isfile(meta):
-        return 0
-    with open(meta) as f:
-        return json.load(f).get("round_to", 0)
+    return read_json(path[:-4] + ".json", {}).get("round_to", 0)
 
 
 def weights_of_epoch(layout, doc, epoch):

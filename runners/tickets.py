@@ -10,14 +10,14 @@ from typing import Optional
 import yaml
 
 from models.stitched import check_regions
-from runners.launch import (gpu_groups, load_jobs, read_template, run_local, sbatch_script,
+from runners.launch import (gpu_groups, read_template, run_local, sbatch_script,
                             slurm_options, submit_slurm, ticket_command)
 from runners.layout import Layout, region_doc
 from runners.masks import load_mask_series
 from runners.pruning import ticket_for
 from runners.runlog import read_costs
 from utils.errors import UserError
-from utils.io import atomic_write_text, load_yaml
+from utils.io import atomic_write_text, load_yaml, read_json
 
 REGION_KEYS = {"range", "pruning_ratio", "epoch", "ticket", "overrides"}
 
@@ -266,7 +266,7 @@ def _submit(cfg, config_name, exp, doc, overrides, todo, n_epochs, layout, launc
 def _collect(cfg, config_name, exp, doc, regions, todo, layout):
     """The manifest, once every ticket is trained; else which ones are not."""
     if todo:
-        jobs = load_jobs(layout.slurm_jobs(doc))
+        jobs = read_json(layout.slurm_jobs(doc), {})
         for r in todo:
             name = region_doc(doc, r["range"])
             job = jobs.get(name, {}).get("job_id")

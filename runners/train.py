@@ -106,7 +106,7 @@ def resolve_source(cfg, opts, layout):
         c = ck.load_checkpoint(latest)
         _refuse_other_architecture(cfg, c["model_args"], latest, "resume")
         return Source(c["model_args"], c.get("pruning"), resume=c, weights_from=latest)
-    if glob.glob(os.path.join(layout.run_dir(opts.doc), "ckpt*.pth")) and not opts.ni:
+    if layout.checkpoint_files(opts.doc) and not opts.ni:
         raise UserError(f"{layout.run_dir(opts.doc)} already holds checkpoints: pass "
                         f"--resume_training to continue or --ni to start over")
     if opts.load_pruned_model:
@@ -202,8 +202,9 @@ def _fresh_start(layout, doc):
     """--ni without --resume_training: earlier per-epoch results of this run are replaced; its
     log.txt and TensorBoard events are kept under a dated name, so the new ones start empty."""
     d = layout.run_dir(doc)
-    for pattern in ("ckpt_ep*.pth", "snapshot_ep*.pth", "ckpt.pth", "costs.jsonl",
-                    "stats.jsonl", "earlybird.json", "DONE"):
+    for f in layout.checkpoint_files(doc):
+        os.remove(f)
+    for pattern in ("costs.jsonl", "stats.jsonl", "earlybird.json", "DONE"):
         for f in glob.glob(os.path.join(d, pattern)):
             os.remove(f)
     stamp = time.strftime("%Y%m%d-%H%M%S")
@@ -244,11 +245,11 @@ def train(cfg, opts):
     dataset = get_dataset(cfg, train=True)  # bad data fails before anything on disk changes
     run = build_run(cfg, opts, layout, device, rank, world)
     disk_line = None
-    if rank == 0:  # before anything on disk changes
+    if rank == 0:
+        # the disk check comes before anything on disk changes
         disk_line = policy.check_disk(
             cfg, policy.plan(cfg, policy.state_bytes(run.model), run.start_epoch),
-            layout.run_dir(opts.doc), fresh=run.source.resume is None)
-    if rank == 0:
+            layout, opts.doc, fresh=run.source.resume is None)
         if run.source.resume is not None:
             if run.start_step_in_epoch:  # the steps before the interruption cost too
                 run.carried_cost = interrupted_cost(layout.costs(opts.doc), run.start_epoch)

@@ -1,6 +1,7 @@
 """Leaving the laptop: checkpoint storage policy and disk projection, tickets on several
 processes, Slurm submission, kernel-friendly ticket widths."""
 import copy
+import json
 import os
 
 import pytest
@@ -88,8 +89,7 @@ def test_disk_refusal_changes_nothing(tmp_path, monkeypatch):
     small = write_config(tmp_path / "small.yml", training__n_epochs=10_000,
                          training__epoch_ckpt="none")
     c = load_config(small)
-    line = ckpt_policy.check_disk(c, ckpt_policy.plan(c, 500_000, 0), L.run_dir("run"),
-                                  fresh=True)
+    line = ckpt_policy.check_disk(c, ckpt_policy.plan(c, 500_000, 0), L, "run", fresh=True)
     assert "0 per-epoch files" in line
 
 
@@ -144,7 +144,7 @@ def test_two_tickets_with_two_gloo_processes_each(trained, tmp_path):
     L = Layout(exp)
     for rng in ([0, 40], [40, 100]):
         doc = f"tiny_taeb_{rng[0]}_{rng[1]}"
-        costs = [eval_json(line) for line in open(L.costs(doc))]
+        costs = [json.loads(line) for line in open(L.costs(doc))]
         assert [c["world_size"] for c in costs] == [2]
         assert "torch.distributed.run" in open(L.region_log("tiny", rng)).read()
         c = torch.load(L.latest_checkpoint(doc), weights_only=True)
@@ -152,11 +152,6 @@ def test_two_tickets_with_two_gloo_processes_each(trained, tmp_path):
     man = yaml.safe_load(open(L.manifest("tiny")))
     assert "2 DDP processes per ticket" in man["schedule"]
     assert [t["range"] for t in man["tickets"]] == [[0, 40], [40, 100]]
-
-
-def eval_json(line):
-    import json
-    return json.loads(line)
 
 
 STAND_IN_SBATCH = """#!/bin/bash
@@ -199,7 +194,7 @@ def test_slurm_dry_run_submit_resubmit_and_collect(trained, tmp_path):
     assert res.returncode == 0, res.stderr
     calls = record.read_text().splitlines()
     assert calls == [f"--parsable {s}" for s in scripts]
-    jobs = eval_json(open(L.slurm_jobs("tiny")).read())
+    jobs = json.loads(open(L.slurm_jobs("tiny")).read())
     assert [j["job_id"] for j in jobs.values()] == ["1001", "1002"]
     for rng in ([0, 40], [40, 100]):
         assert os.path.isfile(L.done_marker(f"tiny_taeb_{rng[0]}_{rng[1]}"))

@@ -64,6 +64,14 @@ def load_yaml(path, what="file"):
         raise UserError(f"{path}: cannot read ({e.strerror})")
 
 
+def read_json(path, default=None):
+    """A JSON file's content (``default`` when there is no file)."""
+    if not os.path.isfile(path):
+        return default
+    with open(path) as f:
+        return json.load(f)
+
+
 def read_jsonl(path):
     """The records of a JSON-lines file ([] when there is none)."""
     if not os.path.isfile(path):
