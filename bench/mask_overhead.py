@@ -35,7 +35,9 @@ def measure(cfg, batch, device, iters, ratios=(0.3, 0.6, 0.8)):
     t_masks = time.perf_counter() - t0
     d = cfg["data"]
     x = torch.rand(batch, d["channels"], d["image_size"], d["image_size"]) * 2 - 1
-    t_dp, dp_scan = diff_pruning_cost(cfg, ex, x, iters)
+    # gradient-based importance runs where training does (runners/earlybird_online.py)
+    ex_dev = ex if device.type == "cpu" else MaskExtractor(args, device=device)
+    t_dp, dp_scan = diff_pruning_cost(cfg, ex_dev, x, iters, device)
     t_step = median_time(our_step_fn(cfg, model, x, device), device, min(2, iters), iters)
     n = DATASET_SIZE.get(d["dataset"], 50000)
     steps = -(-n // batch)
@@ -45,15 +47,16 @@ def measure(cfg, batch, device, iters, ratios=(0.3, 0.6, 0.8)):
              f"{100 * (t_masks + t_graph) / epoch:.4f}%", f"{100 * dp_scan / epoch:.2f}%"]]
 
 
-def diff_pruning_cost(cfg, ex, x0, iters):
+def diff_pruning_cost(cfg, ex, x0, iters, device=torch.device("cpu")):
     """(seconds per visited timestep, seconds of a full T / stride scan) of Diff-Pruning."""
-    diffusion = Diffusion(cfg["diffusion"], "cpu")
-    noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(0))
-    t = torch.zeros(x0.shape[0], dtype=torch.long)
+    diffusion = Diffusion(cfg["diffusion"], device)
+    noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(0)).to(device)
+    t = torch.zeros(x0.shape[0], dtype=torch.long, device=device)
+    x0 = x0.to(device)
 
     def one_timestep():
         diffusion.loss(ex.model, x0, t, noise).backward()
-    per_t = median_time(one_timestep, torch.device("cpu"), 1, iters)
+    per_t = median_time(one_timestep, device, 1, iters)
     ex.model.zero_grad(set_to_none=True)
     visited = -(-diffusion.num_timesteps // cfg["pruning"]["diff_stride"])
     return per_t, per_t * visited

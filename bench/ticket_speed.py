@@ -42,6 +42,7 @@ def measure(cfg, ratios, batch, device, iters, round_tos=(0,)):
             rows.append([f"ticket {r:g}", str(rt or "–"), f"{p / 1e6:.2f}", f"{m / 1e9:.3f}",
                          f"{macs_red:.2f}", f"{t * 1000:.1f}", f"{speed:.2f}",
                          f"{speed / macs_red:.2f}", f"{odd}/{n}"])
+            print("row:", " | ".join(rows[-1]), flush=True)  # kept if a timeout cuts the run
     return rows
 
 
@@ -55,13 +56,17 @@ def main(argv=None):
                    help="pruning.round_to settings to compare (0: off)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--iters", type=int, default=5)
+    p.add_argument("--compile", action="store_true",
+                   help="time every network's step under torch.compile (fast.compile)")
     p.add_argument("--smoke", action="store_true")
     a = p.parse_args(argv)
     cfg = bench_config(a.config, SMOKE if a.smoke else [])
+    cfg["fast"]["compile"] = a.compile
     device = torch.device(a.device)
     rows = measure(cfg, a.ratios, a.batch, device, 2 if a.smoke else a.iters, a.round_to)
     print_table(f"ticket speed ({a.config}, batch {a.batch}, {device}, "
-                f"{torch.get_num_threads()} threads)",
+                + ("torch.compile, " if a.compile else "")
+                + f"{torch.get_num_threads()} threads)",
                 ["network", "round_to", "params (M)", "GMACs", "MACs reduction", "step (ms)",
                  "speed-up", "speed-up / MACs reduction", "odd widths"], rows)
     return rows

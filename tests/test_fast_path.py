@@ -71,6 +71,11 @@ def test_bench_suite_smoke():
                      cwd=os.path.join(ROOT, "bench"), timeout=300)
         assert res.returncode == 0, res.stderr[-2000:]
         assert "|" in res.stdout
+    res = run_py([os.path.join(ROOT, "bench", "profile_step.py"), "--smoke", "--device", "cpu",
+                  "--ratios", "0", "0.5"], cwd=os.path.join(ROOT, "bench"), timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    summary = res.stdout.split("step profile")[-1]
+    assert "dense" in summary and "ticket 0.5" in summary and "aten::" in res.stdout
 
 
 def test_gpu_check_falls_back_on_cpu(tmp_path):
