@@ -17,15 +17,19 @@ from utils.io import atomic_write_json
 
 
 class OnlineEarlyBird:
-    def __init__(self, cfg, model_args, layout, doc, dataset):
+    def __init__(self, cfg, model_args, layout, doc, dataset, device="cpu"):
         e = cfg["earlybird"]
         self.cfg, self.layout, self.doc = cfg, layout, doc
         self.ratios = [float(r) for r in e["ratios"]]
         self.pruner = canonical_pruner(e["pruner"])
         self.window, self.threshold = e["window"], e["threshold"]
-        self.extractor = MaskExtractor(model_args, device="cpu",
+        # gradient-based importance runs forward + backward passes, on the training device: one
+        # pass of the CIFAR-10 UNet at batch 128 took 8.4 s on an H200 box's CPU, against a 30 s
+        # epoch on its GPU. Magnitude reads weights only and stays on the CPU.
+        where = device if self.pruner in ("taylor", "diff-pruning") else "cpu"
+        self.extractor = MaskExtractor(model_args, device=where,
                                        round_to=cfg["pruning"]["round_to"])
-        self.diffusion, self.data = pruning_inputs(cfg, self.pruner, dataset, "cpu")
+        self.diffusion, self.data = pruning_inputs(cfg, self.pruner, dataset, where)
         self.detectors = {r: EarlyBirdDetector(self.window, self.threshold) for r in self.ratios}
 
     def restore(self, start_epoch):

@@ -375,7 +375,7 @@ def _make_loop(cfg, opts, layout, device, rank, world, dataset, run):
         from runners.earlybird_online import OnlineEarlyBird
         with training_rng_untouched(device):
             loop.earlybird = OnlineEarlyBird(cfg, run.source.model_args, layout, opts.doc,
-                                             dataset)
+                                             dataset, device)
         loop.earlybird.restore(run.start_epoch)
     return loop
 

@@ -148,6 +148,27 @@ def test_mask_json_records_the_diff_pruning_timesteps(tmp_path):
     assert meta["thr"] == 0.5 and meta["stride"] == 7 and "stopped_at" in meta
 
 
+@pytest.mark.parametrize("pruner,where", [("taylor", "cuda:3"), ("diff-pruning", "cuda:3"),
+                                          ("magnitude", "cpu")])
+def test_online_gradient_importance_runs_on_the_training_device(monkeypatch, pruner, where):
+    """Forward + backward importance follows training to its device; magnitude stays on CPU."""
+    import runners.earlybird_online as online
+    seen = {}
+
+    def fake_extractor(model_args, device="cpu", round_to=0):
+        seen["extractor"] = str(device)
+
+    def fake_inputs(cfg, pruner, dataset, device="cpu"):
+        seen["inputs"] = str(device)
+        return None, None
+    monkeypatch.setattr(online, "MaskExtractor", fake_extractor)
+    monkeypatch.setattr(online, "pruning_inputs", fake_inputs)
+    from runners.config import load_config
+    cfg = load_config("digits.yml", [f"earlybird.pruner={pruner}"])
+    online.OnlineEarlyBird(cfg, {}, None, "d", None, device="cuda:3")
+    assert seen == {"extractor": where, "inputs": where}
+
+
 def test_release_mask_names_with_ours_are_read(tmp_path):
     rng = np.random.default_rng(0)
     base = (rng.random(100) < 0.3).astype(np.float32)
