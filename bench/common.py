@@ -153,6 +153,14 @@ def bench_config(name, overrides=()):
     return load_config(name, list(overrides))
 
 
+class LiveRows(list):
+    """Table rows, each also printed when measured: a run cut off by a timeout keeps them."""
+
+    def append(self, row):
+        print("row:", " | ".join(map(str, row)), flush=True)
+        super().append(row)
+
+
 def print_table(title, header, rows):
     widths = [max(len(str(h)), *(len(str(r[i])) for r in rows)) for i, h in enumerate(header)]
     print(f"\n{title}")

@@ -12,7 +12,7 @@ import time
 
 import torch
 
-from common import (bench_config, median_time, our_step_fn, peak_mb, print_table,
+from common import (LiveRows, bench_config, median_time, our_step_fn, peak_mb, print_table,
                     reset_peak, seed_loop, sync, tickets)
 from models.diffusion import Diffusion, sample_images
 from models.stitched import StitchedTickets
@@ -60,14 +60,6 @@ def sampling_speed(model, cfg, batch, device, steps, amp_cfg):
     return batch / t, peak_mb(device)
 
 
-class _Rows(list):
-    """Table rows, each also printed when measured: a run cut off by a timeout keeps them."""
-
-    def append(self, row):
-        print("row:", " | ".join(map(str, row)), flush=True)
-        super().append(row)
-
-
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -86,7 +78,7 @@ def main(argv=None):
     batch = a.batch or (128 if device.type == "cuda" else 8)
     iters = 2 if a.smoke else a.iters
     d = cfg["data"]
-    rows = _Rows()
+    rows = LiveRows()
     x = torch.rand(batch, d["channels"], d["image_size"], d["image_size"]) * 2 - 1
 
     # 1. dense: our loop vs the seed's loop (same model, batch, process)

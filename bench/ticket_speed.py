@@ -11,7 +11,7 @@ import argparse
 
 import torch
 
-from common import bench_config, median_time, our_step_fn, print_table, tickets
+from common import LiveRows, bench_config, median_time, our_step_fn, print_table, tickets
 from train_step import SMOKE
 
 
@@ -30,8 +30,9 @@ def measure(cfg, ratios, batch, device, iters, round_tos=(0,)):
         nets[rt] = tk
     t0 = median_time(our_step_fn(cfg, dense, x, device), device, warm, iters)
     odd, n = odd_widths(dense)
-    rows = [["dense", "–", f"{p0 / 1e6:.2f}", f"{m0 / 1e9:.3f}", "1.00", f"{t0 * 1000:.1f}",
-             "1.00", "–", f"{odd}/{n}"]]
+    rows = LiveRows()
+    rows.append(["dense", "–", f"{p0 / 1e6:.2f}", f"{m0 / 1e9:.3f}", "1.00", f"{t0 * 1000:.1f}",
+                 "1.00", "–", f"{odd}/{n}"])
     # interleave the settings ratio by ratio, so drift in machine load hits both alike
     for r in ratios:
         for rt in round_tos:
@@ -42,7 +43,6 @@ def measure(cfg, ratios, batch, device, iters, round_tos=(0,)):
             rows.append([f"ticket {r:g}", str(rt or "–"), f"{p / 1e6:.2f}", f"{m / 1e9:.3f}",
                          f"{macs_red:.2f}", f"{t * 1000:.1f}", f"{speed:.2f}",
                          f"{speed / macs_red:.2f}", f"{odd}/{n}"])
-            print("row:", " | ".join(rows[-1]), flush=True)  # kept if a timeout cuts the run
     return rows
 
 

@@ -2,6 +2,8 @@
 torch-pruning, so that file names can be parsed without it)."""
 
 PRUNERS = ("magnitude", "taylor", "random", "diff-pruning")
+# importance from forward + backward passes over real data (the others read weights only)
+GRADIENT_PRUNERS = ("taylor", "diff-pruning")
 # 'ours' is the authors' release's name for Diff-Pruning
 ALIASES = {"ours": "diff-pruning", "diff_pruning": "diff-pruning", "l2": "magnitude"}
 
@@ -12,3 +14,8 @@ def canonical_pruner(name):
         raise ValueError(f"unknown pruner {name!r} (expected one of {', '.join(PRUNERS)}, "
                          f"or 'ours')")
     return name
+
+
+def needs_gradients(name):
+    """Whether the pruner's importance runs forward + backward passes over real data."""
+    return canonical_pruner(name) in GRADIENT_PRUNERS

@@ -10,7 +10,8 @@ import os
 import numpy as np
 
 from models.earlybird import EarlyBirdDetector
-from models.pruning import MaskExtractor, canonical_pruner
+from models.pruner_names import canonical_pruner, needs_gradients
+from models.pruning import MaskExtractor
 from runners.masks import compute_masks, mask_meta, pruning_inputs, save_mask
 from runners.pruning import save_ticket
 from utils.io import atomic_write_json
@@ -26,7 +27,7 @@ class OnlineEarlyBird:
         # gradient-based importance runs forward + backward passes, on the training device: one
         # pass of the CIFAR-10 UNet at batch 128 took 8.4 s on an H200 box's CPU, against a 30 s
         # epoch on its GPU. Magnitude reads weights only and stays on the CPU.
-        where = device if self.pruner in ("taylor", "diff-pruning") else "cpu"
+        where = device if needs_gradients(self.pruner) else "cpu"
         self.extractor = MaskExtractor(model_args, device=where,
                                        round_to=cfg["pruning"]["round_to"])
         self.diffusion, self.data = pruning_inputs(cfg, self.pruner, dataset, where)

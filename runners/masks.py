@@ -7,7 +7,7 @@ import os
 import numpy as np
 import torch
 
-from models.pruning import canonical_pruner
+from models.pruner_names import canonical_pruner, needs_gradients
 from runners.layout import parse_mask_stem
 from utils.errors import UserError
 from utils.io import atomic_path, atomic_write_json
@@ -36,7 +36,7 @@ def taylor_batch(dataset, n, seed=TAYLOR_BATCH_SEED):
 
 def pruning_inputs(cfg, pruner, dataset, device="cpu"):
     """(diffusion, data batch) for gradient-based pruners; (None, None) for the others."""
-    if canonical_pruner(pruner) not in ("taylor", "diff-pruning"):
+    if not needs_gradients(pruner):
         return None, None
     from models.diffusion import Diffusion
     return (Diffusion(cfg["diffusion"], device),

@@ -5,6 +5,7 @@ history. earlybird_scripts/prune.py, the TA-EB tickets and the pipeline all call
 import os
 import time
 
+from models.pruner_names import needs_gradients
 from models.pruning import MaskExtractor, count_params_macs
 from runners import checkpoint as ck
 from runners.layout import Layout, epoch_of_checkpoint
@@ -31,7 +32,7 @@ def prune_checkpoints(cfg, exp, doc, checkpoints, ratios, *, save_masks=True,
     (``pruning.use_ema``). Returns {(epoch, ratio): ticket path} of the tickets saved."""
     layout = Layout(exp)
     pruner = cfg["earlybird"]["pruner"]
-    if dataset is None and pruner in ("taylor", "diff-pruning"):
+    if dataset is None and needs_gradients(pruner):
         from datasets import get_dataset
         dataset = get_dataset(cfg, train=True)
     diffusion, data = pruning_inputs(cfg, pruner, dataset, device)
