@@ -1,7 +1,7 @@
 """Golden tests: numbers produced by running the reference code (ermongroup/ddim e8df66c, the
-authors' early-bird script 49a5dd0) on small fixed inputs, stored in
-../shared/reference/golden/ (see its README for what each file holds and the tolerances).
-CPU, float32, no autocast."""
+authors' early-bird script 49a5dd0) on small fixed inputs, stored in tests/golden/ (its README
+says what each file holds, how it was made and the tolerances; ``EB_GOLDEN_DIR`` points the tests
+at another copy). CPU, float32, no autocast."""
 import json
 import os
 
@@ -15,8 +15,7 @@ from models.diffusion import (Diffusion, ddpm_steps, generalized_steps, get_beta
 from models.earlybird import find_earlybird
 from models.unet import UNet
 
-GOLDEN = os.environ.get("EB_GOLDEN_DIR") or os.path.join(os.path.dirname(ROOT), "shared",
-                                                         "reference", "golden")
+GOLDEN = os.environ.get("EB_GOLDEN_DIR") or os.path.join(ROOT, "tests", "golden")
 LINEAR = {"beta_schedule": "linear", "beta_start": 1e-4, "beta_end": 0.02,
           "num_diffusion_timesteps": 1000}
 
@@ -25,7 +24,7 @@ def _load(name):
     path = os.path.join(GOLDEN, name)
     if not os.path.isfile(path):
         pytest.fail(f"golden file {path} is missing: the golden tests need "
-                    f"../shared/reference/golden/ (or EB_GOLDEN_DIR)")
+                    f"tests/golden/ (or EB_GOLDEN_DIR)")
     return np.load(path)
 
 
@@ -143,3 +142,16 @@ def test_earlybird_rule_matches_release(name):
                                        atol=1e-12)
     assert {str(e) for e, _, d in det.history if d and len(d) == ref["window"] - 1} == \
         set(s["release_distances"])
+
+
+def test_golden_files_are_the_ones_the_manifest_names():
+    import hashlib
+    with open(os.path.join(GOLDEN, "manifest.json")) as f:
+        files = json.load(f)["files"]
+    assert set(files) == {"unet_tiny.npz", "samplers_tiny.npz", "earlybird_series.npz",
+                          "earlybird_series.json"}
+    for name, want in files.items():
+        with open(os.path.join(GOLDEN, name), "rb") as f:
+            data = f.read()
+        assert len(data) == want["bytes"], name
+        assert hashlib.sha256(data).hexdigest() == want["sha256"], name
