@@ -8,6 +8,7 @@ if [ -z "${PYTHON:-}" ]; then
 fi
 CONFIG=${CONFIG:-cifar10.yml}
 EXP=${EXP:-checkpoints}
+layout() { "$PYTHON" earlybird_scripts/layout_path.py --exp "$EXP" "$@"; }  # paths: core/layout.py
 DOC=${DOC:-cifar10}
 REAL=${REAL:-}                       # default: the config's data set exported as PNGs
 N_REF=${N_REF:-}                     # use only the first N reference images (default: all)
@@ -20,9 +21,10 @@ if [ -z "$REAL" ]; then
   REAL=$("$PYTHON" earlybird_scripts/export_images.py --config "$CONFIG" \
     ${N_REF:+--limit "$N_REF"} | tail -n 1)
 fi
-for NAME in "$DOC" "${DOC}_taeb"; do
-  [ -d "$EXP/samples/$NAME" ] || continue
-  "$PYTHON" earlybird_scripts/fid.py "$EXP/samples/$NAME" "$REAL" --device "$DEVICE" \
-    --batch-size 200 --output "$EXP/samples/$NAME.metric.json" \
+for NAME in "$DOC" "$(layout taeb_name "$DOC")"; do
+  FOLDER=$(layout samples_dir "$NAME")
+  [ -d "$FOLDER" ] || continue
+  "$PYTHON" earlybird_scripts/fid.py "$FOLDER" "$REAL" --device "$DEVICE" \
+    --batch-size 200 --output "$(layout metric_file "$NAME")" \
     ${N_REF:+--n_ref "$N_REF"} ${WEIGHTS:+--inception_weights "$WEIGHTS"}
 done

@@ -9,32 +9,37 @@ if [ -z "${PYTHON:-}" ]; then
 fi
 CONFIG=${CONFIG:-cifar10.yml}
 EXP=${EXP:-checkpoints}
+layout() { "$PYTHON" earlybird_scripts/layout_path.py --exp "$EXP" "$@"; }  # paths: core/layout.py
 DOC=${DOC:-cifar10}
 PRUNER=${PRUNER:-magnitude}
 RATIO=${RATIO:-0.3}
 EB_EPOCH=${EB_EPOCH:-7}              # from find_earlybird.py
 GPUS=${GPUS:-}                       # e.g. 0,1,2,3 (empty: all visible GPUs, or the CPU)
 EXTRA=${EXTRA:-}                     # e.g. "--override training.n_epochs=20"
-TICKET="$EXP/pruned/$DOC/models/${DOC}_pruned-$RATIO-$PRUNER-$EB_EPOCH.pth"
-RUN="$EXP/logs/${DOC}_eb_$RATIO"
+TICKET=$(layout ticket_file "$DOC" "$RATIO" "$PRUNER" "$EB_EPOCH")
+EB_DOC=$(layout eb_doc "$DOC" "$RATIO")
+RUN=$(layout run_dir "$EB_DOC")
+DONE=$(layout done_marker "$EB_DOC")
+LATEST=$(layout latest_checkpoint "$EB_DOC")
+SOURCE=$(layout epoch_checkpoint "$DOC" "$EB_EPOCH")
 
 # Traditional EB ticket: prune the EB epoch's checkpoint, then fine-tune on all timesteps.
 if [ ! -f "$TICKET" ]; then
   # shellcheck disable=SC2086
   "$PYTHON" earlybird_scripts/prune.py --config "$CONFIG" --exp "$EXP" --doc "$DOC" --ni \
-    --use_ema --restore_from "$EXP/logs/$DOC/ckpt_ep$EB_EPOCH.pth" --pruner "$PRUNER" \
+    --use_ema --restore_from "$SOURCE" --pruner "$PRUNER" \
     --pruning_ratio "$RATIO" --save_pruned_model $EXTRA
 fi
-if [ -f "$RUN/DONE" ]; then
+if [ -f "$DONE" ]; then
   echo "EB ticket already fine-tuned: $RUN (delete its DONE file to train it again)"
-elif [ -f "$RUN/ckpt.pth" ]; then
+elif [ -f "$LATEST" ]; then
   # shellcheck disable=SC2086
-  "$PYTHON" main.py --config "$CONFIG" --exp "$EXP" --doc "${DOC}_eb_$RATIO" --use_ema \
+  "$PYTHON" main.py --config "$CONFIG" --exp "$EXP" --doc "$EB_DOC" --use_ema \
     --resume_training $EXTRA
 else
   # shellcheck disable=SC2086
   "$PYTHON" main.py --config "$CONFIG" --timesteps 100 --eta 0 --ni --exp "$EXP" \
-    --doc "${DOC}_eb_$RATIO" --skip_type quad --use_ema --load_pruned_model "$TICKET" $EXTRA
+    --doc "$EB_DOC" --skip_type quad --use_ema --load_pruned_model "$TICKET" $EXTRA
 fi
 
 # One region ticket by hand: the same plus --ts_range LO HI.

@@ -9,8 +9,8 @@
 import argparse
 import sys
 
-from runners.config import add_override_flag, flatten_overrides, load_config
-from runners.options import RunOptions, flag_overrides
+from core.config import add_override_flag, flatten_overrides, load_config
+from core.options import RunOptions, flag_overrides
 from utils.errors import UserError, run_cli
 
 # flags that name a config value: given, they override it

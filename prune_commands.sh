@@ -8,6 +8,7 @@ if [ -z "${PYTHON:-}" ]; then
 fi
 CONFIG=${CONFIG:-cifar10.yml}
 EXP=${EXP:-checkpoints}
+layout() { "$PYTHON" earlybird_scripts/layout_path.py --exp "$EXP" "$@"; }  # paths: core/layout.py
 DOC=${DOC:-cifar10}
 EXTRA=${EXTRA:-}                     # e.g. "--override pruning.use_ema=false"
 # defaults from the config (earlybird.ratios / pruner / window / threshold); set to override
@@ -19,12 +20,12 @@ RATIOS=${RATIOS:-$CFG_RATIOS}
 PRUNER=${PRUNER:-$CFG_PRUNER}        # magnitude | taylor | random | diff-pruning (ours)
 WINDOW=${WINDOW:-$CFG_WINDOW}
 THRESHOLD=${THRESHOLD:-$CFG_THRESHOLD}
-MASKS="$EXP/pruned/$DOC/masks"
+MASKS=$(layout masks_dir "$DOC")
 
 # Fast form: every checkpoint and every ratio in one process (one dependency graph).
 # shellcheck disable=SC2086
 "$PYTHON" earlybird_scripts/prune.py --config "$CONFIG" --exp "$EXP" --doc "$DOC" --ni \
-  --use_ema --restore_from "$EXP/logs/$DOC" --pruner "$PRUNER" --pruning_ratio $RATIOS \
+  --use_ema --restore_from "$(layout run_dir "$DOC")" --pruner "$PRUNER" --pruning_ratio $RATIOS \
   --save_masks $EXTRA
 
 # The seed's form, one checkpoint and one ratio per process (also saves the pruned model):

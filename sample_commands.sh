@@ -8,8 +8,9 @@ if [ -z "${PYTHON:-}" ]; then
 fi
 CONFIG=${CONFIG:-cifar10.yml}
 EXP=${EXP:-checkpoints}
+layout() { "$PYTHON" earlybird_scripts/layout_path.py --exp "$EXP" "$@"; }  # paths: core/layout.py
 DOC=${DOC:-cifar10}
-CKPT=${CKPT:-$EXP/logs/$DOC/ckpt.pth}
+CKPT=${CKPT:-}                       # default: the dense run's ckpt.pth
 N=${N:-50000}                        # the paper's FID protocol
 STEPS=${STEPS:-100}
 GPUS=${GPUS:-1}                      # >1: torchrun, the images split across the processes
@@ -19,16 +20,19 @@ if [ "$GPUS" -gt 1 ]; then
 else
   LAUNCH=("$PYTHON")
 fi
+CKPT=${CKPT:-$(layout latest_checkpoint "$DOC")}
+TAEB=$(layout taeb_name "$DOC")
 
 # Each image has its own seeds, so any number of processes gives the same folder, and a rerun
 # fills in what is missing (a folder of other settings is refused; --ni starts it over).
 # shellcheck disable=SC2086
 "${LAUNCH[@]}" main.py --config "$CONFIG" --exp "$EXP" --doc "$DOC" --sample --fid --use_ema \
   --skip_type quad --timesteps "$STEPS" --eta 0 --n_samples "$N" \
-  --image_folder "$EXP/samples/$DOC" --restore_from "$CKPT" $EXTRA
+  --image_folder "$(layout samples_dir "$DOC")" --restore_from "$CKPT" $EXTRA
 
 # Stitched TA-EB sampling: each step uses the ticket whose region holds t.
 # shellcheck disable=SC2086
 "${LAUNCH[@]}" main.py --config "$CONFIG" --exp "$EXP" --doc "$DOC" --sample --fid --use_ema \
   --skip_type quad --timesteps "$STEPS" --eta 0 --n_samples "$N" \
-  --tickets "$EXP/tickets/$DOC/tickets.yml" --image_folder "$EXP/samples/${DOC}_taeb" $EXTRA
+  --tickets "$(layout manifest "$DOC")" \
+  --image_folder "$(layout samples_dir "$TAEB")" $EXTRA

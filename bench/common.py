@@ -16,9 +16,9 @@ from models.diffusion import Diffusion  # noqa: E402
 from models.ema import EMA  # noqa: E402
 from models.pruning import MaskExtractor, count_params_macs  # noqa: E402
 from models.resample import AntitheticSampler  # noqa: E402
-from models.unet import UNet, model_args_from_config  # noqa: E402
-from runners.config import load_config  # noqa: E402
-from runners.device import autocast_for, use_channels_last  # noqa: E402
+from models.unet import UNet  # noqa: E402
+from core.config import load_config  # noqa: E402
+from core.device import autocast_for, use_channels_last  # noqa: E402
 from runners.train import make_optimizer, train_step  # noqa: E402
 
 
@@ -58,7 +58,7 @@ def reset_peak(device):
 
 def tickets(cfg, ratios, device="cpu", round_to=0):
     """{ratio: (pruned UNet, params, MACs)} pruned by magnitude from one random dense net."""
-    args = model_args_from_config(cfg)
+    args = cfg.unet_kwargs()
     torch.manual_seed(0)
     dense = UNet(**args)
     ex = MaskExtractor(args, round_to=round_to)
@@ -80,19 +80,20 @@ def our_step_fn(cfg, model, batch, device):
     if use_channels_last(cfg, device):
         model = model.to(memory_format=torch.channels_last)
     opt = make_optimizer(cfg, model.parameters(), device)
-    ema = EMA(model, cfg["model"]["ema_rate"], foreach=cfg["fast"]["foreach_ema"],
-              warmup=cfg["model"]["ema_warmup"])
-    diffusion = Diffusion(cfg["diffusion"], device)
+    ema = EMA(model, cfg.model.ema_rate, foreach=cfg.fast.foreach_ema,
+              warmup=cfg.model.ema_warmup)
+    diffusion = Diffusion(**vars(cfg.diffusion), device=device)
     sampler = AntitheticSampler(0, diffusion.num_timesteps)
     autocast = autocast_for(cfg, device)
     cl = use_channels_last(cfg, device)
-    train_model = torch.compile(model) if cfg["fast"]["compile"] else model
+    train_model = torch.compile(model) if cfg.fast.compile else model
     fixed = None if callable(batch) else batch.to(device)
     run = types.SimpleNamespace(model=model, train_model=train_model, optimizer=opt, ema=ema)
 
     def step():
         x = fixed if fixed is not None else batch().to(device)
-        return train_step(run, x, sampler, diffusion, autocast, cfg["optim"]["grad_clip"], cl)
+        return train_step(run, x, sampler=sampler, diffusion=diffusion, autocast=autocast,
+                          grad_clip=cfg.optim.grad_clip, channels_last=cl)
     return step
 
 
@@ -113,18 +114,18 @@ def seed_loop(cfg, model, batch_size, device, n_images=512, num_workers=0):
     per-image transforms, .item() every step, per-parameter EMA, default Adam."""
     import torchvision
     import torchvision.transforms as T
-    d = cfg["data"]
+    d = cfg.data
     ds = torchvision.datasets.FakeData(
-        size=n_images, image_size=(d["channels"], d["image_size"], d["image_size"]),
+        size=n_images, image_size=(d.channels, d.image_size, d.image_size),
         transform=T.Compose([T.RandomHorizontalFlip(), T.ToTensor()]))
     loader = torch.utils.data.DataLoader(ds, batch_size=batch_size, shuffle=True,
                                          num_workers=num_workers, drop_last=True)
     model = model.to(device).train()
-    o = cfg["optim"]
-    opt = torch.optim.Adam(model.parameters(), lr=o["lr"], betas=(o["beta1"], 0.999),
-                           eps=o["eps"])
-    ema = SeedEMA(model, cfg["model"]["ema_rate"])
-    diffusion = Diffusion(cfg["diffusion"], device)
+    o = cfg.optim
+    opt = torch.optim.Adam(model.parameters(), lr=o.lr, betas=(o.beta1, 0.999),
+                           eps=o.eps)
+    ema = SeedEMA(model, cfg.model.ema_rate)
+    diffusion = Diffusion(**vars(cfg.diffusion), device=device)
     T_ = diffusion.num_timesteps
     it = iter(loader)
 
@@ -142,7 +143,7 @@ def seed_loop(cfg, model, batch_size, device, n_images=512, num_workers=0):
         loss = diffusion.loss(model, x, t)
         opt.zero_grad()
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), o["grad_clip"])
+        torch.nn.utils.clip_grad_norm_(model.parameters(), o.grad_clip)
         opt.step()
         ema.update(model)
         return loss.item()

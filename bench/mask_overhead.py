@@ -13,14 +13,14 @@ import torch
 from common import bench_config, median_time, our_step_fn, print_table
 from models.diffusion import Diffusion
 from models.pruning import MaskExtractor
-from models.unet import UNet, model_args_from_config
+from models.unet import UNet
 from train_step import SMOKE
 
 DATASET_SIZE = {"CIFAR10": 50000, "CELEBA": 162770, "DIGITS": 1437, "FASHION_MNIST": 60000}
 
 
 def measure(cfg, batch, device, iters, ratios=(0.3, 0.6, 0.8)):
-    args = model_args_from_config(cfg)
+    args = cfg.unet_kwargs()
     torch.manual_seed(0)
     model = UNet(**args)
     sd = model.state_dict()
@@ -33,13 +33,13 @@ def measure(cfg, batch, device, iters, ratios=(0.3, 0.6, 0.8)):
     for r in ratios:
         ex.masks_from_scores(scores, r)
     t_masks = time.perf_counter() - t0
-    d = cfg["data"]
-    x = torch.rand(batch, d["channels"], d["image_size"], d["image_size"]) * 2 - 1
+    d = cfg.data
+    x = torch.rand(batch, d.channels, d.image_size, d.image_size) * 2 - 1
     # gradient-based importance runs where training does (runners/earlybird_online.py)
     ex_dev = ex if device.type == "cpu" else MaskExtractor(args, device=device)
     t_dp, dp_scan = diff_pruning_cost(cfg, ex_dev, x, iters, device)
     t_step = median_time(our_step_fn(cfg, model, x, device), device, min(2, iters), iters)
-    n = DATASET_SIZE.get(d["dataset"], 50000)
+    n = DATASET_SIZE.get(d.dataset, 50000)
     steps = -(-n // batch)
     epoch = t_step * steps
     return [[f"{t_graph:.2f}", f"{t_masks:.2f}", f"{t_dp * 1000:.0f}", f"{dp_scan:.0f}",
@@ -49,7 +49,7 @@ def measure(cfg, batch, device, iters, ratios=(0.3, 0.6, 0.8)):
 
 def diff_pruning_cost(cfg, ex, x0, iters, device=torch.device("cpu")):
     """(seconds per visited timestep, seconds of a full T / stride scan) of Diff-Pruning."""
-    diffusion = Diffusion(cfg["diffusion"], device)
+    diffusion = Diffusion(**vars(cfg.diffusion), device=device)
     noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(0)).to(device)
     t = torch.zeros(x0.shape[0], dtype=torch.long, device=device)
     x0 = x0.to(device)
@@ -58,7 +58,7 @@ def diff_pruning_cost(cfg, ex, x0, iters, device=torch.device("cpu")):
         diffusion.loss(ex.model, x0, t, noise).backward()
     per_t = median_time(one_timestep, device, 1, iters)
     ex.model.zero_grad(set_to_none=True)
-    visited = -(-diffusion.num_timesteps // cfg["pruning"]["diff_stride"])
+    visited = -(-diffusion.num_timesteps // cfg.pruning.diff_stride)
     return per_t, per_t * visited
 
 

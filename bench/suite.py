@@ -16,7 +16,8 @@ from common import (LiveRows, bench_config, median_time, our_step_fn, peak_mb, p
                     reset_peak, seed_loop, sync, tickets)
 from models.diffusion import Diffusion, sample_images
 from models.stitched import StitchedTickets
-from models.unet import UNet, model_args_from_config
+from models.unet import UNet
+from core.runlog import training_flops
 from train_step import SMOKE
 
 
@@ -29,14 +30,13 @@ def bf16_peak_tflops(device, n=8192, iters=10):
 
 def loss_curve(cfg, steps, device, amp, seed=0):
     """Mean training loss over ``steps`` steps from a fixed seed with amp on or off."""
-    cfg = copy.deepcopy(cfg)
-    cfg["fast"]["amp"] = amp
+    cfg = cfg.with_overrides([f"fast.amp={amp}"])
     torch.manual_seed(seed)
-    model = UNet(**model_args_from_config(cfg))
-    d = cfg["data"]
+    model = UNet(**cfg.unet_kwargs())
+    d = cfg.data
     g = torch.Generator().manual_seed(seed)
-    data = torch.rand(8, cfg["training"]["batch_size"], d["channels"], d["image_size"],
-                      d["image_size"], generator=g) * 2 - 1
+    data = torch.rand(8, cfg.training.batch_size, d.channels, d.image_size,
+                      d.image_size, generator=g) * 2 - 1
     it = iter(range(10 ** 9))
     step = our_step_fn(cfg, model, lambda: data[next(it) % len(data)], device)
     torch.manual_seed(seed)
@@ -45,10 +45,10 @@ def loss_curve(cfg, steps, device, amp, seed=0):
 
 
 def sampling_speed(model, cfg, batch, device, steps, amp_cfg):
-    from runners.device import autocast_for
-    d = cfg["data"]
-    diffusion = Diffusion(cfg["diffusion"], device)
-    noise = torch.randn(batch, d["channels"], d["image_size"], d["image_size"], device=device)
+    from core.device import autocast_for
+    d = cfg.data
+    diffusion = Diffusion(**vars(cfg.diffusion), device=device)
+    noise = torch.randn(batch, d.channels, d.image_size, d.image_size, device=device)
     autocast = autocast_for(amp_cfg, device)
     model.eval()
 
@@ -77,9 +77,9 @@ def main(argv=None):
     cfg = bench_config(a.config, SMOKE if a.smoke else [])
     batch = a.batch or (128 if device.type == "cuda" else 8)
     iters = 2 if a.smoke else a.iters
-    d = cfg["data"]
+    d = cfg.data
     rows = LiveRows()
-    x = torch.rand(batch, d["channels"], d["image_size"], d["image_size"]) * 2 - 1
+    x = torch.rand(batch, d.channels, d.image_size, d.image_size) * 2 - 1
 
     # 1. dense: our loop vs the seed's loop (same model, batch, process)
     dense, (p0, m0), tk = tickets(cfg, a.ratios)
@@ -109,13 +109,13 @@ def main(argv=None):
     mfu = None
     if device.type == "cuda":
         peak = bf16_peak_tflops(device)
-        achieved = 3 * 2 * m0 * (batch / t_ours) / 1e12
+        achieved = training_flops(m0, batch / t_ours) / 1e12
         mfu = (achieved, peak)
         print(f"MFU: {achieved:.1f} / {peak:.1f} TFLOP/s", flush=True)
 
     # 4. stitched vs single-model sampling
     steps = a.sample_steps or (5 if a.smoke else 20)
-    T = cfg["diffusion"]["num_diffusion_timesteps"]
+    T = cfg.diffusion.num_diffusion_timesteps
     # denser tickets for less noise, as in TA-EB: first three ratios over three regions
     regions = [(0, T // 4), (T // 4, T // 2), (T // 2, T)]
     stitched = (StitchedTickets([tk[r][0] for r in sorted(tk)[:3]], regions, T)
@@ -131,8 +131,7 @@ def main(argv=None):
 
     # 5. torch.compile last: the slowest and least certain measurement
     if a.compile:
-        c = copy.deepcopy(cfg)
-        c["fast"]["compile"] = True
+        c = cfg.with_overrides(["fast.compile=true"])
         try:
             t_c = median_time(our_step_fn(c, copy.deepcopy(dense), x, device), device, 3, iters)
             rows.append(["dense, our loop + torch.compile", f"{batch / t_c:.1f}",

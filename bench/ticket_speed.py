@@ -21,8 +21,8 @@ def odd_widths(model, multiple=8):
 
 
 def measure(cfg, ratios, batch, device, iters, round_tos=(0,)):
-    d = cfg["data"]
-    x = torch.rand(batch, d["channels"], d["image_size"], d["image_size"]) * 2 - 1
+    d = cfg.data
+    x = torch.rand(batch, d.channels, d.image_size, d.image_size) * 2 - 1
     warm = min(2, iters)
     nets = {}
     for rt in round_tos:
@@ -60,8 +60,8 @@ def main(argv=None):
                    help="time every network's step under torch.compile (fast.compile)")
     p.add_argument("--smoke", action="store_true")
     a = p.parse_args(argv)
-    cfg = bench_config(a.config, SMOKE if a.smoke else [])
-    cfg["fast"]["compile"] = a.compile
+    cfg = bench_config(a.config, (SMOKE if a.smoke else []) +
+                       [f"fast.compile={str(a.compile).lower()}"])
     device = torch.device(a.device)
     rows = measure(cfg, a.ratios, a.batch, device, 2 if a.smoke else a.iters, a.round_to)
     print_table(f"ticket speed ({a.config}, batch {a.batch}, {device}, "

@@ -9,7 +9,7 @@ import torch
 
 from common import (bench_config, median_time, our_step_fn, peak_mb, print_table,
                     reset_peak)
-from models.unet import UNet, model_args_from_config
+from models.unet import UNet
 
 SMOKE = ["model.ch=16", "model.ch_mult=[1,2]", "model.num_res_blocks=1",
          "model.attn_resolutions=[]", "model.gn_groups=8", "data.image_size=8"]
@@ -17,9 +17,9 @@ SMOKE = ["model.ch=16", "model.ch_mult=[1,2]", "model.num_res_blocks=1",
 
 def measure_dense(cfg, batch, device, iters):
     torch.manual_seed(0)
-    model = UNet(**model_args_from_config(cfg))
-    d = cfg["data"]
-    x = torch.rand(batch, d["channels"], d["image_size"], d["image_size"]) * 2 - 1
+    model = UNet(**cfg.unet_kwargs())
+    d = cfg.data
+    x = torch.rand(batch, d.channels, d.image_size, d.image_size) * 2 - 1
     reset_peak(device)
     step = our_step_fn(cfg, model, x, device)
     t = median_time(step, device, warmup=min(2, iters), iters=iters)
@@ -40,7 +40,7 @@ def main(argv=None):
     for i, name in enumerate(a.config):
         cfg = bench_config(name, SMOKE if a.smoke else [])
         batch = (a.batch[i] if a.batch else
-                 (8 if name.startswith("cifar10") else cfg["training"]["batch_size"]))
+                 (8 if name.startswith("cifar10") else cfg.training.batch_size))
         t, ips, mem = measure_dense(cfg, batch, device, 2 if a.smoke else a.iters)
         rows.append([name, batch, f"{t * 1000:.1f}", f"{ips:.1f}", f"{mem:.0f}"])
     print_table(f"dense training step ({device}, {torch.get_num_threads()} threads)",

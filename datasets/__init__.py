@@ -130,19 +130,19 @@ def _find_fashion_idx(root, train):
 
 
 def _fashion_mnist(cfg, train):
-    d = cfg["data"]
-    path = _find_fashion_idx(d["path"], train)
+    d = cfg.data
+    path = _find_fashion_idx(d.path, train)
     if path is not None:
         images = torch.from_numpy(_read_idx(path).copy())[:, None]
     else:
         import torchvision
         try:
-            ds = torchvision.datasets.FashionMNIST(d["path"], train=train, download=d["download"])
+            ds = torchvision.datasets.FashionMNIST(d.path, train=train, download=d.download)
         except Exception as e:  # torchvision raises RuntimeError / URLError offline
-            raise UserError(f"FASHION_MNIST: not found under {d['path']} or "
+            raise UserError(f"FASHION_MNIST: not found under {d.path} or "
                             f"{FASHION_OFFLINE_DIRS[0]} and download failed ({e})")
         images = ds.data[:, None]
-    return TensorImages(resize_uint8(images, d["image_size"]), "FASHION_MNIST")
+    return TensorImages(resize_uint8(images, d.image_size), "FASHION_MNIST")
 
 
 def _readable(path):
@@ -157,15 +157,15 @@ def _readable(path):
 
 
 def _folder(cfg):
-    d = cfg["data"]
-    root = d["path"]
+    d = cfg.data
+    root = d.path
     if not os.path.isdir(root):
         raise UserError(f"data.path: image folder {root} does not exist")
     paths = sorted(os.path.join(dp, f) for dp, _, fs in os.walk(root) for f in fs
                    if f.lower().endswith(IMAGE_EXTS))
     if not paths:
         raise UserError(f"data.path: no images ({', '.join(IMAGE_EXTS)}) in {root}")
-    if d["skip_bad_images"]:
+    if d.skip_bad_images:
         bad = [p for p in paths if _readable(p) is not None]
         if bad:
             print(f"warning: data.skip_bad_images: skipped {len(bad)} unreadable image(s) of "
@@ -187,17 +187,17 @@ def _folder(cfg):
         except (OSError, UnidentifiedImageError) as e:
             raise UserError(f"data.path: cannot read image {p} ({e}); "
                             f"data.skip_bad_images: true skips such images")
-    ds = PILImages(paths, d["image_size"], d["channels"], "FOLDER", loader=load)
-    n_bytes = len(paths) * d["channels"] * d["image_size"] ** 2
-    if n_bytes <= d["max_on_device_mb"] * 2 ** 20 and len(paths) <= FOLDER_IN_MEMORY_MAX_IMAGES:
+    ds = PILImages(paths, d.image_size, d.channels, "FOLDER", loader=load)
+    n_bytes = len(paths) * d.channels * d.image_size ** 2
+    if n_bytes <= d.max_on_device_mb * 2 ** 20 and len(paths) <= FOLDER_IN_MEMORY_MAX_IMAGES:
         return TensorImages(torch.stack([ds[i] for i in range(len(ds))]), "FOLDER")
     return ds
 
 
 def get_dataset(cfg, train=True):
     """The data set of a config: a Dataset of uint8 [C, H, W] tensors."""
-    d = cfg["data"]
-    name, size = d["dataset"], d["image_size"]
+    d = cfg.data
+    name, size = d.dataset, d.image_size
     if name == "DIGITS":
         images, _ = digits_split(train)
         ds = TensorImages(resize_uint8(images, size), "DIGITS")
@@ -208,22 +208,22 @@ def get_dataset(cfg, train=True):
     elif name == "CIFAR10":
         import torchvision
         try:
-            raw = torchvision.datasets.CIFAR10(os.path.join(d["path"], "cifar10"), train=train,
-                                               download=d["download"])
+            raw = torchvision.datasets.CIFAR10(os.path.join(d.path, "cifar10"), train=train,
+                                               download=d.download)
         except Exception as e:
-            raise UserError(f"CIFAR10: cannot load from {d['path']}/cifar10 ({e})")
+            raise UserError(f"CIFAR10: cannot load from {d.path}/cifar10 ({e})")
         images = torch.from_numpy(raw.data).permute(0, 3, 1, 2)
         ds = TensorImages(resize_uint8(images, size), "CIFAR10")
     elif name == "CELEBA":
         import torchvision
         try:
-            raw = torchvision.datasets.CelebA(os.path.join(d["path"], "celeba"),
+            raw = torchvision.datasets.CelebA(os.path.join(d.path, "celeba"),
                                               split="train" if train else "test",
-                                              download=d["download"])
+                                              download=d.download)
         except Exception as e:
-            raise UserError(f"CELEBA: cannot load from {d['path']}/celeba ({e})")
+            raise UserError(f"CELEBA: cannot load from {d.path}/celeba ({e})")
         # DDIM's CelebA crop around the face, then resize
-        ds = PILImages(raw, size, d["channels"], "CELEBA",
+        ds = PILImages(raw, size, d.channels, "CELEBA",
                        loader=lambda item: _celeba_crop(item[0]))
     elif name == "LSUN":
         try:
@@ -233,17 +233,17 @@ def get_dataset(cfg, train=True):
         import torchvision
         split = "train" if train else "val"
         try:
-            raw = torchvision.datasets.LSUN(os.path.join(d["path"], "lsun"),
-                                            classes=[f"{d['category']}_{split}"])
+            raw = torchvision.datasets.LSUN(os.path.join(d.path, "lsun"),
+                                            classes=[f"{d.category}_{split}"])
         except Exception as e:
-            raise UserError(f"LSUN: cannot open {d['path']}/lsun/{d['category']}_{split}_lmdb "
+            raise UserError(f"LSUN: cannot open {d.path}/lsun/{d.category}_{split}_lmdb "
                             f"({e})")
-        ds = PILImages(raw, size, d["channels"], "LSUN")
+        ds = PILImages(raw, size, d.channels, "LSUN")
     else:
         raise UserError(f"data.dataset: unknown data set {name!r}")
     sample = ds[0]
-    if sample.shape[0] != d["channels"]:
-        raise UserError(f"data.channels is {d['channels']} but {name} images have "
+    if sample.shape[0] != d.channels:
+        raise UserError(f"data.channels is {d.channels} but {name} images have "
                         f"{sample.shape[0]} channel(s)")
     return ds
 

@@ -7,7 +7,7 @@ from utils.errors import run_cli
 
 
 def build_parser():
-    from runners.options import add_series_args
+    from core.options import add_series_args
     p = argparse.ArgumentParser(description=__doc__)
     add_series_args(p)
     p.add_argument("--output", default=None,
@@ -20,12 +20,12 @@ def main(argv=None):
     import numpy as np
 
     from models.earlybird import overlap_matrix
-    from runners.layout import overlap_stem_in
+    from core.layout import overlap_stem_in
     from runners.masks import load_mask_series, pruner_arg
     from utils.io import atomic_path, atomic_write_text
     pruner = pruner_arg(a.pruner)
-    series = load_mask_series(a.mask_dir, a.pruning_ratio, pruner, a.start_epoch, a.end_epoch,
-                              doc=a.doc)
+    series = load_mask_series(a.mask_dir, a.pruning_ratio, pruner, start_epoch=a.start_epoch,
+                              end_epoch=a.end_epoch, doc=a.doc)
     epochs = [e for e, _ in series]
     mat = overlap_matrix([m for _, m in series])
     stem = a.output or overlap_stem_in(a.mask_dir, a.pruning_ratio, pruner)

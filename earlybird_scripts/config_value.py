@@ -10,7 +10,7 @@ from utils.errors import UserError, run_cli
 
 
 def build_parser():
-    from runners.config import add_override_flag
+    from core.config import add_override_flag
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", required=True, help="configs/NAME or a path to a YAML file")
@@ -21,8 +21,8 @@ def build_parser():
 
 def main(argv=None):
     a = build_parser().parse_args(argv)
-    from runners.config import flatten_overrides, load_config
-    cfg = load_config(a.config, flatten_overrides(a.override))
+    from core.config import flatten_overrides, load_config
+    cfg = load_config(a.config, flatten_overrides(a.override)).as_dict()
     for key in a.keys:
         section, _, name = key.partition(".")
         if section not in cfg or name not in cfg[section]:

@@ -25,7 +25,7 @@ def build_parser():
 
 def main(argv=None):
     a = build_parser().parse_args(argv)
-    from runners.digits_metric import evaluate, load_folder
+    from evaluation.digits_metric import evaluate, load_folder
     from runners.sample import folder_metadata
     from utils.io import atomic_write_json
     res = evaluate(load_folder(a.samples, a.image_size, a.n_samples), a.image_size, a.cache_dir)

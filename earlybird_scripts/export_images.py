@@ -17,7 +17,7 @@ META = "export.json"
 
 
 def build_parser():
-    from runners.config import add_override_flag
+    from core.config import add_override_flag
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", required=True, help="configs/NAME or a path to a YAML file")
@@ -38,17 +38,17 @@ def main(argv=None):
     from tqdm import tqdm
 
     from datasets import get_dataset
-    from runners.config import flatten_overrides, load_config
+    from core.config import flatten_overrides, load_config
     from runners.sample import save_png
     from utils.io import atomic_write_json
     cfg = load_config(a.config, flatten_overrides(a.override))
-    d = cfg["data"]
-    out = a.out or os.path.join(d["path"], f"{d['dataset'].lower()}-{a.split}-images")
+    d = cfg.data
+    out = a.out or os.path.join(d.path, f"{d.dataset.lower()}-{a.split}-images")
     ds = get_dataset(cfg, train=a.split == "train")
     n = min(len(ds), a.limit or len(ds))
-    meta = {"dataset": d["dataset"], "split": a.split, "image_size": d["image_size"],
-            "channels": d["channels"], "n": n,
-            "source": d["path"] if d["dataset"] == "FOLDER" else None}
+    meta = {"dataset": d.dataset, "split": a.split, "image_size": d.image_size,
+            "channels": d.channels, "n": n,
+            "source": d.path if d.dataset == "FOLDER" else None}
     os.makedirs(out, exist_ok=True)
     meta_path = os.path.join(out, META)
     old = None
@@ -61,7 +61,7 @@ def main(argv=None):
               file=sys.stderr)
         for f in pngs:
             os.remove(os.path.join(out, f))
-    for i in tqdm(range(n), desc="export", disable=n < 1000):
+    for i in tqdm(range(n), desc="export", disable=True if n < 1000 else None):
         path = os.path.join(out, f"{i:06d}.png")
         if not os.path.isfile(path):
             save_png(ds[i].float() / 255.0, path)

@@ -41,8 +41,8 @@ def build_parser():
 
 def main(argv=None):
     a = build_parser().parse_args(argv)
-    from runners.device import select_device
-    from runners.fid import fid
+    from core.device import select_device
+    from evaluation.fid import fid
     from runners.sample import folder_metadata
     from utils.io import atomic_write_json
     device = str(select_device(None if a.device == "auto" else a.device))

@@ -11,14 +11,11 @@ from utils.errors import UserError, run_cli
 
 
 def build_parser():
-    from runners.options import add_series_args
+    from core.options import add_rule_args, add_series_args
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     add_series_args(p)
-    p.add_argument("--window", type=int, default=5,
-                   help="masks in the FIFO, at least 2 (default: %(default)s)")
-    p.add_argument("--threshold", type=float, default=0.1,
-                   help="largest accepted distance, in (0, 1) (default: %(default)s)")
+    add_rule_args(p)
     p.add_argument("--output", default=None,
                    help="JSON result (default: earlybird-{ratio}-{pruner}.json in --mask_dir)")
     return p
@@ -27,7 +24,7 @@ def build_parser():
 def main(argv=None):
     a = build_parser().parse_args(argv)
     from models.earlybird import find_earlybird
-    from runners.layout import earlybird_result_in
+    from core.layout import earlybird_result_in
     from runners.masks import load_mask_series, pruner_arg
     from utils.io import atomic_write_json
     if not 0 < a.pruning_ratio < 1:
@@ -37,14 +34,14 @@ def main(argv=None):
     if not 0 < a.threshold < 1:
         raise UserError(f"--threshold {a.threshold}: must be in (0, 1)")
     pruner = pruner_arg(a.pruner)
-    series = load_mask_series(a.mask_dir, a.pruning_ratio, pruner, a.start_epoch, a.end_epoch,
-                              doc=a.doc)
+    series = load_mask_series(a.mask_dir, a.pruning_ratio, pruner, start_epoch=a.start_epoch,
+                              end_epoch=a.end_epoch, doc=a.doc)
     first, last = series[0][0], series[-1][0]
     if len(series) < a.window:
         raise UserError(f"{a.mask_dir}: {len(series)} masks (epochs {first}..{last}) for ratio "
                         f"{a.pruning_ratio:g}: a window of {a.window} can never fill; nothing "
                         f"written")
-    eb, det = find_earlybird(series, a.window, a.threshold)
+    eb, det = find_earlybird(series, window=a.window, threshold=a.threshold)
     for epoch, max_d, dists in det.history:
         shown = ", ".join(f"{d:.4f}" for d in dists) if dists else "-"
         print(f"epoch {epoch}: distances to window [{shown}]")

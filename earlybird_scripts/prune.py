@@ -10,8 +10,8 @@ import argparse
 
 import _common  # noqa: F401
 
-from runners.config import add_override_flag, flatten_overrides, load_config
-from runners.options import check_name, flag_overrides
+from core.config import add_override_flag, flatten_overrides
+from core.options import Experiment, check_name, flag_overrides
 from utils.errors import UserError, run_cli
 
 PRUNERS_HELP = "magnitude | taylor | random | diff-pruning ('ours' = diff-pruning)"
@@ -67,13 +67,13 @@ def main(argv=None):
     for r in args.pruning_ratio:
         if not 0.0 < r < 1.0:
             raise UserError(f"--pruning_ratio {r}: must be in (0, 1)")
-    cfg = load_config(args.config, flatten_overrides(args.override) +
-                      flag_overrides(args, CONFIG_FLAGS))
+    xp = Experiment.load(args.config, args.exp, args.doc,
+                         flatten_overrides(args.override) + flag_overrides(args, CONFIG_FLAGS))
     ckpts = expand_checkpoints(args.restore_from)
     if args.save_pruned_model and (len(ckpts) > 1 or len(args.pruning_ratio) > 1):
         raise UserError("--save_pruned_model NAME names one file; with several checkpoints or "
                         "ratios pass --save_pruned_model without a name")
-    prune_checkpoints(cfg, args.exp, args.doc, ckpts, args.pruning_ratio,
+    prune_checkpoints(xp, ckpts, args.pruning_ratio,
                       save_masks=args.save_masks, save_models=args.save_pruned_model is not None,
                       model_name=args.save_pruned_model or None, device=args.device,
                       log=None if args.quiet else print)

@@ -24,7 +24,7 @@ def build_parser():
 
 def main(argv=None):
     a = build_parser().parse_args(argv)
-    from runners.report import table, write_report
+    from evaluation.report import table, write_report
     path, rows, notes = write_report(a.exp, a.doc, a.out_dir, sampling_steps=a.timesteps,
                                      skip_type=a.skip_type)
     print(table(rows))

@@ -13,11 +13,12 @@ import os
 import subprocess
 import sys
 import time
+from dataclasses import replace
 
 import _common  # noqa: F401
 
-from runners.config import add_override_flag, flatten_overrides, load_config
-from runners.options import check_name
+from core.config import add_override_flag, flatten_overrides
+from core.options import check_name
 from utils.errors import UserError, run_cli
 
 ROOT = _common.ROOT
@@ -80,47 +81,65 @@ def build_parser():
 
 
 class Pipeline:
-    """The stages, in order; each reuses what an earlier run finished."""
+    """The stages, in order; each reuses what an earlier run finished. Every stage's subprocess
+    reads one resolved config file ({exp}/pipeline/{doc}.yml: the config, the command's
+    overrides, and what the pipeline decides: the ratios masked online, the fine-tuning epochs,
+    the epochs of regions without an early bird), so no stage re-derives a setting."""
 
     def __init__(self, a):
-        from runners.layout import Layout
-        from runners.tickets import parse_regions
+        from core.config import load_config
+        from core.layout import Layout
+        from core.regions import require_regions
         self.a = a
-        self.overrides = flatten_overrides(a.override)
-        self.cfg = load_config(a.config, self.overrides)
+        base = load_config(a.config, flatten_overrides(a.override))
+        self.regions = require_regions(base, a.config)
+        self.ratios = sorted(set(base.earlybird.ratios) | {a.pruning_ratio} |
+                             {r.pruning_ratio for r in self.regions})
+        ft_epochs = a.finetune_epochs or base.taeb.finetune_epochs
+        self.cfg = replace(base,
+                           earlybird=replace(base.earlybird, enabled=True,
+                                             ratios=tuple(self.ratios), stop=False),
+                           taeb=replace(base.taeb, finetune_epochs=ft_epochs))
         self.layout = Layout(a.exp)
-        self.regions = parse_regions(self.cfg, a.config)
-        e = self.cfg["earlybird"]
-        self.pruner = e["pruner"]
-        self.ratios = sorted(set(float(r) for r in e["ratios"]) | {a.pruning_ratio} |
-                             {r["pruning_ratio"] for r in self.regions})
-        self.ft_epochs = a.finetune_epochs or self.cfg["taeb"]["finetune_epochs"] or \
-            max(1, self.cfg["training"]["n_epochs"] // 2)
-        self.n_samples = a.n_samples or self.cfg["sampling"]["n_samples"]
-        self.last = self.cfg["training"]["n_epochs"] - 1
+        self.config_file = self.layout.pipeline_config(a.doc)
+        self.write_config()
+        self.pruner = self.cfg.earlybird.pruner
+        self.ft_epochs = ft_epochs
+        self.n_samples = a.n_samples or self.cfg.sampling.n_samples
+        self.last = self.cfg.training.n_epochs - 1
+
+    def write_config(self):
+        from core.config import dump_config
+        os.makedirs(os.path.dirname(self.config_file), exist_ok=True)
+        dump_config(self.cfg, self.config_file)
+
+    @property
+    def xp(self):
+        from core.options import Experiment
+        return Experiment(self.cfg, self.layout, self.a.doc, self.config_file)
 
     def train_cmd(self, doc, extra):
         """main.py for one run, resuming an unfinished one; None when it is done."""
         if os.path.isfile(self.layout.done_marker(doc)):
             return None
-        a = self.a
-        cmd = [PY, os.path.join(ROOT, "main.py"), "--config", a.config, "--exp", a.exp,
-               "--doc", doc, "--ni", "--use_ema", "--skip_type", "quad"]
+        cmd = [PY, os.path.join(ROOT, "main.py"), "--config", self.config_file, "--exp",
+               self.a.exp, "--doc", doc, "--ni", "--use_ema", "--skip_type", "quad"]
         if os.path.isfile(self.layout.latest_checkpoint(doc)):
             cmd.append("--resume_training")
         return cmd + extra
 
+    def finetune_args(self, epochs):
+        return ["--override", f"training.n_epochs={epochs}", "earlybird.enabled=false"]
+
     def dense(self):
-        ratio_list = ",".join(f"{r:g}" for r in self.ratios)
-        cmd = self.train_cmd(self.a.doc, ["--override", "earlybird.enabled=true",
-                                          f"earlybird.ratios=[{ratio_list}]",
-                                          "earlybird.stop=false"] + self.overrides)
+        cmd = self.train_cmd(self.a.doc, [])
         if cmd:
             run(cmd, "dense training (+ online masks)")
 
     def earlybird_epochs(self):
-        """{ratio: EB epoch}; a ratio without one falls back to the last epoch."""
-        a, e = self.a, self.cfg["earlybird"]
+        """{ratio: EB epoch}; a ratio without one falls back to the last epoch (and a region of
+        that ratio is pruned there: written into the pipeline's config)."""
+        a, e = self.a, self.cfg.earlybird
         mask_dir = self.layout.masks_dir(a.doc)
         newest = max((os.path.getmtime(os.path.join(mask_dir, f)) for f in os.listdir(mask_dir)
                       if f.endswith(".npy")), default=0.0) if os.path.isdir(mask_dir) else 0.0
@@ -130,20 +149,26 @@ class Pipeline:
             if not (os.path.isfile(out) and os.path.getmtime(out) >= newest):
                 run([PY, script("find_earlybird.py"), "--mask_dir", mask_dir, "--pruning_ratio",
                      f"{r:g}", "--pruner", self.pruner, "--doc", a.doc, "--window",
-                     str(e["window"]), "--threshold", str(e["threshold"]), "--output", out],
+                     str(e.window), "--threshold", str(e.threshold), "--output", out],
                     f"EB epoch, p={r:g}")
             with open(out) as f:
                 eb[r] = json.load(f)["eb_epoch"]
         if not os.path.isfile(os.path.join(mask_dir, f"distances-{self.pruner}.png")):
             run([PY, script("plot_overlap.py"), "--mask_dir", mask_dir, "--pruning_ratio",
                  *[f"{r:g}" for r in self.ratios], "--pruner", self.pruner, "--doc", a.doc,
-                 "--window", str(e["window"]), "--threshold", str(e["threshold"])],
+                 "--window", str(e.window), "--threshold", str(e.threshold)],
                 "overlap heatmaps")
-        self.fallback = [r for r in self.ratios if eb[r] is None]
-        for r in self.fallback:
+        fallback = [r for r in self.ratios if eb[r] is None]
+        for r in fallback:
             eb[r] = self.last
             print(f"note: no early-bird epoch for p={r:g}; its ticket is drawn at the last "
                   f"epoch {self.last} (not an early-bird ticket)")
+        if fallback:
+            regions = tuple(replace(r, epoch=eb[r.pruning_ratio])
+                            if r.pruning_ratio in fallback and r.epoch is None and not r.ticket
+                            else r for r in self.regions)
+            self.cfg = replace(self.cfg, taeb=replace(self.cfg.taeb, regions=regions))
+            self.write_config()
         return eb
 
     def ticket(self, ratio, epoch):
@@ -151,14 +176,13 @@ class Pipeline:
         path = self.layout.ticket_file(self.a.doc, ratio, self.pruner, epoch)
         if not os.path.isfile(path):
             print(f"\n=== prune epoch {epoch} at p={ratio:g}", flush=True)
-            ticket_for(self.cfg, self.a.exp, self.a.doc, ratio, epoch, log=print)
+            ticket_for(self.xp, ratio, epoch, log=print)
         return path
 
     def finetune(self, eb):
-        from runners.layout import eb_doc, tpf_doc
+        from core.layout import eb_doc, tpf_doc
         p = self.a.pruning_ratio
-        ft = ["--override", f"training.n_epochs={self.ft_epochs}",
-              "earlybird.enabled=false"] + self.overrides
+        ft = self.finetune_args(self.ft_epochs)
         runs = [(eb_doc(self.a.doc, p), eb[p], "EB ticket")]
         if not self.a.skip_tpf:
             runs.append((tpf_doc(self.a.doc, p), self.last, "train-prune-finetune"))
@@ -167,29 +191,19 @@ class Pipeline:
             if cmd:
                 run(cmd, f"fine-tune {label} p={p:g} (from epoch {epoch})")
 
-    def taeb(self, eb):
+    def taeb(self):
         a = self.a
         if os.path.isfile(self.layout.manifest(a.doc)):
             return
-        cmd = [PY, script("train_tickets.py"), "--config", a.config, "--exp", a.exp,
-               "--doc", a.doc, "--override", f"taeb.finetune_epochs={self.ft_epochs}"]
-        if self.fallback:  # regions whose ratio has no EB epoch get the fallback epoch
-            regs = ",".join(
-                "{range: [%d, %d], pruning_ratio: %g%s}" % (
-                    r["range"][0], r["range"][1], r["pruning_ratio"],
-                    f", ticket: {r['ticket']}" if r["ticket"] else
-                    f", epoch: {r['epoch'] if r['epoch'] is not None else eb[r['pruning_ratio']]}")
-                for r in self.regions)
-            cmd += [f"taeb.regions=[{regs}]"]
-        cmd += self.overrides
+        cmd = [PY, script("train_tickets.py"), "--config", self.config_file, "--exp", a.exp,
+               "--doc", a.doc]
         cmd += ["--max_parallel", str(a.max_parallel)] if a.max_parallel else []
         run(cmd, "TA-EB tickets")
 
     def sample_and_score(self):
-        from runners.layout import eb_doc, taeb_name, tpf_doc
-        a, L, s = self.a, self.layout, self.cfg["sampling"]
+        from core.layout import eb_doc, taeb_name, tpf_doc
+        a, L = self.a, self.layout
         p = a.pruning_ratio
-        ovr = ["--override"] + self.overrides if self.overrides else []
         methods = [(a.doc, ["--restore_from", L.latest_checkpoint(a.doc)])]
         methods += [(d, ["--restore_from", L.latest_checkpoint(d)])
                     for d in (eb_doc(a.doc, p), tpf_doc(a.doc, p))
@@ -203,18 +217,17 @@ class Pipeline:
                        for i in range(self.n_samples))
             if have and os.path.isfile(metric):
                 continue
-            run([PY, os.path.join(ROOT, "main.py"), "--config", a.config, "--exp", a.exp,
-                 "--doc", a.doc, "--ni", "--sample", "--fid", "--use_ema",
-                 "--timesteps", str(s["timesteps"]), "--skip_type", s["skip_type"],
-                 "--eta", str(s["eta"]), "--image_folder", folder, "--n_samples",
-                 str(self.n_samples)] + src + ovr, f"sample {name}")
+            run([PY, os.path.join(ROOT, "main.py"), "--config", self.config_file, "--exp",
+                 a.exp, "--doc", a.doc, "--ni", "--sample", "--fid", "--use_ema",
+                 "--image_folder", folder, "--n_samples", str(self.n_samples)] + src,
+                f"sample {name}")
             self.score(name, folder, metric)
 
     def score(self, name, folder, metric):
         a = self.a
-        if self.cfg["data"]["dataset"] == "DIGITS":
+        if self.cfg.data.dataset == "DIGITS":
             run([PY, script("digits_metric.py"), folder, "--image_size",
-                 str(self.cfg["data"]["image_size"]), "--n_samples", str(self.n_samples),
+                 str(self.cfg.data.image_size), "--n_samples", str(self.n_samples),
                  "--cache_dir", self.layout.metric_cache(), "--output", metric],
                 f"digits metric {name}")
         elif a.fid_ref:
@@ -235,13 +248,13 @@ class Pipeline:
         import yaml
 
         from models.diffusion import timestep_sequence
-        from runners.evidence import best_equal_ratio, sampling_average_macs
-        from runners.layout import eqflops_doc
+        from evaluation.evidence import best_equal_ratio, sampling_average_macs
+        from core.layout import eqflops_doc
         with open(self.layout.manifest(self.a.doc)) as f:
             tickets = yaml.safe_load(f)["tickets"]
-        s = self.cfg["sampling"]
-        seq = timestep_sequence(s["skip_type"], s["timesteps"],
-                                self.cfg["diffusion"]["num_diffusion_timesteps"])
+        s = self.cfg.sampling
+        seq = timestep_sequence(s.skip_type, s.timesteps,
+                                self.cfg.diffusion.num_diffusion_timesteps)
         target = sampling_average_macs([(*t["range"], t["macs"]) for t in tickets], seq)
         macs = self.ticket_macs(eb)
         r = best_equal_ratio(macs, target)
@@ -250,18 +263,17 @@ class Pipeline:
               f"ticket at p={r:g} has {macs[r] / 1e6:.2f}; {epochs} epochs give it the TA-EB "
               f"tickets' fine-tuning FLOPs")
         cmd = self.train_cmd(eqflops_doc(self.a.doc, r),
-                             ["--load_pruned_model", self.ticket(r, eb[r]), "--override",
-                              f"training.n_epochs={epochs}", "earlybird.enabled=false"]
-                             + self.overrides)
+                             ["--load_pruned_model", self.ticket(r, eb[r])] +
+                             self.finetune_args(epochs))
         if cmd:
             run(cmd, f"fine-tune uniform EB ticket p={r:g} for TA-EB's FLOPs ({epochs} epochs)")
 
     def curves(self):
         """Quality along training of every run, each on the same fixed noise."""
-        from runners.curves import digits_quality, eval_epochs, evaluate_curve
-        from runners.layout import region_doc, taeb_name
+        from evaluation.curves import digits_quality, eval_epochs, evaluate_curve
+        from core.layout import region_doc, taeb_name
         a, L = self.a, self.layout
-        if self.cfg["data"]["dataset"] != "DIGITS":
+        if self.cfg.data.dataset != "DIGITS":
             print("note: quality curves are scored with the digits metric only; skipped")
             return
         score = digits_quality(L.metric_cache())
@@ -273,7 +285,7 @@ class Pipeline:
             keep = eval_epochs(len(ckpts), a.eval_every)
             evaluate_curve(self.cfg, L.curve_file(name), {e: ckpts[e] for e in keep}, score,
                            n=a.eval_samples, timesteps=a.eval_timesteps)
-        regions = [r["range"] for r in self.regions]
+        regions = [r.range for r in self.regions]
         per_region = [L.epoch_checkpoints(region_doc(a.doc, rng)) for rng in regions]
         n = min(len(c) for c in per_region)
         stitched = {e: [(rng, c[e]) for rng, c in zip(regions, per_region)]
@@ -282,9 +294,9 @@ class Pipeline:
                        n=a.eval_samples, timesteps=a.eval_timesteps)
 
     def report(self):
-        s = self.cfg["sampling"]
+        s = self.cfg.sampling
         run([PY, script("report.py"), "--exp", self.a.exp, "--doc", self.a.doc, "--timesteps",
-             str(s["timesteps"]), "--skip_type", s["skip_type"]], "report")
+             str(s.timesteps), "--skip_type", s.skip_type], "report")
 
 
 def main(argv=None):
@@ -295,7 +307,7 @@ def main(argv=None):
     pipe.dense()                    # 1. dense training with online masks
     eb = pipe.earlybird_epochs()    # 2. EB epochs from the masks
     pipe.finetune(eb)               # 3. EB ticket, 4. train-prune-finetune baseline
-    pipe.taeb(eb)                   # 5. TA-EB tickets (one device each, else one at a time)
+    pipe.taeb()                     # 5. TA-EB tickets (one device each, else one at a time)
     if a.equal_flops:
         pipe.equal_flops(eb)        # 5b. a uniform ticket given TA-EB's fine-tuning FLOPs
     if not a.no_final_samples:

@@ -17,7 +17,7 @@ from utils.errors import UserError, run_cli
 
 
 def build_parser():
-    from runners.config import add_override_flag
+    from core.config import add_override_flag
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", default="digits.yml",
@@ -52,7 +52,7 @@ def pipeline_cmd(a, doc, seed, extra):
            str(a.eval_samples), "--eval_timesteps", str(a.eval_timesteps),
            "--no_final_samples"] + extra
     cmd += ["--finetune_epochs", str(a.finetune_epochs)] if a.finetune_epochs else []
-    from runners.config import flatten_overrides
+    from core.config import flatten_overrides
     return cmd + ["--override", f"training.seed={seed}"] + flatten_overrides(a.override)
 
 
@@ -60,9 +60,9 @@ def main(argv=None):
     a = build_parser().parse_args(argv)
     if a.seeds < 1:
         raise UserError("--seeds must be at least 1")
-    from runners.config import flatten_overrides, load_config
-    from runners.options import check_name
-    from runners.study_page import write_page
+    from core.config import flatten_overrides, load_config
+    from core.options import check_name
+    from evaluation.study_page import write_page
     check_name(a.doc, "--doc")
     cfg = load_config(a.config, flatten_overrides(a.override))
     t0 = time.perf_counter()
@@ -80,18 +80,20 @@ def main(argv=None):
                   f"{' '.join(cmd)}", flush=True)
             if subprocess.run(cmd).returncode != 0:
                 raise UserError(f"the pipeline of {doc} failed; rerun the study to continue")
-    out = a.out or os.path.join(a.exp, "report", "study", "results.md")
-    total_s = record_wall_time(a.exp, time.perf_counter() - t0)
-    write_page(cfg, a, docs, out, study_s=total_s)
+    from core.layout import Layout
+    layout = Layout(a.exp)
+    out = a.out or layout.study_page()
+    total_s = record_wall_time(layout.study_wall(), time.perf_counter() - t0)
+    write_page(cfg, a, docs, out=out, study_s=total_s)
     print(f"\nstudy page: {out} ({time.perf_counter() - t0:.0f}s now, {total_s:.0f}s in all)")
     return 0
 
 
-def record_wall_time(exp, seconds):
-    """Add this invocation's wall-clock to {exp}/report/study/wall.json; returns the sum over
-    every invocation (an interrupted and continued study counts all its parts, reruns too)."""
+def record_wall_time(path, seconds):
+    """Add this invocation's wall-clock to ``path`` ({exp}/report/study/wall.json); returns the
+    sum over every invocation (an interrupted and continued study counts all its parts, reruns
+    too)."""
     from utils.io import atomic_write_json, read_json
-    path = os.path.join(exp, "report", "study", "wall.json")
     total = seconds + read_json(path, {"wall_s": 0.0})["wall_s"]
     atomic_write_json(path, {"wall_s": round(total, 1)})
     return total

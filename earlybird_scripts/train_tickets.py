@@ -11,8 +11,8 @@ import argparse
 
 import _common  # noqa: F401
 
-from runners.config import add_override_flag, flatten_overrides, load_config
-from runners.options import check_name
+from core.config import add_override_flag, flatten_overrides
+from core.options import Experiment, check_name
 from utils.errors import UserError, run_cli
 
 
@@ -79,7 +79,7 @@ def main(argv=None):
     if a.dry_run and a.launcher != "slurm":
         raise UserError("--dry_run goes with --launcher slurm")
     overrides = flatten_overrides(a.override) + (["pruning.use_ema=false"] if a.no_ema else [])
-    cfg = load_config(a.config, overrides)
+    xp = Experiment.load(a.config, a.exp, a.doc, overrides)
     from runners.tickets import Launch, train_tickets
     launch = Launch(gpus=_gpus(a.gpus), max_parallel=a.max_parallel,
                     gpus_per_ticket=a.gpus_per_ticket, launcher=a.launcher, dry_run=a.dry_run,
@@ -87,8 +87,7 @@ def main(argv=None):
                     slurm=dict(partition=a.partition, time_limit=a.time_limit,
                                cpus=a.cpus_per_task, mem=a.mem, account=a.account),
                     progress=not a.no_progress)
-    return train_tickets(cfg, config_name=a.config, exp=a.exp, doc=a.doc, overrides=overrides,
-                         launch=launch)
+    return train_tickets(xp, launch)
 
 
 if __name__ == "__main__":

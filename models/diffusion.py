@@ -1,4 +1,4 @@
-"""Diffusion math (DESIGN.md steps 1 and 6): schedules, noising, the eps-loss, and the DDIM /
+"""Diffusion math (docs/design.md, steps 1 and 6): schedules, noising, the eps-loss, and the DDIM /
 DDPM samplers (timestep samplers for training are in models/resample.py).
 
 Nothing here is an ``nn.Module``: every function takes the network as an argument, so the UNet
@@ -35,23 +35,21 @@ def get_beta_schedule(beta_schedule, *, beta_start, beta_end, num_diffusion_time
     return betas
 
 
-def alphas_cumprod_f64(diffusion_cfg):
-    """abar_t of a config's schedule in float64 (numpy), for schedule-derived constants."""
-    betas = get_beta_schedule(diffusion_cfg["beta_schedule"],
-                              beta_start=diffusion_cfg["beta_start"],
-                              beta_end=diffusion_cfg["beta_end"],
-                              num_diffusion_timesteps=diffusion_cfg["num_diffusion_timesteps"])
+def alphas_cumprod_f64(*, beta_schedule, beta_start, beta_end, num_diffusion_timesteps):
+    """abar_t of a schedule in float64 (numpy), for schedule-derived constants."""
+    betas = get_beta_schedule(beta_schedule, beta_start=beta_start, beta_end=beta_end,
+                              num_diffusion_timesteps=num_diffusion_timesteps)
     return np.cumprod(1.0 - betas)
 
 
 class Diffusion:
-    """The schedule of one config, its tensors on ``device``."""
+    """One noise schedule (a config's ``diffusion`` section as keywords), its tensors on
+    ``device``."""
 
-    def __init__(self, diffusion_cfg, device="cpu"):
-        betas = get_beta_schedule(diffusion_cfg["beta_schedule"],
-                                  beta_start=diffusion_cfg["beta_start"],
-                                  beta_end=diffusion_cfg["beta_end"],
-                                  num_diffusion_timesteps=diffusion_cfg["num_diffusion_timesteps"])
+    def __init__(self, *, beta_schedule, beta_start, beta_end, num_diffusion_timesteps,
+                 device="cpu"):
+        betas = get_beta_schedule(beta_schedule, beta_start=beta_start, beta_end=beta_end,
+                                  num_diffusion_timesteps=num_diffusion_timesteps)
         self.num_timesteps = len(betas)
         self.betas = torch.from_numpy(betas).float().to(device)
         self.alphas_cumprod = torch.cumprod(1.0 - self.betas, dim=0)

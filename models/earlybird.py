@@ -1,4 +1,4 @@
-"""Early-bird detection from pruning masks (DESIGN.md step 3).
+"""Early-bird detection from pruning masks (docs/design.md, step 3).
 
 Masks are 0/1 vectors (1 = pruned channel) of one architecture's pruning groups, in the
 dependency graph's order. The early-bird (EB) epoch is the first epoch whose mask lies within
@@ -27,7 +27,7 @@ def hamming(a, b):
 class EarlyBirdDetector:
     """FIFO early-bird rule. push(epoch, mask) -> distances to the other masks in the window."""
 
-    def __init__(self, window=5, threshold=0.1):
+    def __init__(self, window, threshold):
         if window < 2:
             raise ValueError("window must be at least 2")
         self.window, self.threshold = window, threshold
@@ -54,7 +54,7 @@ class EarlyBirdDetector:
         return self.eb_epoch is not None
 
 
-def find_earlybird(masks, window=5, threshold=0.1):
+def find_earlybird(masks, window, threshold):
     """masks: list of (epoch, mask) in epoch order -> (eb_epoch or None, detector)."""
     det = EarlyBirdDetector(window, threshold)
     for epoch, mask in masks:

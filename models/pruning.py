@@ -1,10 +1,10 @@
-"""Structural (channel) pruning of the UNet with torch-pruning (DESIGN.md step 2).
+"""Structural (channel) pruning of the UNet with torch-pruning (docs/design.md, step 2).
 
 Masks: for every pruning group of the dependency graph (in its deterministic order), one 0/1
 entry per channel of the group's root layer (1 = pruned), concatenated.
 
 How a ratio p becomes kept channels (torch-pruning's GroupNorm handling is not used, see
-shared/reference/torch-pruning-notes.md): every group keeps round((1 - p) * C / u) * u of its
+docs/pruning.md): every group keeps round((1 - p) * C / u) * u of its
 C channels, at least u, where u is the GroupNorm group size (C / model.gn_groups) for groups
 that feed a GroupNorm and 1 otherwise. With ``round_to`` R (pruning.round_to), u becomes
 lcm(R, that unit) wherever it divides C, so kept widths are multiples of R (8: what GPU kernels

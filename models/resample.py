@@ -1,4 +1,4 @@
-"""Timestep samplers (DESIGN.md steps 1 and 5): which t each training sample gets, and the
+"""Timestep samplers (docs/design.md, steps 1 and 5): which t each training sample gets, and the
 weight of its loss.
 
 One small interface, as improved-diffusion's resample.py: ``sample(n, device, generator)``
@@ -100,13 +100,11 @@ class SpeedSampler(TimestepSampler):
         return t.to(device), self.weights[t].to(device)
 
 
-def make_timestep_sampler(cfg, lo, hi, alphas_cumprod):
-    """The sampler ``training.timestep_sampler`` names, for timestep region [lo, hi)."""
-    kind = cfg["training"]["timestep_sampler"]
+def make_timestep_sampler(kind, lo, hi, *, alphas_cumprod, k, lam, tau):
+    """The sampler named ``kind`` (antithetic | uniform | speed) for timestep region [lo, hi);
+    ``k``, ``lam``, ``tau`` are SpeeD's (used by ``speed`` only)."""
     if kind == "antithetic":
         return AntitheticSampler(lo, hi)
     if kind == "uniform":
         return UniformSampler(lo, hi)
-    s = cfg["speed"]
-    tau = s["tau"] or round(0.7 * len(alphas_cumprod))
-    return SpeedSampler(lo, hi, alphas_cumprod=alphas_cumprod, k=s["k"], lam=s["lam"], tau=tau)
+    return SpeedSampler(lo, hi, alphas_cumprod=alphas_cumprod, k=k, lam=lam, tau=tau)

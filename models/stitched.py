@@ -1,4 +1,4 @@
-"""Stitched TA-EB tickets (DESIGN.md step 6): one network per timestep region.
+"""Stitched TA-EB tickets (docs/design.md, step 6): one network per timestep region.
 
 Like improved-diffusion's respacing wrapper, a thin module routes each call to the ticket
 whose region [lo, hi) holds t. Samplers ask ``for_timestep(i)`` with the host-side step index,

@@ -2,7 +2,7 @@
 
 Parameter names and shapes equal the DDIM codebase's ``Model`` for the same config, so the
 official pretrained CIFAR-10 checkpoint loads with ``strict=True``
-(see shared/reference/ddim_unet_cifar10_state_dict.txt). Only the network lives here: the
+(tests/golden/ddim_unet_cifar10_state_dict.txt lists them; tests/test_unet.py checks). Only the network lives here: the
 noise schedule is in ``models/diffusion.py``. torch-pruning traces this bare module.
 """
 import math
@@ -195,13 +195,3 @@ class UNet(nn.Module):
                 h = self.up[i_level].upsample(h)
 
         return self.conv_out(swish(self.norm_out(h)))
-
-
-def model_args_from_config(cfg):
-    """The keyword arguments of UNet for a validated config (stored in every checkpoint)."""
-    m, d = cfg["model"], cfg["data"]
-    return dict(in_channels=d["channels"], out_ch=d["channels"], ch=m["ch"],
-                ch_mult=list(m["ch_mult"]), num_res_blocks=m["num_res_blocks"],
-                attn_resolutions=list(m["attn_resolutions"]), dropout=m["dropout"],
-                resolution=d["image_size"], resamp_with_conv=m["resamp_with_conv"],
-                gn_groups=m["gn_groups"])

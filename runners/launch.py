@@ -9,8 +9,7 @@ import subprocess
 import sys
 import time
 
-from runners.layout import region_doc
-from runners.runlog import read_costs
+from core.runlog import read_costs
 from utils.errors import UserError
 from utils.io import atomic_write_json, atomic_write_text, read_json
 
@@ -36,17 +35,17 @@ def gpu_groups(gpus, per_ticket):
     return [gpus[i:i + per_ticket] for i in range(0, len(gpus) - per_ticket + 1, per_ticket)]
 
 
-def run_local(jobs, groups, k, threads, n_epochs, layout, poll_s, progress):
-    """Run [(region, command)] at most ``k`` at a time, each on a free group of GPUs (or the
-    CPU with ``threads`` threads per process); returns the regions whose process failed."""
+def run_local(jobs, groups, *, k, threads, n_epochs, layout, poll_s, progress):
+    """Run [(ticket job, command)] at most ``k`` at a time, each on a free group of GPUs (or
+    the CPU with ``threads`` threads per process); returns the jobs whose process failed."""
     procs, failed, queue, bars = {}, [], list(jobs), {}
     free = list(range(len(groups))) if groups[0] is not None else [None] * k
     if progress and jobs:
         from tqdm import tqdm
         for i, (r, _) in enumerate(jobs):
-            bars[id(r)] = tqdm(total=n_epochs, position=i, dynamic_ncols=True,
-                               desc=f"ticket [{r['range'][0]},{r['range'][1]}) "
-                                    f"p={r['pruning_ratio']:g}")
+            bars[id(r)] = tqdm(total=n_epochs, position=i, dynamic_ncols=True, disable=None,
+                               desc=f"ticket [{r.region.lo},{r.region.hi}) "
+                                    f"p={r.region.pruning_ratio:g}")
     while queue or procs:
         while queue and free and len(procs) < k:
             r, cmd = queue.pop(0)
@@ -54,8 +53,8 @@ def run_local(jobs, groups, k, threads, n_epochs, layout, poll_s, progress):
             env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
             env["CUDA_VISIBLE_DEVICES"] = ",".join(map(str, groups[slot])) \
                 if slot is not None else ""
-            os.makedirs(os.path.dirname(r["log_file"]), exist_ok=True)
-            fh = open(r["log_file"], "a")
+            os.makedirs(os.path.dirname(r.log_file), exist_ok=True)
+            fh = open(r.log_file, "a")
             fh.write(f"$ CUDA_VISIBLE_DEVICES={env['CUDA_VISIBLE_DEVICES']} "
                      f"{shlex.join(cmd)}\n")
             fh.flush()
@@ -64,7 +63,7 @@ def run_local(jobs, groups, k, threads, n_epochs, layout, poll_s, progress):
         time.sleep(poll_s)
         for key, (p, r, fh, slot) in list(procs.items()):
             if key in bars:
-                bars[key].n = len(read_costs(layout.costs(region_doc(r["doc"], r["range"]))))
+                bars[key].n = len(read_costs(layout.costs(r.run_doc)))
                 bars[key].refresh()
             if p.poll() is not None:
                 fh.close()
@@ -145,7 +144,7 @@ def _queued(job_ids):
 
 def submit_slurm(jobs, layout, doc, *, dry_run, script_for):
     """Write one sbatch script per unfinished ticket and submit it; returns 0, or 1 if sbatch
-    failed. ``jobs``: [(region, command)]; ``script_for(region, command)`` -> script text."""
+    failed. ``jobs``: [(ticket job, command)]; ``script_for(job, command)`` -> script text."""
     record_path = layout.slurm_jobs(doc)
     record = read_json(record_path, {})
     queued = _queued([j["job_id"] for j in record.values() if j.get("job_id")])
@@ -154,12 +153,12 @@ def submit_slurm(jobs, layout, doc, *, dry_run, script_for):
                         "the scripts)")
     rc = 0
     for r, cmd in jobs:
-        name = region_doc(doc, r["range"])
+        name = r.run_doc
         prev = record.get(name, {}).get("job_id")
         if prev in queued:
             print(f"{name}: still queued or running as job {prev}; not resubmitted")
             continue
-        path = layout.slurm_script(doc, r["range"])
+        path = layout.slurm_script(doc, r.region.range)
         atomic_write_text(path, script_for(r, cmd))
         if dry_run:
             print(f"{name}: wrote {path}; would run: sbatch --parsable {path}")
@@ -172,7 +171,7 @@ def submit_slurm(jobs, layout, doc, *, dry_run, script_for):
             rc = 1
             continue
         job_id = res.stdout.strip().splitlines()[-1].split(";")[0] if res.stdout.strip() else ""
-        record[name] = {"job_id": job_id, "script": path, "log": r["log_file"],
+        record[name] = {"job_id": job_id, "script": path, "log": r.log_file,
                         "submitted": time.strftime("%Y-%m-%d %H:%M:%S")}
         atomic_write_json(record_path, record)
         print(f"{name}: submitted job {job_id} ({path})")

@@ -1,4 +1,4 @@
-"""Masks of checkpoints (DESIGN.md step 2), shared by earlybird_scripts/prune.py and the
+"""Masks of checkpoints (docs/design.md, step 2), shared by earlybird_scripts/prune.py and the
 online detector in training, so an epoch's online mask equals its checkpoint's offline mask.
 """
 import json
@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from models.pruner_names import canonical_pruner, needs_gradients
-from runners.layout import parse_mask_stem
+from core.layout import parse_mask_stem
 from utils.errors import UserError
 from utils.io import atomic_path, atomic_write_json
 
@@ -39,22 +39,24 @@ def pruning_inputs(cfg, pruner, dataset, device="cpu"):
     if not needs_gradients(pruner):
         return None, None
     from models.diffusion import Diffusion
-    return (Diffusion(cfg["diffusion"], device),
-            taylor_batch(dataset, cfg["pruning"]["taylor_batch_size"]))
+    return (Diffusion(**vars(cfg.diffusion), device=device),
+            taylor_batch(dataset, cfg.pruning.taylor_batch_size))
 
 
-def compute_masks(extractor, state_dict, pruner, ratios, *, cfg, diffusion=None, data=None):
+def compute_masks(extractor, state_dict, pruner, ratios, *, pruning, diffusion=None,
+                  data=None):
     """({ratio: mask}, info) for one set of weights; importance is computed once for all
-    ratios. info says what the importance read (Diff-Pruning: its timesteps)."""
+    ratios (``pruning``: the config's pruning section). info says what the importance read
+    (Diff-Pruning: its timesteps)."""
     extractor.load_weights(state_dict)
-    pc = cfg["pruning"]
+    pc = pruning
     scores, info = extractor.scores(canonical_pruner(pruner), diffusion=diffusion, data=data,
-                                    taylor_steps=pc["taylor_steps"], thr=pc["thr"],
-                                    stride=pc["diff_stride"], seed=0)
+                                    taylor_steps=pc.taylor_steps, thr=pc.thr,
+                                    stride=pc.diff_stride, seed=0)
     return {r: extractor.masks_from_scores(scores, r) for r in ratios}, info
 
 
-def mask_meta(extractor, mask, ratio, pruner, epoch, source, use_ema, info):
+def mask_meta(extractor, mask, *, ratio, pruner, epoch, source, use_ema, info):
     """The JSON sidecar of a mask."""
     return dict({"ratio": ratio, "pruner": pruner, "epoch": epoch, "source": source,
                  "use_ema": bool(use_ema), "round_to": extractor.round_to,
@@ -87,7 +89,7 @@ def _series_files(mask_dir, ratio, pruner, start_epoch, end_epoch, doc):
     return found
 
 
-def load_mask_series(mask_dir, ratio, pruner, start_epoch=0, end_epoch=None, doc=None):
+def load_mask_series(mask_dir, ratio, pruner, *, start_epoch=0, end_epoch=None, doc=None):
     """[(epoch, mask)] for one ratio and pruner, in epoch order; gaps are errors."""
     if not os.path.isdir(mask_dir):
         raise UserError(f"mask folder not found: {mask_dir}")

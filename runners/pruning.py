@@ -1,4 +1,4 @@
-"""Pruning checkpoints (DESIGN.md steps 2 and 4): masks of any number of checkpoints at any
+"""Pruning checkpoints (docs/design.md, steps 2 and 4): masks of any number of checkpoints at any
 number of ratios with one dependency graph, and pruned tickets saved as state dict + pruning
 history. earlybird_scripts/prune.py, the TA-EB tickets and the pipeline all call this.
 """
@@ -7,8 +7,8 @@ import time
 
 from models.pruner_names import needs_gradients
 from models.pruning import MaskExtractor, count_params_macs
-from runners import checkpoint as ck
-from runners.layout import Layout, epoch_of_checkpoint
+from core import checkpoint as ck
+from core.layout import epoch_of_checkpoint
 from runners.masks import compute_masks, mask_meta, pruning_inputs, save_mask
 from utils.errors import UserError
 from utils.io import atomic_save, read_json
@@ -19,19 +19,18 @@ def _weights(c, path, cfg):
         raise UserError(f"{path}: already a pruned model; prune dense checkpoints")
     model_args = c.get("model_args")
     if model_args is None:
-        from models.unet import model_args_from_config
-        model_args = model_args_from_config(cfg)
-    return model_args, ck.pick_weights(c, cfg["pruning"]["use_ema"], path)
+        model_args = cfg.unet_kwargs()
+    return model_args, ck.pick_weights(c, cfg.pruning.use_ema, path)
 
 
-def prune_checkpoints(cfg, exp, doc, checkpoints, ratios, *, save_masks=True,
-                      save_models=False, model_name=None, device="cpu", dataset=None,
-                      log=print):
+def prune_checkpoints(xp, checkpoints, ratios, *, save_masks=True, save_models=False,
+                      model_name=None, device="cpu", dataset=None, log=print):
     """Masks (and optionally pruned tickets) of ``checkpoints`` [(epoch or None, path)] at
-    ``ratios``, with the config's pruner (``earlybird.pruner``) and weights
-    (``pruning.use_ema``). Returns {(epoch, ratio): ticket path} of the tickets saved."""
-    layout = Layout(exp)
-    pruner = cfg["earlybird"]["pruner"]
+    ``ratios``, filed under experiment ``xp`` (core.options.Experiment), with its pruner
+    (``earlybird.pruner``) and weights (``pruning.use_ema``). Returns {(epoch, ratio): ticket
+    path} of the tickets saved."""
+    cfg, layout, doc = xp.cfg, xp.layout, xp.doc
+    pruner = cfg.earlybird.pruner
     if dataset is None and needs_gradients(pruner):
         from datasets import get_dataset
         dataset = get_dataset(cfg, train=True)
@@ -43,7 +42,7 @@ def prune_checkpoints(cfg, exp, doc, checkpoints, ratios, *, save_masks=True,
         model_args, sd = _weights(c, path, cfg)
         if extractor is None:
             extractor = MaskExtractor(model_args, device=device,
-                                      round_to=cfg["pruning"]["round_to"])
+                                      round_to=cfg.pruning.round_to)
         elif model_args != extractor.model_args:
             raise UserError(f"{path}: architecture differs from the first checkpoint's")
         try:
@@ -54,31 +53,33 @@ def prune_checkpoints(cfg, exp, doc, checkpoints, ratios, *, save_masks=True,
         ep = epoch if epoch is not None else c.get("epoch_index")
         if ep is None:
             raise UserError(f"{path}: no epoch in its name or contents; name it ckpt_epE.pth")
-        masks, info = compute_masks(extractor, sd, pruner, ratios, cfg=cfg,
+        masks, info = compute_masks(extractor, sd, pruner, ratios, pruning=cfg.pruning,
                                     diffusion=diffusion, data=data)
         t_mask = time.perf_counter() - t0
         for r, mask in masks.items():
-            meta = mask_meta(extractor, mask, r, pruner, ep, os.path.abspath(path),
-                             cfg["pruning"]["use_ema"], info)
+            meta = mask_meta(extractor, mask, ratio=r, pruner=pruner, epoch=ep,
+                             source=os.path.abspath(path), use_ema=cfg.pruning.use_ema,
+                             info=info)
             if save_masks:
                 save_mask(layout.mask_file(doc, r, pruner, ep), mask, meta)
             if save_models:
                 out = os.path.join(layout.models_dir(doc), model_name) if model_name else \
                     layout.ticket_file(doc, r, pruner, ep)
-                saved[(ep, r)] = save_ticket(extractor, sd, mask, model_args, cfg, meta, out,
+                saved[(ep, r)] = save_ticket(extractor, sd, mask, model_args=model_args, cfg=cfg,
+                                             meta=meta, out_path=out,
                                              log=log)
         if log:
             log(f"{path}: masks at {', '.join(f'{r:g}' for r in ratios)} in {t_mask:.2f}s")
     return saved
 
 
-def save_ticket(extractor, state_dict, mask, model_args, cfg, meta, out_path, log=print):
+def save_ticket(extractor, state_dict, mask, *, model_args, cfg, meta, out_path, log=print):
     """Prune and save a ticket: state dict + pruning history, no pickled module."""
     p0, m0 = extractor.dense_cost
     pruned, history = extractor.prune(state_dict, mask)
     p1, m1 = count_params_macs(pruned, model_args)
     pruning = dict(meta, history=history, params=p1, macs=m1, dense_params=p0, dense_macs=m0)
-    state = ck.make_checkpoint(model=ck.cpu_state_dict(pruned), config=cfg,
+    state = ck.make_checkpoint(model=ck.cpu_state_dict(pruned), config=cfg.as_dict(),
                                model_args=model_args, pruning=pruning)
     atomic_save(state, out_path)
     if log:
@@ -88,28 +89,28 @@ def save_ticket(extractor, state_dict, mask, model_args, cfg, meta, out_path, lo
     return out_path
 
 
-def ticket_for(cfg, exp, doc, ratio, epoch, *, log=None):
-    """The pruned ticket of dense run ``doc`` at ``ratio`` from ckpt_ep{epoch}: pruned (with
+def ticket_for(xp, ratio, epoch, *, log=None):
+    """The pruned ticket of dense run ``xp.doc`` at ``ratio`` from ckpt_ep{epoch}: pruned (with
     its mask) on first use, reused after. Returns its path."""
-    layout = Layout(exp)
-    out = layout.ticket_file(doc, ratio, cfg["earlybird"]["pruner"], epoch)
+    cfg, layout, doc = xp.cfg, xp.layout, xp.doc
+    out = layout.ticket_file(doc, ratio, cfg.earlybird.pruner, epoch)
     if os.path.isfile(out):
         kept = (ck.load_checkpoint(out).get("pruning") or {}).get("round_to", 0)
-        if kept == cfg["pruning"]["round_to"]:
+        if kept == cfg.pruning.round_to:
             return out
         if log:
             log(f"{out}: pruned with round_to {kept}, the config says "
-                f"{cfg['pruning']['round_to']}: pruned again")
+                f"{cfg.pruning.round_to}: pruned again")
     src = weights_of_epoch(layout, doc, epoch)
     if src is None:
         raise UserError(f"ratio {ratio:g}: no checkpoint of epoch {epoch} in "
                         f"{layout.run_dir(doc)} (dense training must reach epoch {epoch}, and "
                         f"training.epoch_ckpt / epoch_ckpt_until must keep it)")
     # the mask is saved too, unless that epoch's mask exists already (online masks equal it)
-    have_mask = _mask_round_to(layout.mask_file(doc, ratio, cfg["earlybird"]["pruner"],
-                                                epoch)) == cfg["pruning"]["round_to"]
-    prune_checkpoints(cfg, exp, doc, [(epoch, src)], [ratio], save_masks=not have_mask,
-                      save_models=True, log=log)
+    have_mask = _mask_round_to(layout.mask_file(doc, ratio, cfg.earlybird.pruner,
+                                                epoch)) == cfg.pruning.round_to
+    prune_checkpoints(xp, [(epoch, src)], [ratio], save_masks=not have_mask, save_models=True,
+                      log=log)
     return out
 
 

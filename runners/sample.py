@@ -1,4 +1,4 @@
-"""Sampling to a folder (DESIGN.md steps 6-7): one seed per image, ``{index:06d}.png``, so
+"""Sampling to a folder (docs/design.md, steps 6-7): one seed per image, ``{index:06d}.png``, so
 sampling shards and resumes exactly, plus a grid PNG. Works with a checkpoint or a stitched
 TA-EB ticket manifest."""
 import hashlib
@@ -13,10 +13,10 @@ from tqdm import tqdm
 from datasets import inverse_data_transform
 from models.diffusion import Diffusion, sample_images, timestep_sequence
 from models.stitched import StitchedTickets
-from runners import checkpoint as ck
-from runners.device import autocast_for, dist_setup, select_device, use_channels_last
-from runners.layout import Layout, sample_grid_of
-from runners.tickets import load_manifest
+from core import checkpoint as ck
+from core.device import autocast_for, dist_setup, select_device, use_channels_last
+from core.layout import Layout, sample_grid_of
+from core.regions import load_manifest
 from utils.errors import UserError
 from utils.io import atomic_write_json
 
@@ -38,7 +38,7 @@ def weights_fingerprint(model):
 def load_sampling_model(cfg, opts, device):
     """(network, what it is) to sample with: a checkpoint (--restore_from / the run's latest)
     or stitched tickets. What it is: checkpoint paths, their steps, a hash of the weights."""
-    T = cfg["diffusion"]["num_diffusion_timesteps"]
+    T = cfg.diffusion.num_diffusion_timesteps
     if opts.tickets:
         tickets, regions, sources = [], [], []
         for t in load_manifest(opts.tickets, T):
@@ -53,17 +53,16 @@ def load_sampling_model(cfg, opts, device):
         c = ck.load_checkpoint(path)
         args = c.get("model_args")
         if args is None:
-            from models.unet import model_args_from_config
-            args = model_args_from_config(cfg)
+            args = cfg.unet_kwargs()
         else:
             diff = ck.architecture_differences(cfg, args)
             if diff:
                 print(f"note: {path} holds another network than the config's model section "
                       f"({', '.join(diff)}); sampling the checkpoint's network")
         model = ck.model_from_checkpoint(c, path, opts.use_ema, model_args=args)
-        if args["in_channels"] != cfg["data"]["channels"]:
+        if args["in_channels"] != cfg.data.channels:
             raise UserError(f"{path}: network takes {args['in_channels']} channels, "
-                            f"data.channels is {cfg['data']['channels']}")
+                            f"data.channels is {cfg.data.channels}")
         sources = [{"checkpoint": os.path.abspath(path), "step": c.get("step")}]
     about = {"sources": sources, "use_ema": bool(opts.use_ema),
              "weights_sha256": weights_fingerprint(model)}
@@ -75,9 +74,9 @@ def load_sampling_model(cfg, opts, device):
 
 def sampler_settings(cfg):
     """The sampler keyword arguments of a config's ``sampling`` section."""
-    s = cfg["sampling"]
-    return dict(timesteps=s["timesteps"], skip_type=s["skip_type"],
-                sample_type=s["sample_type"], eta=s["eta"])
+    s = cfg.sampling
+    return dict(timesteps=s.timesteps, skip_type=s.skip_type,
+                sample_type=s.sample_type, eta=s.eta)
 
 
 def image_noise(index, shape, seed):
@@ -148,22 +147,23 @@ def sample_to_folder(model, cfg, folder, n_samples, *, device, timesteps, skip_t
     settings, the seed and the number of network evaluations per image. With ``world``
     processes (torchrun) process ``rank`` draws the images i with i % world == rank; every
     image has its own seeds, so the folder is the same for any number of processes."""
-    d, s = cfg["data"], cfg["sampling"]
-    seed = s["seed"] if seed is None else seed
-    batch_size = batch_size or s["batch_size"]
-    nfe = len(timestep_sequence(skip_type, timesteps, cfg["diffusion"]["num_diffusion_timesteps"]))
+    d, s = cfg.data, cfg.sampling
+    seed = s.seed if seed is None else seed
+    batch_size = batch_size or s.batch_size
+    nfe = len(timestep_sequence(skip_type, timesteps, cfg.diffusion.num_diffusion_timesteps))
     meta = {"model": about or {}, "timesteps": timesteps, "skip_type": skip_type,
             "sample_type": sample_type, "eta": eta, "seed": seed, "nfe": nfe,
-            "image_shape": [d["channels"], d["image_size"], d["image_size"]]}
+            "image_shape": [d.channels, d.image_size, d.image_size]}
     if rank == 0:
         prepare_folder(folder, meta, start_over)
     _barrier(world)
     todo = [i for i in range(rank, n_samples, world)
             if not os.path.isfile(os.path.join(folder, f"{i:06d}.png"))]
-    diffusion = Diffusion(cfg["diffusion"], device)
+    diffusion = Diffusion(**vars(cfg.diffusion), device=device)
     autocast = autocast_for(cfg, device)
-    shape = (d["channels"], d["image_size"], d["image_size"])
-    bar = tqdm(total=len(todo), desc="sampling", disable=not progress, dynamic_ncols=True)
+    shape = (d.channels, d.image_size, d.image_size)
+    bar = tqdm(total=len(todo), desc="sampling", disable=None if progress else True,
+               dynamic_ncols=True)
     for b in range(0, len(todo), batch_size):
         idx = todo[b:b + batch_size]
         noise = torch.stack([image_noise(i, shape, seed) for i in idx]).to(device)
@@ -189,7 +189,7 @@ def _barrier(world):
 
 def write_grid(folder, path, n=64, title=None):
     """A titled grid of the first n images of a sample folder."""
-    from runners.plots import save_sample_grid
+    from runners.grids import save_sample_grid
     files = _images_in(folder)[:n]
     if not files:
         return None
@@ -212,7 +212,7 @@ def run_sampling(cfg, opts):
     device = select_device(opts.device)
     rank, world = dist_setup(device)
     model, about = load_sampling_model(cfg, opts, device)
-    n = cfg["sampling"]["n_samples"]
+    n = cfg.sampling.n_samples
     written = sample_to_folder(model, cfg, opts.image_folder, n, device=device, about=about,
                                start_over=opts.ni, rank=rank, world=world,
                                progress=rank == 0 and opts.verbosity != "quiet",

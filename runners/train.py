@@ -1,4 +1,4 @@
-"""The training loop (DESIGN.md steps 1, 4, 5): dense training, EB-ticket fine-tuning and
+"""The training loop (docs/design.md, steps 1, 4, 5): dense training, EB-ticket fine-tuning and
 region-restricted TA-EB ticket fine-tuning are the same loop on different networks.
 
 Read in order: ``build_run`` decides which network and from where (resume > pruned ticket >
@@ -25,32 +25,31 @@ from datasets import BatchStream, get_dataset, inverse_data_transform
 from models.diffusion import Diffusion, alphas_cumprod_f64, sample_images
 from models.ema import EMA
 from models.resample import make_timestep_sampler
-from models.unet import model_args_from_config
-from runners import checkpoint as ck
-from runners import ckpt_policy as policy
-from runners.config import dump_config
-from runners.device import (autocast_for, configure_device, dist_setup, rng_state,
+from core import checkpoint as ck
+from core import ckpt_policy as policy
+from core.config import dump_config
+from core.device import (autocast_for, configure_device, dist_setup, rng_state,
                             select_device, set_rng_state, training_rng_untouched,
                             use_channels_last)
-from runners.layout import Layout
-from runners.runlog import (RunLog, append_jsonl, archive, interrupted_cost,
-                            keep_costs_before)
+from core.layout import Layout
+from core.runlog import (RunLog, append_jsonl, archive, interrupted_cost,
+                         keep_costs_before, training_flops)
 from utils.errors import UserError
 from utils.io import atomic_save, atomic_write_text
 
 
 def make_optimizer(cfg, params, device):
-    o = cfg["optim"]
+    o = cfg.optim
     fast = {}
-    if cfg["fast"]["fused_optimizer"] and o["optimizer"] in ("Adam", "AdamW"):
+    if cfg.fast.fused_optimizer and o.optimizer in ("Adam", "AdamW"):
         fast = {"fused": True} if device.type == "cuda" else {"foreach": True}
-    if o["optimizer"] in ("Adam", "AdamW"):
-        cls = torch.optim.Adam if o["optimizer"] == "Adam" else torch.optim.AdamW
-        return cls(params, lr=o["lr"], weight_decay=o["weight_decay"],
-                   betas=(o["beta1"], 0.999), amsgrad=o["amsgrad"], eps=o["eps"], **fast)
-    if o["optimizer"] == "RMSProp":
-        return torch.optim.RMSprop(params, lr=o["lr"], weight_decay=o["weight_decay"])
-    return torch.optim.SGD(params, lr=o["lr"], momentum=0.9)
+    if o.optimizer in ("Adam", "AdamW"):
+        cls = torch.optim.Adam if o.optimizer == "Adam" else torch.optim.AdamW
+        return cls(params, lr=o.lr, weight_decay=o.weight_decay,
+                   betas=(o.beta1, 0.999), amsgrad=o.amsgrad, eps=o.eps, **fast)
+    if o.optimizer == "RMSProp":
+        return torch.optim.RMSprop(params, lr=o.lr, weight_decay=o.weight_decay)
+    return torch.optim.SGD(params, lr=o.lr, momentum=0.9)
 
 
 class _StopFlag:
@@ -92,7 +91,7 @@ class Source:
 def _refuse_other_architecture(cfg, model_args, source, what):
     diff = ck.architecture_differences(cfg, model_args)
     if diff:
-        shown = ", ".join(f"{k} (config {model_args_from_config(cfg)[k]!r}, checkpoint "
+        shown = ", ".join(f"{k} (config {cfg.unet_kwargs()[k]!r}, checkpoint "
                           f"{model_args[k]!r})" for k in diff)
         raise UserError(f"{source}: cannot {what} with another architecture: {shown}")
 
@@ -123,8 +122,8 @@ def resolve_source(cfg, opts, layout):
             _refuse_other_architecture(cfg, rs["model_args"], opts.restore_from, "train on")
         if rs.get("pruning"):
             return Source(rs["model_args"], rs["pruning"], sd, opts.restore_from)
-        return Source(model_args_from_config(cfg), None, sd, opts.restore_from)
-    return Source(model_args_from_config(cfg))
+        return Source(cfg.unet_kwargs(), None, sd, opts.restore_from)
+    return Source(cfg.unet_kwargs())
 
 
 @dataclass
@@ -146,42 +145,42 @@ class RunState:
             ema=ck.cpu_state_dict(self.ema.shadow) if self.ema else None,
             optimizer=self.optimizer.state_dict() if with_optimizer else None,
             epochs_done=epochs_done, epoch_index=epochs_done - 1 if epochs_done else None,
-            step=self.step, step_in_epoch=step_in_epoch, config=cfg,
+            step=self.step, step_in_epoch=step_in_epoch, config=cfg.as_dict(),
             model_args=self.source.model_args, pruning=self.source.pruning,
             rng=rng_state(device), ts_range=self.ts_range)
 
 
 def _ts_range(cfg, opts, source):
-    T = cfg["diffusion"]["num_diffusion_timesteps"]
+    T = cfg.diffusion.num_diffusion_timesteps
     lo, hi = opts.ts_range or (source.resume or {}).get("ts_range") or (0, T)
     if not 0 <= lo < hi <= T:
         raise UserError(f"--ts_range {lo} {hi}: expected 0 <= lo < hi <= {T}")
     return int(lo), int(hi)
 
 
-def build_run(cfg, opts, layout, device, rank, world):
+def build_run(cfg, opts, *, layout, device, rank, world):
     """The network, EMA and optimizer of a run, restored or fresh."""
     source = resolve_source(cfg, opts, layout)
     ts_range = _ts_range(cfg, opts, source)
-    if source.model_args["in_channels"] != cfg["data"]["channels"]:
+    if source.model_args["in_channels"] != cfg.data.channels:
         raise UserError(f"the network takes {source.model_args['in_channels']} channels, "
-                        f"data.channels is {cfg['data']['channels']}")
-    torch.manual_seed(cfg["training"]["seed"] + rank)
+                        f"data.channels is {cfg.data.channels}")
+    torch.manual_seed(cfg.training.seed + rank)
     model = ck.build_model(source.model_args, source.pruning)
     if source.weights is not None:
         ck.load_weights(model, source.weights, source.weights_from)
     model.to(device)
     if use_channels_last(cfg, device):
         model = model.to(memory_format=torch.channels_last)
-    m = cfg["model"]
-    ema = EMA(model, m["ema_rate"], foreach=cfg["fast"]["foreach_ema"],
-              warmup=m["ema_warmup"]) if m["ema"] else None
+    m = cfg.model
+    ema = EMA(model, m.ema_rate, foreach=cfg.fast.foreach_ema,
+              warmup=m.ema_warmup) if m.ema else None
     optimizer = make_optimizer(cfg, model.parameters(), device)
     train_model = model
     if world > 1:
         train_model = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None)
-    if cfg["fast"]["compile"]:
+    if cfg.fast.compile:
         train_model = torch.compile(train_model)
     run = RunState(model, train_model, ema, optimizer, source, ts_range)
     r = source.resume
@@ -243,23 +242,24 @@ def train(cfg, opts):
     configure_device(device)
     layout = Layout(opts.exp)
     dataset = get_dataset(cfg, train=True)  # bad data fails before anything on disk changes
-    run = build_run(cfg, opts, layout, device, rank, world)
+    run = build_run(cfg, opts, layout=layout, device=device, rank=rank, world=world)
     disk_line = None
     if rank == 0:
         # the disk check comes before anything on disk changes
         disk_line = policy.check_disk(
             cfg, policy.plan(cfg, policy.state_bytes(run.model), run.start_epoch),
-            layout, opts.doc, fresh=run.source.resume is None)
+            layout=layout, doc=opts.doc, fresh=run.source.resume is None)
         if run.source.resume is not None:
             if run.start_step_in_epoch:  # the steps before the interruption cost too
                 run.carried_cost = interrupted_cost(layout.costs(opts.doc), run.start_epoch)
             keep_costs_before(layout.costs(opts.doc), run.start_epoch)
         elif opts.ni:
             _fresh_start(layout, opts.doc)
-    loop = _make_loop(cfg, opts, layout, device, rank, world, dataset, run)
+    loop = _make_loop(cfg, opts, run, layout=layout, device=device, rank=rank, world=world,
+                      dataset=dataset)
     if disk_line:
         loop.log.info(disk_line)
-    n_epochs = cfg["training"]["n_epochs"]
+    n_epochs = cfg.training.n_epochs
     stopped_by = None
     with _StopFlag() as stop:
         for epoch in range(run.start_epoch, n_epochs):
@@ -315,7 +315,7 @@ def _summary(loop, run):
         lines.append(f"  masks {L.masks_dir(doc)}; early-bird epochs "
                      + ", ".join(f"p={r:g}: {e if e is not None else 'none yet'}"
                                  for r, e in found.items()))
-    if loop.cfg["training"]["sample_every"]:
+    if loop.cfg.training.sample_every:
         lines.append(f"  sample grids {os.path.dirname(L.training_grid(doc, 0))}")
     for line in lines:
         loop.log.say(line)
@@ -330,28 +330,24 @@ def network_macs(source):
                              source.model_args)[1]
 
 
-def training_flops(macs_per_image, images):
-    """The one FLOPs convention of every cost record and report: 2 FLOPs per MAC, and a
-    backward pass costs two forward passes (3 in all), per training image."""
-    return 2 * 3 * macs_per_image * images
-
-
-def _make_loop(cfg, opts, layout, device, rank, world, dataset, run):
-    diffusion = Diffusion(cfg["diffusion"], device)
-    t = cfg["training"]
-    stream = BatchStream(dataset, batch_size=t["batch_size"], seed=t["seed"], device=device,
-                         random_flip=cfg["data"]["random_flip"],
-                         on_device=cfg["data"]["on_device"],
-                         max_on_device_mb=cfg["data"]["max_on_device_mb"],
-                         num_workers=cfg["data"]["num_workers"], rank=rank, world_size=world,
-                         max_steps=t["max_steps_per_epoch"])
+def _make_loop(cfg, opts, run, *, layout, device, rank, world, dataset):
+    diffusion = Diffusion(**vars(cfg.diffusion), device=device)
+    t = cfg.training
+    stream = BatchStream(dataset, batch_size=t.batch_size, seed=t.seed, device=device,
+                         random_flip=cfg.data.random_flip,
+                         on_device=cfg.data.on_device,
+                         max_on_device_mb=cfg.data.max_on_device_mb,
+                         num_workers=cfg.data.num_workers, rank=rank, world_size=world,
+                         max_steps=t.max_steps_per_epoch)
     if len(stream) == 0:
         raise UserError(f"data set has {len(dataset)} images: fewer than one batch per process")
-    if stream.per_rank % t["grad_accum"]:
-        raise UserError(f"training.grad_accum {t['grad_accum']} does not divide the batch of "
+    if stream.per_rank % t.grad_accum:
+        raise UserError(f"training.grad_accum {t.grad_accum} does not divide the batch of "
                         f"each process ({stream.per_rank})")
     log = RunLog(layout.run_log(opts.doc), layout.tb_dir(opts.doc), rank == 0, opts.verbosity)
-    sampler = make_timestep_sampler(cfg, *run.ts_range, alphas_cumprod_f64(cfg["diffusion"]))
+    sampler = make_timestep_sampler(cfg.training.timestep_sampler, *run.ts_range,
+                                    alphas_cumprod=alphas_cumprod_f64(**vars(cfg.diffusion)),
+                                    **vars(cfg.speed))
     loop = Loop(cfg, opts, layout, device, rank, world, diffusion, sampler, stream,
                 autocast_for(cfg, device), log)
     if rank == 0:
@@ -367,15 +363,15 @@ def _make_loop(cfg, opts, layout, device, rank, world, dataset, run):
         log.say(f"{opts.doc}: {layout.run_dir(opts.doc)}, {n_params / 1e6:.3f}M params"
                 f"{' (pruned)' if src.pruning else ''} {origin}; {device}"
                 f"{f' x{world}' if world > 1 else ''}; {len(dataset)} images, "
-                f"{len(stream)} steps/epoch of {t['batch_size']}; epochs {run.start_epoch}.."
-                f"{t['n_epochs'] - 1}; timesteps [{lo}, {hi})")
+                f"{len(stream)} steps/epoch of {t.batch_size}; epochs {run.start_epoch}.."
+                f"{t.n_epochs - 1}; timesteps [{lo}, {hi})")
         if opts.comment:
             log.info(f"comment: {opts.comment}")
-    if cfg["earlybird"]["enabled"] and rank == 0 and not run.source.pruning:
+    if cfg.earlybird.enabled and rank == 0 and not run.source.pruning:
         from runners.earlybird_online import OnlineEarlyBird
         with training_rng_untouched(device):
-            loop.earlybird = OnlineEarlyBird(cfg, run.source.model_args, layout, opts.doc,
-                                             dataset, device)
+            loop.earlybird = OnlineEarlyBird(cfg, run.source.model_args, layout=layout,
+                                             doc=opts.doc, dataset=dataset, device=device)
         loop.earlybird.restore(run.start_epoch)
     return loop
 
@@ -390,17 +386,18 @@ def run_epoch(loop, run, epoch, stop):
     first = run.start_step_in_epoch if epoch == run.start_epoch else 0
     bar = tqdm(loop.stream.epoch(epoch, first), total=len(loop.stream), initial=first,
                desc=f"epoch {epoch}", leave=False, dynamic_ncols=True,
-               disable=loop.rank != 0 or loop.log.verbosity == "quiet")
-    log_every = cfg["training"]["log_every"]
+               # None: off when the output is not a terminal (a log file, a Slurm job's output)
+               disable=True if loop.rank != 0 or loop.log.verbosity == "quiet" else None)
+    log_every = cfg.training.log_every
     channels_last = use_channels_last(cfg, device)
-    total_steps = cfg["training"]["n_epochs"] * len(loop.stream)
+    total_steps = cfg.training.n_epochs * len(loop.stream)
     quartiles = QuartileLoss(loop.diffusion.num_timesteps, device) if loop.rank == 0 else None
     t_log = time.perf_counter()
     for x in bar:
-        loss, gnorm = train_step(run, x, loop.sampler, loop.diffusion, loop.autocast,
-                                 cfg["optim"]["grad_clip"], channels_last,
-                                 grad_accum=cfg["training"]["grad_accum"],
-                                 lr=lr_at(cfg["optim"], run.step, total_steps),
+        loss, gnorm = train_step(run, x, sampler=loop.sampler, diffusion=loop.diffusion,
+                                 autocast=loop.autocast, grad_clip=cfg.optim.grad_clip,
+                                 channels_last=channels_last, grad_accum=cfg.training.grad_accum,
+                                 lr=lr_at(cfg.optim, run.step, total_steps),
                                  quartiles=quartiles)
         loss_sum += loss
         n_steps += 1
@@ -442,27 +439,27 @@ def end_epoch(loop, run, epoch, stats):
             if loop.earlybird is not None:
                 t_eb = time.perf_counter()
                 weights = run.ema.shadow if run.ema is not None and \
-                    cfg["pruning"]["use_ema"] else run.model
+                    cfg.pruning.use_ema else run.model
                 # weights not kept on disk: the tickets found now are pruned now
                 found_all = loop.earlybird.update(
                     epoch, weights, loop.log,
                     save_tickets=not policy.keeps_epoch_file(cfg, epoch))
                 record["earlybird_s"] = time.perf_counter() - t_eb
-                stop_training = found_all and cfg["earlybird"]["stop"]
+                stop_training = found_all and cfg.earlybird.stop
             append_jsonl(layout.costs(doc), record)
             loop.log.scalars({"epoch/loss": stats["loss"], "epoch/wall_s": stats["wall_s"]},
                              epoch)
             loop.log.say(_epoch_line(loop, epoch, stats))
-            every = cfg["training"]["sample_every"]
+            every = cfg.training.sample_every
             full_range = tuple(run.ts_range) == (0, loop.diffusion.num_timesteps)
             # a region ticket alone cannot sample the whole chain: its grid would be noise
             if every and full_range and ((epoch + 1) % every == 0 or
-                                         epoch + 1 == cfg["training"]["n_epochs"] or
+                                         epoch + 1 == cfg.training.n_epochs or
                                          stop_training):
                 grid = sample_grid(cfg, run.ema.shadow if run.ema is not None else run.model,
-                                   loop.diffusion, loop.device,
-                                   layout.training_grid(doc, epoch), loop.autocast,
-                                   title=f"{doc}, epoch {epoch}")
+                                   diffusion=loop.diffusion, device=loop.device,
+                                   path=layout.training_grid(doc, epoch),
+                                   autocast=loop.autocast, title=f"{doc}, epoch {epoch}")
                 loop.log.image("samples", grid, epoch)
         # ckpt.pth last: a kill before this line reruns the epoch, and its records with it
         atomic_save(state, layout.latest_checkpoint(doc))
@@ -506,7 +503,7 @@ def _keep_epoch(loop, state, epoch):
 
 
 def _epoch_line(loop, epoch, stats):
-    n = loop.cfg["training"]["n_epochs"]
+    n = loop.cfg.training.n_epochs
     line = (f"epoch {epoch}/{n - 1}: loss {stats['loss']:.4f}, "
             f"{stats['images'] / max(stats['wall_s'], 1e-9):.0f} img/s, {stats['wall_s']:.1f}s")
     if loop.earlybird is not None:
@@ -520,23 +517,23 @@ def _epoch_line(loop, epoch, stats):
     return line
 
 
-def lr_at(optim_cfg, step, total_steps):
+def lr_at(optim, step, total_steps):
     """The learning rate of optimizer step ``step`` (0-based): linear warm-up over
     ``optim.warmup`` steps, then constant, or cosine / linear decay to ``optim.min_lr`` at the
     last step. A function of the step alone, so resume needs no scheduler state."""
-    lr, warmup = optim_cfg["lr"], optim_cfg["warmup"]
+    lr, warmup = optim.lr, optim.warmup
     if step < warmup:
         return lr * (step + 1) / warmup
-    if optim_cfg["schedule"] == "constant":
+    if optim.schedule == "constant":
         return lr
     p = min(1.0, (step - warmup) / max(1, total_steps - 1 - warmup))
-    lo = optim_cfg["min_lr"]
-    if optim_cfg["schedule"] == "cosine":
+    lo = optim.min_lr
+    if optim.schedule == "cosine":
         return lo + (lr - lo) * 0.5 * (1.0 + math.cos(math.pi * p))
     return lr + (lo - lr) * p
 
 
-def train_step(run, x, sampler, diffusion, autocast, grad_clip, channels_last=False,
+def train_step(run, x, *, sampler, diffusion, autocast, grad_clip, channels_last=False,
                grad_accum=1, lr=None, quartiles=None):
     """One optimizer step over batch x, in ``grad_accum`` micro-batches (the gradient is that of
     the whole batch); returns (loss, grad norm) as device tensors (no host sync)."""
@@ -595,21 +592,21 @@ class QuartileLoss:
         return {f"train/loss_q{i}": s / c for i, (s, c) in enumerate(zip(sums, counts)) if c}
 
 
-def sample_grid(cfg, model, diffusion, device, path, autocast, title=None):
+def sample_grid(cfg, model, *, diffusion, device, path, autocast, title=None):
     """A grid of samples from fixed noise (its own generators, not the training RNG), saved as
     a titled PNG; returns the grid image [C, H, W] in [0, 1]."""
-    from runners.plots import save_sample_grid
-    n = cfg["training"]["grid_samples"]
-    d, s = cfg["data"], cfg["sampling"]
-    g = torch.Generator(device="cpu").manual_seed(s["seed"])
-    noise = torch.randn(n, d["channels"], d["image_size"], d["image_size"], generator=g)
-    step_gen = torch.Generator(device=device).manual_seed(s["seed"] + 1)
+    from runners.grids import save_sample_grid
+    n = cfg.training.grid_samples
+    d, s = cfg.data, cfg.sampling
+    g = torch.Generator(device="cpu").manual_seed(s.seed)
+    noise = torch.randn(n, d.channels, d.image_size, d.image_size, generator=g)
+    step_gen = torch.Generator(device=device).manual_seed(s.seed + 1)
     was_training = model.training
     model.eval()
     x = sample_images(model, diffusion, noise.to(device), generator=step_gen, autocast=autocast,
-                      timesteps=s["timesteps"], skip_type=s["skip_type"],
-                      sample_type=s["sample_type"], eta=s["eta"])
+                      timesteps=s.timesteps, skip_type=s.skip_type,
+                      sample_type=s.sample_type, eta=s.eta)
     model.train(was_training)
     images = inverse_data_transform(x.float().cpu())
     label = f"{title}, " if title else ""
-    return save_sample_grid(images, path, f"{label}{s['timesteps']} {s['skip_type']} steps")
+    return save_sample_grid(images, path, f"{label}{s.timesteps} {s.skip_type} steps")

@@ -7,16 +7,16 @@ import torch
 
 from conftest import run_py, write_config
 from main import main
-from runners.config import load_config
+from core.config import load_config
 from utils.errors import UserError
 
 
 def test_config_found_in_configs_dir_and_overrides_apply():
     cfg = load_config("cifar10.yml", ["training.n_epochs=3", "data.path=/data/imgs",
                                       "model.ch_mult=[1,2]"])
-    assert cfg["training"]["n_epochs"] == 3 and cfg["data"]["path"] == "/data/imgs"
-    assert cfg["model"]["ch_mult"] == [1, 2]
-    assert cfg["model"]["ch"] == 128 and cfg["optim"]["lr"] == 0.0002
+    assert cfg.training.n_epochs == 3 and cfg.data.path == "/data/imgs"
+    assert cfg.model.ch_mult == (1, 2)
+    assert cfg.model.ch == 128 and cfg.optim.lr == 0.0002
 
 
 @pytest.mark.parametrize("changes,needle", [
@@ -67,6 +67,7 @@ def test_empty_and_unreadable_folder_dataset(tmp_path):
         main(["--config", cfg, "--exp", str(tmp_path / "e"), "--doc", "x", "--ni"])
 
 
+@pytest.mark.slow
 def test_folder_dataset_trains(tmp_path):
     from PIL import Image
     import numpy as np
@@ -85,6 +86,7 @@ def _snapshot(folder):
     return {f: os.path.getmtime(os.path.join(folder, f)) for f in sorted(os.listdir(folder))}
 
 
+@pytest.mark.slow
 def test_bad_checkpoints_leave_disk_untouched(trained, tmp_path):
     log = trained["log"]
     before = _snapshot(log)

@@ -23,6 +23,7 @@ def _events(tb_dir, tag):
     return []
 
 
+@pytest.mark.slow
 def test_terminal_lines_fresh_logs_and_grids_in_tensorboard(tmp_path):
     cfg = write_config(tmp_path / "t.yml", TINY, training__sample_every=1,
                        earlybird__enabled=True)
@@ -53,6 +54,7 @@ def test_terminal_lines_fresh_logs_and_grids_in_tensorboard(tmp_path):
     assert res.returncode == 0 and res.stdout.strip() == ""
 
 
+@pytest.mark.slow
 def test_region_ticket_draws_no_grid(trained, tmp_path):
     from main import main
     ticket_exp = str(tmp_path / "e")
@@ -62,6 +64,7 @@ def test_region_ticket_draws_no_grid(trained, tmp_path):
     assert not os.path.isdir(os.path.join(ticket_exp, "logs", "r", "samples"))
 
 
+@pytest.mark.slow
 def test_ctrl_c_says_what_was_saved_and_how_to_resume(tmp_path):
     import signal
     import time
@@ -82,6 +85,7 @@ def test_ctrl_c_says_what_was_saved_and_how_to_resume(tmp_path):
     assert "--ni" not in out.split("resume with:")[1]
 
 
+@pytest.mark.slow
 def test_shell_scripts_use_the_project_environment(tmp_path):
     """A shell whose python is not the project's: the scripts use {repo}/.venv."""
     repo = tmp_path / "repo"
@@ -115,26 +119,30 @@ def test_shell_scripts_use_the_project_environment(tmp_path):
 
 
 def test_learning_rate_warmup_and_schedules():
+    from dataclasses import replace
+
+    from core.config import OptimSettings
     from runners.train import lr_at
-    base = {"lr": 1e-3, "warmup": 10, "schedule": "constant", "min_lr": 1e-5}
+    base = OptimSettings(lr=1e-3, warmup=10, schedule="constant", min_lr=1e-5)
     assert lr_at(base, 0, 100) == pytest.approx(1e-4)
     assert lr_at(base, 4, 100) == pytest.approx(5e-4)
     assert lr_at(base, 9, 100) == pytest.approx(1e-3)
     assert lr_at(base, 99, 100) == 1e-3
-    cos = dict(base, schedule="cosine")
+    cos = replace(base, schedule="cosine")
     assert lr_at(cos, 10, 100) == pytest.approx(1e-3)
     assert lr_at(cos, 99, 100) == pytest.approx(1e-5)
     mid = 10 + (99 - 10) / 2
     assert lr_at(cos, int(mid), 100) == pytest.approx(1e-5 + (1e-3 - 1e-5) * 0.5 * (
         1 + __import__("math").cos(__import__("math").pi * (int(mid) - 10) / 89)))
-    lin = dict(base, schedule="linear", warmup=0)
+    lin = replace(base, schedule="linear", warmup=0)
     assert lr_at(lin, 0, 101) == pytest.approx(1e-3)
     assert lr_at(lin, 50, 101) == pytest.approx((1e-3 + 1e-5) / 2)
     assert lr_at(lin, 100, 101) == pytest.approx(1e-5)
-    seed_default = {"lr": 2e-4, "warmup": 0, "schedule": "constant", "min_lr": 0.0}
+    seed_default = OptimSettings()
     assert all(lr_at(seed_default, s, 1000) == 2e-4 for s in (0, 1, 999))
 
 
+@pytest.mark.slow
 def test_gradient_accumulation_gives_the_big_batch_gradient():
     import types
     from models.diffusion import Diffusion
@@ -147,7 +155,7 @@ def test_gradient_accumulation_gives_the_big_batch_gradient():
     torch.manual_seed(0)
     base = UNet(**args)
     x = torch.rand(8, 1, 8, 8) * 2 - 1
-    diff = Diffusion({"beta_schedule": "linear", "beta_start": 1e-4, "beta_end": 0.02,
+    diff = Diffusion(**{"beta_schedule": "linear", "beta_start": 1e-4, "beta_end": 0.02,
                       "num_diffusion_timesteps": 100})
     grads, losses = [], []
     for accum in (1, 2, 4):
@@ -155,8 +163,8 @@ def test_gradient_accumulation_gives_the_big_batch_gradient():
         opt = torch.optim.SGD(model.parameters(), lr=0.0)
         run = types.SimpleNamespace(model=model, train_model=model, optimizer=opt, ema=None)
         torch.manual_seed(5)
-        loss, _ = train_step(run, x, AntitheticSampler(0, 100), diff, nullcontext, 0.0,
-                             grad_accum=accum)
+        loss, _ = train_step(run, x, sampler=AntitheticSampler(0, 100), diffusion=diff,
+                             autocast=nullcontext, grad_clip=0.0, grad_accum=accum)
         losses.append(loss.item())
         grads.append(torch.cat([p.grad.flatten() for p in model.parameters()]))
     for g, loss in zip(grads[1:], losses[1:]):
@@ -168,7 +176,7 @@ def test_skip_bad_images_counts_what_it_skips(tmp_path, capsys):
     import numpy as np
     from PIL import Image
     from datasets import get_dataset
-    from runners.config import validate
+    from core.config import validate
     from utils.errors import UserError
     folder = tmp_path / "imgs"
     folder.mkdir()
@@ -188,6 +196,7 @@ def test_skip_bad_images_counts_what_it_skips(tmp_path, capsys):
     assert err.count("warning") == 1
 
 
+@pytest.mark.slow
 def test_sharded_sampling_equals_one_process_for_every_sampler(trained, tmp_path):
     """torchrun with 2 gloo processes and batch 3 writes the same PNGs as one process with
     batch 16: every image has its own seeds."""
@@ -205,3 +214,22 @@ def test_sharded_sampling_equals_one_process_for_every_sampler(trained, tmp_path
         for i in range(7):
             a = (one / f"{i:06d}.png").read_bytes()
             assert a == (two / f"{i:06d}.png").read_bytes(), (name, i)
+
+
+def test_shell_scripts_ask_the_layout_module_for_paths(tmp_path):
+    from core.layout import Layout, eb_doc
+    L = Layout(str(tmp_path))
+    for args, want in [(["ticket_file", "c10", "0.3", "magnitude", "7"],
+                        L.ticket_file("c10", 0.3, "magnitude", 7)),
+                       (["masks_dir", "c10"], L.masks_dir("c10")),
+                       (["eb_doc", "c10", "0.3"], eb_doc("c10", 0.3))]:
+        res = run_py(["earlybird_scripts/layout_path.py", "--exp", str(tmp_path)] + args)
+        assert res.returncode == 0 and res.stdout.strip() == want, res.stderr
+    res = run_py(["earlybird_scripts/layout_path.py", "rm_rf", "x"])
+    assert res.returncode == 2 and "not a layout path" in res.stderr
+    for script in ("prune_commands.sh", "finetune_commands.sh", "sample_commands.sh",
+                   "cal_fid.sh"):
+        text = open(os.path.join(ROOT, script)).read()
+        body = "\n".join(line for line in text.splitlines() if not line.lstrip().startswith("#"))
+        for folder in ("/logs/", "/pruned/", "/samples/", "/tickets/"):
+            assert folder not in body, (script, folder)

@@ -22,7 +22,7 @@ def test_linear_schedule_values():
 
 
 def test_q_sample_closed_form():
-    d = Diffusion(CFG)
+    d = Diffusion(**CFG)
     x0, noise = torch.randn(4, 3, 8, 8), torch.randn(4, 3, 8, 8)
     t = torch.tensor([0, 10, 500, 999])
     abar = np.cumprod(1 - np.linspace(1e-4, 0.02, 1000))
@@ -33,7 +33,7 @@ def test_q_sample_closed_form():
 
 
 def test_loss_is_sum_over_pixels_mean_over_batch():
-    d = Diffusion(CFG)
+    d = Diffusion(**CFG)
     x0, noise = torch.randn(5, 3, 4, 4), torch.randn(5, 3, 4, 4)
     t = torch.randint(0, 1000, (5,))
     zero = lambda x, t: torch.zeros_like(x)  # noqa: E731
@@ -70,7 +70,7 @@ def _point_mass_oracle(d, x_star):
 
 
 def test_ddim_eta0_deterministic_and_recovers_x0_with_exact_oracle():
-    d = Diffusion(CFG)
+    d = Diffusion(**CFG)
     x_star = torch.randn(1, 1, 4, 4).clamp(-1, 1)
     eps = _point_mass_oracle(d, x_star)
     noise = torch.randn(3, 1, 4, 4, generator=torch.Generator().manual_seed(0))
@@ -82,7 +82,7 @@ def test_ddim_eta0_deterministic_and_recovers_x0_with_exact_oracle():
 
 
 def test_ddpm_sampler_with_oracle_lands_on_x0():
-    d = Diffusion(CFG)
+    d = Diffusion(**CFG)
     x_star = torch.randn(1, 1, 4, 4).clamp(-1, 1)
     eps = _point_mass_oracle(d, x_star)
     noise = torch.randn(2, 1, 4, 4)

@@ -8,8 +8,8 @@ import pytest
 from conftest import run_py
 from models.earlybird import (EarlyBirdDetector, MaskMismatch, find_earlybird, hamming,
                               overlap_matrix)
-from runners.layout import mask_stem
-from runners.masks import save_mask
+from core.layout import mask_stem
+from runners.masks import load_mask_series, save_mask
 
 
 def test_hamming():
@@ -72,6 +72,7 @@ def _write_series(folder, masks, ratio=0.3, pruner="magnitude"):
                   {"epoch": e})
 
 
+@pytest.mark.slow
 def test_find_earlybird_cli(tmp_path):
     _write_series(tmp_path, _sequence(20, 6))
     res = run_py(["earlybird_scripts/find_earlybird.py", "--mask_dir", str(tmp_path),
@@ -92,6 +93,7 @@ def test_find_earlybird_cli(tmp_path):
     assert os.path.getsize(tmp_path / "distances-magnitude.png") > 1000
 
 
+@pytest.mark.slow
 def test_find_earlybird_cli_no_ticket(tmp_path):
     _write_series(tmp_path, _sequence(8, 100))
     res = run_py(["earlybird_scripts/find_earlybird.py", "--mask_dir", str(tmp_path),
@@ -99,6 +101,7 @@ def test_find_earlybird_cli_no_ticket(tmp_path):
     assert res.returncode == 0 and "no early-bird ticket in epochs 0..7" in res.stdout
 
 
+@pytest.mark.slow
 def test_find_earlybird_bad_inputs(tmp_path):
     empty = tmp_path / "empty"
     empty.mkdir()
@@ -117,10 +120,28 @@ def test_find_earlybird_bad_inputs(tmp_path):
     assert res.returncode == 2 and "entries" in res.stderr
 
 
-def test_online_earlybird_record(trained):
+@pytest.mark.slow
+def test_online_earlybird_record_equals_the_offline_analysis(trained, tmp_path):
+    """The masks, distances and EB epochs the detector wrote during training are what
+    prune.py + the FIFO rule give afterwards from the per-epoch checkpoints."""
     rec = json.load(open(os.path.join(trained["log"], "earlybird.json")))
-    assert set(rec["ratios"]) == {"0.3", "0.5"}
-    for r in rec["ratios"].values():
-        assert set(r["max_distance"]) == {"0", "1", "2", "3"}
-    masks = os.listdir(os.path.join(trained["exp"], "pruned", "tiny", "masks"))
-    assert len([m for m in masks if m.endswith(".npy")]) == 8
+    assert set(rec["ratios"]) == {"0.3", "0.5"} and rec["window"] == 2
+    online_dir = os.path.join(trained["exp"], "pruned", "tiny", "masks")
+    res = run_py(["earlybird_scripts/prune.py", "--config", trained["cfg"], "--exp",
+                  str(tmp_path), "--doc", "tiny", "--use_ema", "--restore_from", trained["log"],
+                  "--pruning_ratio", "0.3", "0.5", "--save_masks", "--quiet"])
+    assert res.returncode == 0, res.stderr
+    offline_dir = os.path.join(str(tmp_path), "pruned", "tiny", "masks")
+    for ratio in ("0.3", "0.5"):
+        online = load_mask_series(online_dir, float(ratio), "magnitude", doc="tiny")
+        offline = load_mask_series(offline_dir, float(ratio), "magnitude", doc="tiny")
+        assert [e for e, _ in offline] == [0, 1, 2, 3]
+        assert all(np.array_equal(a, b) for (_, a), (_, b) in zip(online, offline))
+        det = EarlyBirdDetector(rec["window"], rec["threshold"])
+        for e, m in offline:
+            det.push(e, m)
+        want = {str(e): d for e, d, _ in det.history}
+        assert rec["ratios"][ratio]["max_distance"] == want
+        assert any(v is not None and v > 0 for v in want.values())  # masks moved
+        eb, _ = find_earlybird(offline, window=rec["window"], threshold=rec["threshold"])
+        assert rec["ratios"][ratio]["eb_epoch"] == eb

@@ -6,14 +6,14 @@ import os
 import pytest
 
 from conftest import pipeline_config, run_py
-from runners.evidence import (Speedup, best_equal_ratio, cost_to_reach, critical_and_total,
+from evaluation.evidence import (Speedup, best_equal_ratio, cost_to_reach, critical_and_total,
                               equal_quality_speedup, mean_std, sampling_average_macs, verdict)
 
 
 def test_cost_records_carry_training_flops_by_hand_count(trained):
     from models.pruning import count_params_macs
     from models.unet import UNet
-    from runners.checkpoint import load_checkpoint
+    from core.checkpoint import load_checkpoint
     args = load_checkpoint(os.path.join(trained["log"], "ckpt.pth"))["model_args"]
     _, macs = count_params_macs(UNet(**args), args)
     costs = [json.loads(line) for line in open(os.path.join(trained["log"], "costs.jsonl"))]
@@ -57,6 +57,7 @@ def test_verdicts():
     assert mean_std([1.0, 3.0]) == (2.0, pytest.approx(2 ** 0.5))
 
 
+@pytest.mark.slow
 def test_study_on_tiny_settings(tmp_path):
     path = pipeline_config(tmp_path / "s.yml", 2)
     out = tmp_path / "page" / "tiny.md"

@@ -2,6 +2,7 @@
 import copy
 import os
 
+import pytest
 import torch
 
 from conftest import ROOT, run_py
@@ -65,6 +66,7 @@ def test_on_device_batches_equal_dataloader_batches():
     assert allx.min() >= -1 and allx.max() <= 1
 
 
+@pytest.mark.slow
 def test_bench_suite_smoke():
     for script in ("suite.py", "train_step.py", "ticket_speed.py", "mask_overhead.py"):
         res = run_py([os.path.join(ROOT, "bench", script), "--smoke", "--device", "cpu"],
@@ -78,6 +80,7 @@ def test_bench_suite_smoke():
     assert "dense" in summary and "ticket 0.5" in summary and "aten::" in res.stdout
 
 
+@pytest.mark.slow
 def test_gpu_check_falls_back_on_cpu(tmp_path):
     import subprocess
     env = dict(os.environ, OUT=str(tmp_path), CUDA_VISIBLE_DEVICES="", OMP_NUM_THREADS="1")
@@ -93,7 +96,7 @@ def test_bf16_autocast_loss_and_grads_close_to_fp32():
     from models.diffusion import Diffusion
     torch.manual_seed(0)
     model = UNet(**ARGS)
-    d = Diffusion({"beta_schedule": "linear", "beta_start": 1e-4, "beta_end": 0.02,
+    d = Diffusion(**{"beta_schedule": "linear", "beta_start": 1e-4, "beta_end": 0.02,
                    "num_diffusion_timesteps": 100})
     x = torch.rand(16, 1, 8, 8) * 2 - 1
     t = torch.randint(0, 100, (16,), generator=torch.Generator().manual_seed(1))

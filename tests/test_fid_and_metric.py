@@ -7,7 +7,7 @@ import torch
 
 from conftest import run_py
 from utils.errors import UserError
-from runners.fid import (feature_statistics, frechet_distance, list_images,
+from evaluation.fid import (feature_statistics, frechet_distance, list_images,
                          reference_statistics)
 
 
@@ -49,7 +49,7 @@ def test_sample_folder_checks(tmp_path):
 
 
 def test_statistics_cache_is_reused(tmp_path, monkeypatch):
-    import runners.fid as fid
+    import evaluation.fid as fid
     calls = []
 
     def fake_stats(files, model, **kw):
@@ -64,6 +64,7 @@ def test_statistics_cache_is_reused(tmp_path, monkeypatch):
     assert calls == [3] and mu.shape == (4,)
 
 
+@pytest.mark.slow
 def test_pytorch_fid_pipeline_with_random_inception_weights(tmp_path):
     """A pipeline test of the real pytorch-fid path (random Inception weights stand in for the
     downloaded ones, so the number is not a quality measure)."""
@@ -85,8 +86,9 @@ def test_pytorch_fid_pipeline_with_random_inception_weights(tmp_path):
     assert res.returncode == 2 and "statistics file not found" in res.stderr
 
 
+@pytest.mark.slow
 def test_digits_metric_is_meaningful(trained, tmp_path):
-    from runners.digits_metric import evaluate, load_folder, real_digits
+    from evaluation.digits_metric import evaluate, load_folder, real_digits
     cache = str(tmp_path)
     x_train, _ = real_digits(8, train=True)
     real = evaluate(x_train[:300], 8, cache)

@@ -57,7 +57,7 @@ def test_beta_schedule_matches_reference(samplers):
     ours = get_beta_schedule("linear", beta_start=1e-4, beta_end=0.02,
                              num_diffusion_timesteps=1000)
     np.testing.assert_allclose(ours, samplers["betas.linear_f64"], rtol=0, atol=1e-15)
-    d = Diffusion(LINEAR)
+    d = Diffusion(**LINEAR)
     assert torch.equal(d.betas, torch.from_numpy(samplers["betas.runner_f32"]))
 
 
@@ -75,7 +75,7 @@ def test_timestep_sequences_match_reference(samplers):
                                       ("x0.ddim_eta0_quad10", "seq.quad10")])
 def test_ddim_eta0_matches_reference(unet, samplers, key, skip):
     model, _ = unet
-    d = Diffusion(LINEAR)
+    d = Diffusion(**LINEAR)
     x = generalized_steps(model, torch.from_numpy(samplers["x_T"]), samplers[skip].tolist(),
                           d.alphas_cumprod, eta=0.0)
     torch.testing.assert_close(x, torch.from_numpy(samplers[key]), rtol=2e-4, atol=2e-4)
@@ -87,7 +87,7 @@ def _replay(noise):
 
 def test_ddim_eta1_with_replayed_noise_matches_reference(unet, samplers):
     model, _ = unet
-    d = Diffusion(LINEAR)
+    d = Diffusion(**LINEAR)
     x = generalized_steps(model, torch.from_numpy(samplers["x_T"]),
                           samplers["seq.uniform10"].tolist(), d.alphas_cumprod, eta=1.0,
                           step_noise=_replay(samplers["noise.uniform10"]))
@@ -97,7 +97,7 @@ def test_ddim_eta1_with_replayed_noise_matches_reference(unet, samplers):
 
 def test_ddpm_with_replayed_noise_matches_reference(unet, samplers):
     model, _ = unet
-    d = Diffusion(LINEAR)
+    d = Diffusion(**LINEAR)
     used = []
 
     def replay(k, x):
@@ -112,7 +112,7 @@ def test_ddpm_with_replayed_noise_matches_reference(unet, samplers):
 
 def test_eps_loss_matches_reference(unet, samplers):
     model, z = unet
-    d = Diffusion(LINEAR)
+    d = Diffusion(**LINEAR)
     x0, t = torch.from_numpy(z["input.x"]), torch.from_numpy(z["input.t"])
     e = torch.from_numpy(samplers["loss.e"])
     with torch.no_grad():

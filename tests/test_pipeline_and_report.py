@@ -2,10 +2,13 @@
 import os
 import shutil
 
+import pytest
+
 from conftest import pipeline_config, run_py
-from runners.report import write_report
+from evaluation.report import write_report
 
 
+@pytest.mark.slow
 def test_report_marks_missing_stages(trained, tmp_path):
     exp = tmp_path / "exp"
     shutil.copytree(trained["log"], exp / "logs" / "tiny")
@@ -21,6 +24,7 @@ def test_report_marks_missing_stages(trained, tmp_path):
     assert res.returncode == 2 and "no dense training run" in res.stderr
 
 
+@pytest.mark.slow
 def test_whole_pipeline_shortened(tmp_path):
     path = pipeline_config(tmp_path / "pipe.yml", 4)
     exp = str(tmp_path / "runs")

@@ -9,7 +9,7 @@ import torch
 from conftest import run_py
 from models.pruning import MaskExtractor, count_params_macs, kept_channels
 from models.unet import UNet
-from runners.checkpoint import load_checkpoint, model_from_checkpoint
+from core.checkpoint import load_checkpoint, model_from_checkpoint
 from utils.errors import UserError
 
 ARGS = dict(in_channels=3, out_ch=3, ch=64, ch_mult=[1, 2, 2], num_res_blocks=1,
@@ -74,7 +74,7 @@ def test_taylor_and_random_masks(extractor):
     from models.diffusion import Diffusion
     ex, sd = extractor
     ex.load_weights(sd)
-    diff = Diffusion({"beta_schedule": "linear", "beta_start": 1e-4, "beta_end": 0.02,
+    diff = Diffusion(**{"beta_schedule": "linear", "beta_start": 1e-4, "beta_end": 0.02,
                       "num_diffusion_timesteps": 100})
     x = torch.rand(4, 3, 16, 16) * 2 - 1
     with pytest.raises(ValueError, match="needs a batch of real data"):
@@ -90,6 +90,7 @@ def test_taylor_and_random_masks(extractor):
     assert not np.array_equal(r, mag)
 
 
+@pytest.mark.slow
 def test_prune_cli_saves_mask_sidecar_and_loadable_ticket(trained, tmp_path):
     ck = os.path.join(trained["log"], "ckpt_ep3.pth")
     res = run_py(["earlybird_scripts/prune.py", "--config", trained["cfg"], "--exp",
@@ -116,6 +117,31 @@ def test_prune_cli_saves_mask_sidecar_and_loadable_ticket(trained, tmp_path):
     assert out.shape == x.shape and all(p.grad is not None for p in model.parameters())
 
 
+@pytest.mark.slow
+def test_gradient_pruners_rank_trained_channels_differently_from_magnitude(trained, tmp_path):
+    """Taylor and Diff-Pruning masks of trained weights, made through prune.py and the config,
+    differ from the magnitude mask (a silent fallback to magnitude would give the same one)
+    and from each other, at the same pruned fraction; the JSON records what each read."""
+    ck = os.path.join(trained["log"], "ckpt_ep3.pth")
+    masks = {}
+    for pruner in ("magnitude", "taylor", "diff-pruning"):
+        res = run_py(["earlybird_scripts/prune.py", "--config", trained["cfg"], "--exp",
+                      str(tmp_path), "--doc", "tiny", "--use_ema", "--restore_from", ck,
+                      "--pruner", pruner, "--pruning_ratio", "0.5", "--save_masks", "--quiet",
+                      "--override", "pruning.diff_stride=10", "pruning.taylor_steps=4"])
+        assert res.returncode == 0, res.stderr
+        stem = tmp_path / "pruned" / "tiny" / "masks" / f"tiny_pruned-0.5-{pruner}-3"
+        masks[pruner] = np.load(f"{stem}.npy")
+        meta = json.load(open(f"{stem}.json"))
+        assert meta["pruner"] == pruner
+        if pruner == "diff-pruning":
+            assert meta["timesteps"][0] == 0 and all(t % 10 == 0 for t in meta["timesteps"])
+    mag, tay, dp = masks["magnitude"], masks["taylor"], masks["diff-pruning"]
+    assert mag.mean() == tay.mean() == dp.mean()
+    assert (mag != tay).mean() > 0.05 and (mag != dp).mean() > 0.05 and (tay != dp).any()
+
+
+@pytest.mark.slow
 def test_prune_many_checkpoints_one_process(trained, tmp_path):
     res = run_py(["earlybird_scripts/prune.py", "--config", trained["cfg"], "--exp",
                   str(tmp_path), "--doc", "tiny", "--use_ema", "--restore_from", trained["log"],

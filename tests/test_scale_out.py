@@ -9,9 +9,9 @@ import torch
 
 from conftest import TINY, write_config
 from main import main
-from runners import ckpt_policy
-from runners.config import load_config
-from runners.layout import Layout
+from core import ckpt_policy
+from core.config import load_config
+from core.layout import Layout
 from utils.errors import UserError
 
 
@@ -89,14 +89,16 @@ def test_disk_refusal_changes_nothing(tmp_path, monkeypatch):
     small = write_config(tmp_path / "small.yml", training__n_epochs=10_000,
                          training__epoch_ckpt="none")
     c = load_config(small)
-    line = ckpt_policy.check_disk(c, ckpt_policy.plan(c, 500_000, 0), L, "run", fresh=True)
+    line = ckpt_policy.check_disk(c, ckpt_policy.plan(c, 500_000, 0), layout=L, doc="run",
+                                  fresh=True)
     assert "0 per-epoch files" in line
 
 
 def test_epoch_ckpt_none_saves_early_bird_tickets_online(tmp_path):
     """Without per-epoch files, the online detector prunes each ticket when it finds it; the
     TA-EB tickets then resolve without any ckpt_epE.pth."""
-    from runners.tickets import parse_regions, resolve_tickets
+    from core.options import Experiment
+    from runners.tickets import resolve_tickets
     exp = str(tmp_path / "exp")
     d = copy.deepcopy(TINY)
     d["training"].update(n_epochs=4, epoch_ckpt="none")
@@ -107,14 +109,13 @@ def test_epoch_ckpt_none_saves_early_bird_tickets_online(tmp_path):
     assert _train(cfg, exp) == 0
     L = Layout(exp)
     assert L.epoch_checkpoints("run") == {} and L.snapshots("run") == {}
-    c = load_config(cfg)
-    regions = resolve_tickets(c, exp, "run", parse_regions(c))
-    for r in regions:
-        assert r["epoch"] is not None
-        assert r["ticket_file"] == L.ticket_file("run", r["pruning_ratio"], "magnitude",
-                                                 r["epoch"])
-        t = torch.load(r["ticket_file"], weights_only=True)
-        assert t["pruning"]["ratio"] == r["pruning_ratio"] and t["pruning"]["epoch"] == r["epoch"]
+    xp = Experiment.load(cfg, exp, "run")
+    for job in resolve_tickets(xp, xp.cfg.taeb.regions):
+        r = job.region
+        assert job.epoch is not None
+        assert job.ticket_file == L.ticket_file("run", r.pruning_ratio, "magnitude", job.epoch)
+        t = torch.load(job.ticket_file, weights_only=True)
+        assert t["pruning"]["ratio"] == r.pruning_ratio and t["pruning"]["epoch"] == job.epoch
 
 
 def test_epoch_ckpt_ema_needs_ema_weights(tmp_path):
@@ -134,6 +135,7 @@ def _copy_dense_run(trained, tmp_path):
     return exp
 
 
+@pytest.mark.slow
 def test_two_tickets_with_two_gloo_processes_each(trained, tmp_path):
     import yaml
     from conftest import run_py
@@ -163,6 +165,7 @@ echo "$(( 1000 + $(wc -l < "$SBATCH_RECORD") ))"
 """
 
 
+@pytest.mark.slow
 def test_slurm_dry_run_submit_resubmit_and_collect(trained, tmp_path):
     import yaml
     from conftest import run_py
@@ -214,6 +217,7 @@ def test_slurm_dry_run_submit_resubmit_and_collect(trained, tmp_path):
     assert all(t["epochs"] == 1 for t in man["tickets"])
 
 
+@pytest.mark.slow
 def test_slurm_template_fields_are_checked(trained, tmp_path):
     from conftest import run_py
     tpl = tmp_path / "t.sbatch"

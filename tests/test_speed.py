@@ -10,7 +10,7 @@ from models.resample import (SpeedSampler, fold_into, make_timestep_sampler,
 
 LINEAR = {"beta_schedule": "linear", "beta_start": 1e-4, "beta_end": 0.02,
           "num_diffusion_timesteps": 1000}
-ABAR = alphas_cumprod_f64(LINEAR)
+ABAR = alphas_cumprod_f64(**LINEAR)
 
 
 def test_meaningful_step_of_the_linear_schedule():
@@ -84,7 +84,7 @@ def test_the_weights_reach_the_loss():
     torch.manual_seed(0)
     model = UNet(in_channels=1, out_ch=1, ch=16, ch_mult=[1, 2], num_res_blocks=1,
                  attn_resolutions=[4], dropout=0.0, resolution=8, gn_groups=8)
-    d = Diffusion(LINEAR)
+    d = Diffusion(**LINEAR)
     x = torch.rand(4, 1, 8, 8) * 2 - 1
     for t_val, zero in ((t_min, True), (800, False)):
         model.zero_grad()
@@ -96,10 +96,13 @@ def test_the_weights_reach_the_loss():
 
 def test_config_chooses_the_sampler_and_checks_it(tmp_path):
     from conftest import write_config
-    from runners.config import load_config
+    from core.config import load_config
     from utils.errors import UserError
     cfg = load_config(write_config(tmp_path / "c.yml", training__timestep_sampler="speed"))
-    s = make_timestep_sampler(cfg, 0, 100, alphas_cumprod_f64(cfg["diffusion"]))
+    assert cfg.speed.tau == 70  # tau 0 resolves to 70% of T, once, in the config
+    s = make_timestep_sampler(cfg.training.timestep_sampler, 0, 100,
+                              alphas_cumprod=alphas_cumprod_f64(**vars(cfg.diffusion)),
+                              **vars(cfg.speed))
     assert isinstance(s, SpeedSampler) and s.weights.shape == (100,)
     assert (s.weights[70:] == 1).all() and (s.weights[:70] < 1).all()  # tau 0: 70% of T
     for bad, needle in (("speed.lam=1.5", "speed.lam"), ("speed.k=0", "speed.k"),
@@ -113,7 +116,7 @@ def test_resume_is_exact_and_quartiles_are_logged_with_speed(tmp_path):
     import os
     from conftest import write_config
     from main import main
-    from runners.checkpoint import load_checkpoint
+    from core.checkpoint import load_checkpoint
     cfg = write_config(tmp_path / "c.yml", training__timestep_sampler="speed",
                        training__n_epochs=3, training__log_every=1)
     exp = str(tmp_path)

@@ -1,12 +1,22 @@
-"""The shape of the source: no import cycles, no upward imports, short runner functions, and
-one module for the experiment layout (checked on the source text with ``ast``)."""
+"""The shape of the source (checked on the source text with ``ast``): no import cycles; the
+layers import only downward (utils < models, datasets < core < runners (the pipeline's stages) <
+evaluation < entry points), so the stages never import the evaluation package; short functions
+in the packages that orchestrate; one module for the experiment layout; settings read as typed
+attributes, never re-looked-up in a config dict, and models/ taking plain keyword arguments."""
 import ast
 import os
 
 from conftest import ROOT
 
-PACKAGES = ("models", "datasets", "runners", "utils")
-LAYOUT_NAMES = {"logs", "pruned", "tickets", "samples"}
+PACKAGES = ("models", "datasets", "core", "runners", "evaluation", "utils")
+LAYOUT_NAMES = {"logs", "pruned", "tickets", "samples", "report", "curves", "metric",
+                "tensorboard", "pipeline"}
+# what each package may import of ours (entry points: main, earlybird_scripts/, bench/: anything)
+ALLOWED = {"utils": {"utils"}, "models": {"models", "utils"},
+           "datasets": {"datasets", "utils"},
+           "core": {"core", "models", "datasets", "utils"},
+           "runners": {"runners", "core", "models", "datasets", "utils"},
+           "evaluation": {"evaluation", "runners", "core", "models", "datasets", "utils"}}
 
 
 def _modules():
@@ -80,28 +90,63 @@ def test_no_import_cycle():
     assert _cycle(_graph()) is None
 
 
-def test_models_datasets_utils_do_not_import_upward():
+def test_packages_import_only_downward():
+    wrong = {}
     for m, deps in _graph().items():
         base = m.split(".")[0]
-        if base in ("models", "datasets"):
-            assert not [d for d in deps if d.startswith("runners")], (m, deps)
-        if base == "utils":
-            assert all(d.startswith("utils") for d in deps), (m, deps)
-        if base == "models":
-            assert not [d for d in deps if d.startswith("datasets")], (m, deps)
+        if base in ALLOWED:
+            bad = sorted(d for d in deps if d.split(".")[0] not in ALLOWED[base])
+            if bad:
+                wrong[m] = bad
+    assert not wrong  # e.g. a stage (runners/) importing the evaluation package
 
 
-def test_runner_functions_are_short():
+def test_the_rule_catches_a_stage_importing_evaluation():
+    graph = {"runners.sample": {"evaluation.plots"}, "evaluation.plots": set()}
+    bad = [m for m, deps in graph.items()
+           if any(d.split(".")[0] not in ALLOWED[m.split(".")[0]] for d in deps)]
+    assert bad == ["runners.sample"]
+
+
+def test_functions_of_the_orchestrating_packages_are_short():
     long = []
-    for f in sorted(os.listdir(os.path.join(ROOT, "runners"))):
-        if f.endswith(".py"):
-            tree = ast.parse(open(os.path.join(ROOT, "runners", f)).read())
-            for node in ast.walk(tree):
-                if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
-                    n = node.end_lineno - node.lineno + 1
-                    if n > 80:
-                        long.append(f"{f}:{node.name} ({n} lines)")
+    for pkg in ("core", "runners", "evaluation"):
+        for f in sorted(os.listdir(os.path.join(ROOT, pkg))):
+            if f.endswith(".py"):
+                tree = ast.parse(open(os.path.join(ROOT, pkg, f)).read())
+                for node in ast.walk(tree):
+                    if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                        n = node.end_lineno - node.lineno + 1
+                        if n > 80:
+                            long.append(f"{pkg}/{f}:{node.name} ({n} lines)")
     assert not long
+
+
+def _config_lookups(tree):
+    """cfg["section"] / config["section"] subscripts: settings read past the typed record."""
+    return [node.lineno for node in ast.walk(tree)
+            if isinstance(node, ast.Subscript) and isinstance(node.value, ast.Name) and
+            node.value.id in ("cfg", "config") and isinstance(node.slice, ast.Constant) and
+            isinstance(node.slice.value, str)]
+
+
+def test_settings_are_read_as_typed_attributes():
+    assert _config_lookups(ast.parse('cfg["training"]["n_epochs"]'))
+    found = {m: hits for m, p in _modules().items() if m != "core.config"
+             for hits in [_config_lookups(ast.parse(open(p).read()))] if hits}
+    assert not found
+
+
+def test_models_take_keyword_arguments_not_a_config():
+    takes_config = []
+    for m, path in _modules().items():
+        if m.startswith("models."):
+            for node in ast.walk(ast.parse(open(path).read())):
+                if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                    names = [a.arg for a in node.args.args + node.args.kwonlyargs]
+                    if any(n in ("cfg", "config") or n.endswith("_cfg") for n in names):
+                        takes_config.append(f"{m}.{node.name}")
+    assert not takes_config
 
 
 def _joins_layout_name(tree):
@@ -125,7 +170,7 @@ def test_one_module_holds_the_experiment_layout():
     assert _joins_layout_name(ast.parse('import os\nos.path.join(exp, "logs", doc)'))
     offenders = {}
     for m, path in _modules().items():
-        if m == "runners.layout":
+        if m == "core.layout":
             assert _joins_layout_name(ast.parse(open(path).read()))
             continue
         hits = _joins_layout_name(ast.parse(open(path).read()))

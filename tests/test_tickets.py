@@ -10,10 +10,9 @@ from conftest import TINY, run_py, write_config
 from main import main
 from models.diffusion import Diffusion, sample_images, timestep_sequence
 from models.stitched import StitchedTickets
-from runners.config import load_config
+from core.config import load_config
 from utils.errors import UserError
-from runners.tickets import load_manifest
-from runners.tickets import parse_regions
+from core.regions import Region, load_manifest, require_regions
 
 DIFF = {"beta_schedule": "linear", "beta_start": 1e-4, "beta_end": 0.02,
         "num_diffusion_timesteps": 1000}
@@ -33,7 +32,7 @@ def test_stitched_routing_sends_every_t_to_its_region():
     regions = [(0, 240), (240, 440), (440, 720), (720, 1000)]
     fakes = [Recorder() for _ in regions]
     model = StitchedTickets(fakes, regions, 1000)
-    d = Diffusion(DIFF)
+    d = Diffusion(**DIFF)
     sample_images(model, d, torch.randn(2, 1, 4, 4), timesteps=100, skip_type="quad",
                   sample_type="generalized", eta=0.0)
     seq = timestep_sequence("quad", 100, 1000)
@@ -48,10 +47,10 @@ def test_stitched_routing_sends_every_t_to_its_region():
 
 
 def test_single_ticket_stitched_equals_plain_sampling_bit_for_bit(trained):
-    from runners.checkpoint import load_checkpoint, model_from_checkpoint
+    from core.checkpoint import load_checkpoint, model_from_checkpoint
     path = os.path.join(trained["log"], "ckpt.pth")
     net = model_from_checkpoint(load_checkpoint(path), path, use_ema=True).eval()
-    d = Diffusion({**DIFF, "num_diffusion_timesteps": 100})
+    d = Diffusion(**{**DIFF, "num_diffusion_timesteps": 100})
     noise = torch.randn(3, 1, 8, 8, generator=torch.Generator().manual_seed(3))
     for kind, eta in (("generalized", 0.0), ("ddpm_noisy", 1.0)):
         kw = dict(timesteps=10, skip_type="uniform", sample_type=kind, eta=eta)
@@ -70,12 +69,18 @@ def test_regions_must_tile_the_schedule(tmp_path):
         ([{"range": [0, 90], "pruning_ratio": 0.3}], "expected 100"),
         ([{"range": [0, 100], "pruning_ratio": 1.5}], "pruning_ratio must be in (0, 1)"),
     ]:
-        cfg = load_config(write_config(tmp_path / "r.yml", taeb__regions=regions))
+        # a config whose regions do not tile [0, T) does not load, whatever command reads it
         with pytest.raises(UserError, match=needle.replace("[", r"\[").replace("(", r"\(")
                            .replace(")", r"\)")):
-            parse_regions(cfg)
+            load_config(write_config(tmp_path / "r.yml", taeb__regions=regions))
+    cfg = load_config(write_config(tmp_path / "ok.yml"))
+    assert cfg.taeb.regions == (Region(0, 40, 0.3, epoch=1), Region(40, 100, 0.5, epoch=1))
+    assert load_config(str(tmp_path / "ok.yml"), [f"taeb.regions={[r.as_dict() for r in cfg.taeb.regions]}"]) == cfg
+    with pytest.raises(UserError, match="taeb.regions is empty"):
+        require_regions(load_config(write_config(tmp_path / "none.yml", taeb__regions=[])))
 
 
+@pytest.mark.slow
 def test_region_finetune_and_bad_ts_range(trained, tmp_path):
     ticket = _ticket(trained, tmp_path)
     base = ["--config", trained["cfg"], "--exp", str(tmp_path), "--ni", "--load_pruned_model",
@@ -99,6 +104,7 @@ def _ticket(trained, tmp_path):
     return str(tmp_path / "pruned" / "tiny" / "models" / "tiny_pruned-0.5-magnitude-1.pth")
 
 
+@pytest.mark.slow
 def test_train_tickets_parallel_failure_and_rerun(trained, tmp_path):
     exp = trained["exp"]
     import copy
@@ -156,6 +162,7 @@ def test_bad_manifests(trained, tmp_path):
         load_manifest(str(tmp_path / "m4.yml"))
 
 
+@pytest.mark.slow
 def test_ticket_whose_architecture_does_not_match_its_weights(trained, tmp_path):
     ticket = _ticket(trained, tmp_path)
     c = torch.load(ticket, weights_only=True)

@@ -7,6 +7,7 @@ import subprocess
 import sys
 import time
 
+import pytest
 import torch
 
 from conftest import ROOT, run_py, write_config
@@ -37,6 +38,7 @@ def test_checkpoints_load_with_weights_only(trained):
     assert e["epochs_done"] == 2 and e["epoch_index"] == 1 and e["optimizer"] is None
 
 
+@pytest.mark.slow
 def test_resume_equals_uninterrupted(tmp_path):
     cfg = write_config(tmp_path / "r.yml", model__dropout=0.1)
     a, b = str(tmp_path / "a"), str(tmp_path / "b")
@@ -53,6 +55,7 @@ def test_resume_equals_uninterrupted(tmp_path):
             assert torch.allclose(ca[key][k], cb[key][k], atol=1e-6, rtol=0), (key, k)
 
 
+@pytest.mark.slow
 def test_sigterm_saves_resumable_checkpoint(tmp_path):
     cfg = write_config(tmp_path / "s.yml", training__n_epochs=1000,
                        training__max_steps_per_epoch=0)
@@ -103,6 +106,7 @@ def test_sampling_writes_images_grid_and_resumes(trained, tmp_path):
                         "uniform", "--image_folder", str(tmp_path / "d")]) == 0
 
 
+@pytest.mark.slow
 def test_torchrun_two_processes_gloo(tmp_path):
     cfg = write_config(tmp_path / "t.yml")
     exp = str(tmp_path / "e")

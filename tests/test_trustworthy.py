@@ -14,7 +14,7 @@ import torch
 
 from conftest import ROOT, run_py, write_config
 from main import main
-from runners.checkpoint import load_checkpoint
+from core.checkpoint import load_checkpoint
 from utils.errors import UserError
 
 # the shipped digits config (online early bird and grids on), shortened
@@ -40,6 +40,7 @@ def _assert_same(a, b):
             assert torch.equal(a[part][k], b[part][k]), k
 
 
+@pytest.mark.slow
 def test_resume_is_exact_with_the_shipped_digits_config(tmp_path):
     exp = str(tmp_path)
     assert _train(exp, "full", 3) == 0
@@ -74,6 +75,7 @@ def _every_file_loads(folder):
     return n
 
 
+@pytest.mark.slow
 def test_kill_9_mid_epoch_then_resume_equals_uninterrupted(tmp_path):
     # every run in a subprocess with one thread: results are bit-identical for a fixed thread
     # count (a reduction over another number of threads rounds differently)
@@ -113,7 +115,7 @@ def test_diff_pruning_scans_ascending_t_with_fixed_noise_and_stops_by_the_rule()
                 attn_resolutions=[4], dropout=0.0, resolution=8, gn_groups=8)
     torch.manual_seed(0)
     ex = MaskExtractor(args)
-    diff = Diffusion({"beta_schedule": "linear", "beta_start": 1e-4, "beta_end": 0.02,
+    diff = Diffusion(**{"beta_schedule": "linear", "beta_start": 1e-4, "beta_end": 0.02,
                       "num_diffusion_timesteps": 60})
     x0 = torch.rand(4, 1, 8, 8) * 2 - 1
     noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(0))  # seed 0's batch
@@ -163,12 +165,13 @@ def test_online_gradient_importance_runs_on_the_training_device(monkeypatch, pru
         return None, None
     monkeypatch.setattr(online, "MaskExtractor", fake_extractor)
     monkeypatch.setattr(online, "pruning_inputs", fake_inputs)
-    from runners.config import load_config
+    from core.config import load_config
     cfg = load_config("digits.yml", [f"earlybird.pruner={pruner}"])
-    online.OnlineEarlyBird(cfg, {}, None, "d", None, device="cuda:3")
+    online.OnlineEarlyBird(cfg, {}, layout=None, doc="d", dataset=None, device="cuda:3")
     assert seen == {"extractor": where, "inputs": where}
 
 
+@pytest.mark.slow
 def test_release_mask_names_with_ours_are_read(tmp_path):
     rng = np.random.default_rng(0)
     base = (rng.random(100) < 0.3).astype(np.float32)
@@ -181,6 +184,7 @@ def test_release_mask_names_with_ours_are_read(tmp_path):
     assert json.load(open(tmp_path / "earlybird-0.3-diff-pruning.json"))["eb_epoch"] == 4
 
 
+@pytest.mark.slow
 def test_find_earlybird_window_longer_than_run_keeps_earlier_result(tmp_path):
     for e in range(3):
         np.save(tmp_path / f"r_pruned-0.3-magnitude-{e}.npy", np.zeros(10, np.uint8))
@@ -206,7 +210,7 @@ def _png_folder(folder, n, seed=0):
 
 
 def test_fid_cache_is_keyed_by_weights_source_and_count(tmp_path, monkeypatch):
-    import runners.fid as fid
+    import evaluation.fid as fid
     calls = []
 
     def fake_stats(files, model, **kw):
@@ -234,6 +238,7 @@ def test_fid_cache_is_keyed_by_weights_source_and_count(tmp_path, monkeypatch):
     assert key["n"] == 6 and key["weights"].startswith("sha256:") and key["dims"] == 4
 
 
+@pytest.mark.slow
 def test_export_folder_follows_the_config_and_refreshes(tmp_path):
     from conftest import TINY
     cfg = write_config(tmp_path / "c.yml", TINY, data__path=str(tmp_path / "data"))

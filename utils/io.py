@@ -2,7 +2,7 @@
 
 Every result file of the project goes through ``atomic_path``: the data is written to a
 temporary file in the target's folder and renamed over the target, so a kill at any moment
-leaves the previous file intact (DESIGN.md, "never a half-written file").
+leaves the previous file intact (docs/design.md, "Qualities").
 """
 import contextlib
 import json

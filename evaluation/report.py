@@ -1,7 +1,7 @@
-"""The results report (DESIGN.md step 8): one row per method found under {exp}, in the shape
+"""The results report (docs/design.md, step 8): one row per method found under {exp}, in the shape
 of the paper's tables, with training time as critical path and total, and figures.
 
-It reads what the pipeline and the shell scripts write (names from runners/layout.py): the
+It reads what the pipeline and the shell scripts write (names from core/layout.py): the
 dense run {doc}, EB tickets {doc}_eb_{p} (fine-tuned from ckpt_ep{EB}), train-prune-finetune
 runs {doc}_tpf_{p} (fine-tuned from the last epoch), the TA-EB manifest, and each method's
 sample metric.
@@ -11,9 +11,9 @@ import os
 
 import yaml
 
-from runners.checkpoint import load_checkpoint
-from runners.layout import Layout, region_doc, sample_grid_of, taeb_name
-from runners.runlog import read_costs
+from core.checkpoint import load_checkpoint
+from core.layout import Layout, region_doc, sample_grid_of, taeb_name
+from core.runlog import read_costs
 from utils.errors import UserError
 from utils.io import atomic_write_text
 
@@ -39,7 +39,7 @@ def _arch_cost(ckpt_path):
     if p.get("params") is not None:
         return p["params"], p["macs"], p.get("epoch"), p.get("ratio")
     from models.pruning import count_params_macs
-    from runners.checkpoint import build_model
+    from core.checkpoint import build_model
     model = build_model(c["model_args"], c.get("pruning"))
     params, macs = count_params_macs(model, c["model_args"])
     return params, macs, None, None
@@ -53,7 +53,7 @@ def _cost(costs, upto=None):
             sum(c.get("train_flops", 0) for c in sel))
 
 
-def _row(method, kind, key, params, macs, eb, epochs, critical, total, layout):
+def _row(method, *, kind, key, params, macs, eb, epochs, critical, total, layout):
     """critical / total: (wall s, FLOPs) pairs."""
     return {"method": method, "kind": kind, "key": key, "params": params, "macs": macs,
             "eb_epoch": eb, "epochs": epochs, "critical_s": critical[0], "total_s": total[0],
@@ -61,8 +61,8 @@ def _row(method, kind, key, params, macs, eb, epochs, critical, total, layout):
             "metric": _metric(layout, key)}
 
 
-def _finetune_row(layout, kind, ratio, name, dense_costs, notes):
-    from runners.layout import RUN_KINDS
+def _finetune_row(layout, kind, *, ratio, name, dense_costs, notes):
+    from core.layout import RUN_KINDS
     label = RUN_KINDS[kind]
     ckpt = layout.latest_checkpoint(name)
     costs = read_costs(layout.costs(name))
@@ -74,13 +74,14 @@ def _finetune_row(layout, kind, ratio, name, dense_costs, notes):
     ft = _cost(costs)
     pre = _cost(dense_costs) if kind == "tpf" else _cost(dense_costs, upto=eb)
     both = (pre[0] + ft[0], pre[1] + ft[1])
-    return _row(f"{label} (p={ratio:g})", kind, name, params, macs,
-                None if kind == "tpf" else eb, len(costs), both, both, layout)
+    return _row(f"{label} (p={ratio:g})", kind=kind, key=name, params=params, macs=macs,
+                eb=None if kind == "tpf" else eb, epochs=len(costs), critical=both,
+                total=both, layout=layout)
 
 
-def _taeb_row(layout, doc, man, dense_costs, sampling_steps, skip_type, notes):
+def _taeb_row(layout, doc, man, *, dense_costs, sampling_steps, skip_type, notes):
     from models.diffusion import timestep_sequence
-    from runners.evidence import critical_and_total, sampling_average_macs
+    from evaluation.evidence import critical_and_total, sampling_average_macs
     tickets = man["tickets"]
     seq = timestep_sequence(skip_type, sampling_steps, man["num_timesteps"])
     avg_macs = sampling_average_macs([(*k["range"], k["macs"]) for k in tickets], seq)
@@ -94,10 +95,10 @@ def _taeb_row(layout, doc, man, dense_costs, sampling_steps, skip_type, notes):
     flops = critical_and_total(pre[1], [k.get("train_flops", 0) for k in tickets])
     regions = ", ".join(f"[{k['range'][0]},{k['range'][1]}):{k['pruning_ratio']:g}"
                         for k in tickets)
-    row = _row(f"TA-EB ({regions})", "taeb", taeb_name(doc),
-               sum(k["params"] for k in tickets), avg_macs, eb_max,
-               max(k["epochs"] for k in tickets), (wall[0], flops[0]), (wall[1], flops[1]),
-               layout)
+    row = _row(f"TA-EB ({regions})", kind="taeb", key=taeb_name(doc),
+               params=sum(k["params"] for k in tickets), macs=avg_macs, eb=eb_max,
+               epochs=max(k["epochs"] for k in tickets), critical=(wall[0], flops[0]),
+               total=(wall[1], flops[1]), layout=layout)
     row["regions"] = [k["range"] for k in tickets]
     row["schedule"] = man.get("schedule")
     return row
@@ -112,11 +113,12 @@ def collect(exp, doc, *, sampling_steps=100, skip_type="quad"):
         raise UserError(f"{layout.run_dir(doc)}: no dense training run here (no costs.jsonl)")
     params0, macs0, _, _ = _arch_cost(layout.latest_checkpoint(doc))
     dense = _cost(dense_costs)
-    rows.append(_row("Dense", "dense", doc, params0, macs0, None, len(dense_costs), dense,
-                     dense, layout))
+    rows.append(_row("Dense", kind="dense", key=doc, params=params0, macs=macs0, eb=None,
+                     epochs=len(dense_costs), critical=dense, total=dense, layout=layout))
     for kind in ("tpf", "eb", "eqflops"):
         for ratio, name in layout.derived_runs(doc, kind):
-            row = _finetune_row(layout, kind, ratio, name, dense_costs, notes)
+            row = _finetune_row(layout, kind, ratio=ratio, name=name, dense_costs=dense_costs,
+                                notes=notes)
             if row:
                 rows.append(row)
     if not any(r["kind"] == "tpf" for r in rows):
@@ -127,7 +129,8 @@ def collect(exp, doc, *, sampling_steps=100, skip_type="quad"):
     if os.path.isfile(man_path):
         with open(man_path) as f:
             man = yaml.safe_load(f)
-        rows.append(_taeb_row(layout, doc, man, dense_costs, sampling_steps, skip_type, notes))
+        rows.append(_taeb_row(layout, doc, man, dense_costs=dense_costs,
+                              sampling_steps=sampling_steps, skip_type=skip_type, notes=notes))
     else:
         notes.append(f"TA-EB tickets: missing ({man_path})")
     _speedups(rows)
@@ -139,7 +142,7 @@ def collect(exp, doc, *, sampling_steps=100, skip_type="quad"):
 
 def _speedups(rows):
     """Fixed-budget speed-ups of each row's critical path, in FLOPs and in wall-clock."""
-    from runners.evidence import fraction
+    from evaluation.evidence import fraction
     dense = rows[0]
     tpf = next((r for r in rows if r["kind"] == "tpf"), None)
     for r in rows:
@@ -190,7 +193,7 @@ def plot_losses(layout, doc, rows, path):
         # markers: a run of a single epoch is a point, not an invisible line
         ax.plot([x["epoch"] for x in c], [x["loss"] for x in c], marker="o", ms=3,
                 label=r["method"])
-    from runners.plots import integer_epochs
+    from evaluation.plots import integer_epochs
     integer_epochs(ax)
     ax.set_xlabel("epoch")
     ax.set_ylabel("training loss (epoch mean)")
@@ -216,7 +219,7 @@ def write_report(exp, doc, out_dir=None, *, sampling_steps=100, skip_type="quad"
     if os.path.isdir(mask_dir) and os.path.isfile(eb_json):
         with open(eb_json) as f:
             eb = json.load(f)
-        from runners.plots import plot_mask_series
+        from evaluation.plots import plot_mask_series
         try:
             paths = plot_mask_series(mask_dir, [float(r) for r in eb["ratios"]], eb["pruner"],
                                      out_dir, doc=doc, window=eb["window"],

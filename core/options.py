@@ -7,7 +7,7 @@ arguments are parsed, so the resolved config is the only source of every setting
 import json
 import os
 from dataclasses import dataclass
-from typing import Optional, Tuple
+from typing import Any, Optional, Tuple
 
 from utils.errors import UserError
 
@@ -26,7 +26,7 @@ class RunOptions:
     image_folder: Optional[str] = None
     tickets: Optional[str] = None         # tickets.yml: stitched TA-EB sampling
     comment: str = ""                     # written into log.txt
-    verbosity: str = "info"               # quiet | info | debug (runners/runlog.py)
+    verbosity: str = "info"               # quiet | info | debug (core/runlog.py)
     command: Optional[str] = None         # the command line, for the "resume with" hint
 
     def __post_init__(self):
@@ -36,6 +36,30 @@ class RunOptions:
                            ("--tickets", self.tickets)):
             if path and not os.path.isfile(path):
                 raise UserError(f"{flag} {path}: file not found")
+
+
+@dataclass(frozen=True)
+class Experiment:
+    """What a pipeline stage works on: the resolved settings, the layout of the experiment
+    root, the dense run's name, and the config (file or configs/ name) with the overrides that
+    give those settings, for the subprocesses a stage starts."""
+    cfg: Any                              # core.config.Settings
+    layout: Any                           # core.layout.Layout
+    doc: str
+    config: str
+    overrides: Tuple[str, ...] = ()
+
+    @classmethod
+    def load(cls, config, exp, doc, overrides=()):
+        from core.config import load_config
+        from core.layout import Layout
+        check_name(doc, "--doc")
+        return cls(load_config(config, list(overrides)), Layout(exp), doc, config,
+                   tuple(overrides))
+
+    @property
+    def exp(self):
+        return self.layout.exp
 
 
 def check_name(name, flag):
@@ -56,12 +80,16 @@ def flag_overrides(args, mapping):
     return out
 
 
-def add_series_args(parser):
-    """The flags that select one mask series (find_earlybird, calculate_overlap)."""
+def add_series_args(parser, *, several_ratios=False):
+    """The flags that select mask series (find_earlybird, calculate_overlap, plot_overlap);
+    defaults are the config's (core.config.EarlyBirdSettings)."""
+    from core.config import EarlyBirdSettings
     parser.add_argument("--mask_dir", required=True, help="folder of *_pruned-*.npy masks")
     parser.add_argument("--pruning_ratio", type=float, required=True,
-                        help="ratio of the series (default: required)")
-    parser.add_argument("--pruner", default="magnitude",
+                        nargs="+" if several_ratios else None,
+                        help=f"ratio{'s' if several_ratios else ''} of the series "
+                             f"(default: required)")
+    parser.add_argument("--pruner", default=EarlyBirdSettings.pruner,
                         help="importance of the series; 'ours' = diff-pruning "
                              "(default: %(default)s)")
     parser.add_argument("--doc", default=None,
@@ -71,3 +99,12 @@ def add_series_args(parser):
                         help="first epoch read (default: %(default)s)")
     parser.add_argument("--end_epoch", type=int, default=None,
                         help="last epoch read (default: the last there is)")
+
+
+def add_rule_args(parser):
+    """--window and --threshold of the early-bird rule, defaulting to the config's."""
+    from core.config import EarlyBirdSettings
+    parser.add_argument("--window", type=int, default=EarlyBirdSettings.window,
+                        help="masks in the FIFO, at least 2 (default: %(default)s)")
+    parser.add_argument("--threshold", type=float, default=EarlyBirdSettings.threshold,
+                        help="largest accepted distance, in (0, 1) (default: %(default)s)")

@@ -40,7 +40,7 @@ def configure_device(device):
 
 def autocast_for(cfg, device):
     """A zero-argument context factory: bf16 autocast on CUDA when the config allows."""
-    amp = cfg["fast"]["amp"]
+    amp = cfg.fast.amp
     if device.type == "cuda" and amp in ("auto", "bf16"):
         return lambda: torch.autocast("cuda", dtype=torch.bfloat16)
     if device.type == "cpu" and amp == "bf16":
@@ -49,7 +49,7 @@ def autocast_for(cfg, device):
 
 
 def use_channels_last(cfg, device):
-    v = cfg["fast"]["channels_last"]
+    v = cfg.fast.channels_last
     return v == "on" or (v == "auto" and device.type == "cuda")
 
 

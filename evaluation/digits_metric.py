@@ -1,4 +1,4 @@
-"""The bundled default's quality metric (DESIGN.md, "The bundled default").
+"""The bundled default's quality metric (docs/design.md, "The bundled default").
 
 NOT Inception FID: Inception weights cannot be downloaded offline. It is the Fréchet distance
 between generated digits and held-out real digits in the 64-d penultimate features of a small
@@ -14,10 +14,10 @@ import torch.nn.functional as F
 from PIL import Image
 
 from datasets import data_transform, digits_split, resize_uint8
-from runners.checkpoint import load_checkpoint
+from core.checkpoint import load_checkpoint
 from utils.io import atomic_save
 from utils.errors import UserError
-from runners.fid import feature_statistics, frechet_distance
+from evaluation.fid import feature_statistics, frechet_distance
 
 
 class DigitClassifier(nn.Module):

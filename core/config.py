@@ -1,15 +1,19 @@
-"""Config loading: YAML -> validated plain dicts, with command-line overrides.
+"""Config loading: YAML -> validated, typed, frozen ``Settings``, with command-line overrides.
 
-Every key a config may hold is listed in ``DEFAULTS`` with its default; its type is the
-default's type. Unknown keys and wrong types are errors naming the file and the key. The
-resolved config is a dict of dicts of plain values, so it can be saved in checkpoints and
-written back as YAML that loads again.
+Every key a config may hold is a field of its section's dataclass below, with its default; its
+type is the default's type. Unknown keys, wrong types and values out of range are errors naming
+the file and the key. Defaults that depend on other values (SpeeD's tau, the tickets'
+fine-tuning epochs) are resolved here, once; nothing downstream re-defaults a setting.
+``Settings.as_dict()`` is plain values, saved in checkpoints and written back as YAML that
+loads to the same Settings.
 """
 import copy
 import os
+from dataclasses import dataclass, fields
 
 import yaml
 
+from models.pruner_names import PRUNERS
 from utils.errors import UserError
 from utils.io import load_yaml
 
@@ -17,115 +21,184 @@ CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file
 
 REQUIRED = object()  # marks a key without a sensible default
 
-DEFAULTS = {
-    "data": {
-        "dataset": REQUIRED,        # CIFAR10 | CELEBA | LSUN | FOLDER | DIGITS | FASHION_MNIST
-        "image_size": REQUIRED,
-        "channels": REQUIRED,
-        "path": "data",             # data root (torchvision sets) or the image folder (FOLDER)
-        "category": "church_outdoor",  # LSUN category
-        "download": True,           # let torchvision download where it can
-        "random_flip": True,
-        "num_workers": 2,
-        "on_device": True,          # hold the whole set on the device as uint8 when it fits
-        "max_on_device_mb": 2048,   # ... up to this size
-        "skip_bad_images": False,   # FOLDER: skip unreadable images (one warning) instead of
+
+# One frozen dataclass per section: its fields are the keys a config may hold, their defaults
+# the defaults (a field's type is its default's type; lists are tuples here, lists in YAML).
+@dataclass(frozen=True)
+class DataSettings:
+    dataset: str = REQUIRED         # CIFAR10 | CELEBA | LSUN | FOLDER | DIGITS | FASHION_MNIST
+    image_size: int = REQUIRED
+    channels: int = REQUIRED
+    path: str = "data"              # data root (torchvision sets) or the image folder (FOLDER)
+    category: str = "church_outdoor"  # LSUN category
+    download: bool = True           # let torchvision download where it can
+    random_flip: bool = True
+    num_workers: int = 2
+    on_device: bool = True          # hold the whole set on the device as uint8 when it fits
+    max_on_device_mb: int = 2048    # ... up to this size
+    skip_bad_images: bool = False   # FOLDER: skip unreadable images (one warning) instead of
                                     # stopping
-    },
-    "model": {
-        "type": "simple",
-        "ch": 128,
-        "ch_mult": [1, 2, 2, 2],
-        "num_res_blocks": 2,
-        "attn_resolutions": [16],
-        "dropout": 0.1,
-        "resamp_with_conv": True,
-        "gn_groups": 32,            # GroupNorm groups of the dense network
-        "ema": True,
-        "ema_rate": 0.9999,
-        "ema_warmup": True,         # min(rate, (1+n)/(10+n)): fine-tuned tickets need it
-    },
-    "diffusion": {
-        "beta_schedule": "linear",
-        "beta_start": 0.0001,
-        "beta_end": 0.02,
-        "num_diffusion_timesteps": 1000,
-    },
-    "training": {
-        "batch_size": 128,          # global batch: split across DDP processes
-        "n_epochs": 100,
-        "seed": 1234,
-        "log_every": 50,            # steps between scalar logs (each log syncs with the device)
-        "sample_every": 10,         # epochs between sample grids (0: never)
-        "grid_samples": 64,
-        "max_steps_per_epoch": 0,   # 0: the whole data set each epoch (a cap for smoke runs)
-        "timestep_sampler": "antithetic",  # antithetic (the DDIM codebase's) | uniform | speed
-        "grad_accum": 1,            # micro-batches per optimizer step (batch_size stays the
+
+
+@dataclass(frozen=True)
+class ModelSettings:
+    type: str = "simple"
+    ch: int = 128
+    ch_mult: tuple = (1, 2, 2, 2)
+    num_res_blocks: int = 2
+    attn_resolutions: tuple = (16,)
+    dropout: float = 0.1
+    resamp_with_conv: bool = True
+    gn_groups: int = 32             # GroupNorm groups of the dense network
+    ema: bool = True
+    ema_rate: float = 0.9999
+    ema_warmup: bool = True         # min(rate, (1+n)/(10+n)): fine-tuned tickets need it
+
+
+@dataclass(frozen=True)
+class DiffusionSettings:
+    beta_schedule: str = "linear"
+    beta_start: float = 0.0001
+    beta_end: float = 0.02
+    num_diffusion_timesteps: int = 1000
+
+
+@dataclass(frozen=True)
+class TrainingSettings:
+    batch_size: int = 128           # global batch: split across DDP processes
+    n_epochs: int = 100
+    seed: int = 1234
+    log_every: int = 50             # steps between scalar logs (each log syncs with the device)
+    sample_every: int = 10          # epochs between sample grids (0: never)
+    grid_samples: int = 64
+    max_steps_per_epoch: int = 0    # 0: the whole data set each epoch (a cap for smoke runs)
+    timestep_sampler: str = "antithetic"  # antithetic (the DDIM codebase's) | uniform | speed
+    grad_accum: int = 1             # micro-batches per optimizer step (batch_size stays the
                                     # batch of one step; each pass holds batch_size/grad_accum)
-        # what stays on disk (runners/ckpt_policy.py); ckpt.pth is written every epoch anyway
-        "epoch_ckpt": "full",       # per-epoch ckpt_epE.pth: full (model + EMA, the seed's) |
+    # what stays on disk (core/ckpt_policy.py); ckpt.pth is written every epoch anyway
+    epoch_ckpt: str = "full"        # per-epoch ckpt_epE.pth: full (model + EMA, the seed's) |
                                     # ema (the weights masks and tickets read, half the size) |
                                     # none (online early-bird masks and tickets only)
-        "epoch_ckpt_until": 0,      # per-epoch files for epochs < E only (0: every epoch)
-        "snapshot_every": 0,        # after that, snapshot_epE.pth every N epochs (0: none)
-        "keep_last": 0,             # snapshots kept, newest first (0: all)
-    },
-    "sampling": {
-        "batch_size": 64,
-        "n_samples": 1000,
-        "timesteps": 100,
-        "skip_type": "quad",
-        "sample_type": "generalized",
-        "eta": 0.0,
-        "seed": 0,
-    },
-    "speed": {                      # SpeeD (arXiv 2405.17403), training.timestep_sampler: speed
-        "k": 5.0,                   # t < tau is drawn k times as often as t >= tau
-        "lam": 0.6,                 # loss weights of t < tau span [1 - lam, lam]
-        "tau": 0,                   # where the accelerated range ends; 0: 70% of the schedule
-                                    # (SpeeD's 700 of 1000 steps)
-    },
-    "optim": {
-        "optimizer": "Adam",
-        "lr": 0.0002,
-        "weight_decay": 0.0,
-        "beta1": 0.9,
-        "amsgrad": False,
-        "eps": 1.0e-8,
-        "grad_clip": 1.0,
-        "warmup": 0,                # steps of linear warm-up from 0 to lr (0: none, the seed's)
-        "schedule": "constant",     # constant (the seed's) | cosine | linear decay to min_lr
-        "min_lr": 0.0,              # where cosine / linear decay ends, at the last step
-    },
-    "fast": {
-        "amp": "auto",              # auto (bf16 on CUDA, off on CPU) | bf16 | off
-        "channels_last": "auto",    # auto (on CUDA) | on | off
-        "fused_optimizer": True,    # fused Adam on CUDA, foreach on CPU
-        "foreach_ema": True,
-        "compile": False,
-    },
-    "pruning": {
-        "taylor_batch_size": 64,
-        "taylor_steps": 16,         # timesteps whose loss gradients Taylor importance sums
-        "thr": 0.05,                # Diff-Pruning: stop when loss < thr * max loss
-        "diff_stride": 1,           # Diff-Pruning visits t = 0, stride, 2 * stride, ...
-        "use_ema": True,            # masks and tickets come from the EMA weights
-        "round_to": 0,              # keep a multiple of lcm(round_to, GroupNorm group size)
+    epoch_ckpt_until: int = 0       # per-epoch files for epochs < E only (0: every epoch)
+    snapshot_every: int = 0         # after that, snapshot_epE.pth every N epochs (0: none)
+    keep_last: int = 0              # snapshots kept, newest first (0: all)
+
+
+@dataclass(frozen=True)
+class SamplingSettings:
+    batch_size: int = 64
+    n_samples: int = 1000
+    timesteps: int = 100
+    skip_type: str = "quad"
+    sample_type: str = "generalized"
+    eta: float = 0.0
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class SpeedSettings:                # SpeeD (arXiv 2405.17403), training.timestep_sampler: speed
+    k: float = 5.0                  # t < tau is drawn k times as often as t >= tau
+    lam: float = 0.6                # loss weights of t < tau span [1 - lam, lam]
+    tau: int = 0                    # where the accelerated range ends; 0 resolves to 70% of
+                                    # the schedule (SpeeD's 700 of 1000 steps)
+
+
+@dataclass(frozen=True)
+class OptimSettings:
+    optimizer: str = "Adam"
+    lr: float = 0.0002
+    weight_decay: float = 0.0
+    beta1: float = 0.9
+    amsgrad: bool = False
+    eps: float = 1.0e-8
+    grad_clip: float = 1.0
+    warmup: int = 0                 # steps of linear warm-up from 0 to lr (0: none, the seed's)
+    schedule: str = "constant"      # constant (the seed's) | cosine | linear decay to min_lr
+    min_lr: float = 0.0             # where cosine / linear decay ends, at the last step
+
+
+@dataclass(frozen=True)
+class FastSettings:
+    amp: str = "auto"               # auto (bf16 on CUDA, off on CPU) | bf16 | off
+    channels_last: str = "auto"     # auto (on CUDA) | on | off
+    fused_optimizer: bool = True    # fused Adam on CUDA, foreach on CPU
+    foreach_ema: bool = True
+    compile: bool = False
+
+
+@dataclass(frozen=True)
+class PruningSettings:
+    taylor_batch_size: int = 64
+    taylor_steps: int = 16          # timesteps whose loss gradients Taylor importance sums
+    thr: float = 0.05               # Diff-Pruning: stop when loss < thr * max loss
+    diff_stride: int = 1            # Diff-Pruning visits t = 0, stride, 2 * stride, ...
+    use_ema: bool = True            # masks and tickets come from the EMA weights
+    round_to: int = 0               # keep a multiple of lcm(round_to, GroupNorm group size)
                                     # channels per group (0: only the GroupNorm group size)
-    },
-    "earlybird": {
-        "enabled": False,           # compute masks after each epoch during training
-        "ratios": [0.3, 0.5, 0.7],
-        "pruner": "magnitude",      # the importance of every mask and ticket of a run
-        "window": 5,
-        "threshold": 0.1,
-        "stop": False,              # stop dense training once every ratio has its EB epoch
-    },
-    "taeb": {
-        "regions": [],
-        "finetune_epochs": 0,       # 0: training.n_epochs
-    },
-}
+
+
+@dataclass(frozen=True)
+class EarlyBirdSettings:
+    enabled: bool = False           # compute masks after each epoch during training
+    ratios: tuple = (0.3, 0.5, 0.7)
+    pruner: str = "magnitude"       # the importance of every mask and ticket of a run
+    window: int = 5                 # masks in the FIFO (the paper's and the release's 5)
+    threshold: float = 0.1          # largest Hamming distance inside the window (d <= eta)
+    stop: bool = False              # stop dense training once every ratio has its EB epoch
+
+
+@dataclass(frozen=True)
+class TaebSettings:
+    regions: tuple = ()             # core.regions.Region records, parsed from the YAML list
+    finetune_epochs: int = 0        # fine-tuning epochs of every ticket; 0 resolves to half of
+                                    # training.n_epochs (at least 1)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """A validated config: one frozen record per section, every derived default resolved."""
+    data: DataSettings
+    model: ModelSettings
+    diffusion: DiffusionSettings
+    training: TrainingSettings
+    sampling: SamplingSettings
+    speed: SpeedSettings
+    optim: OptimSettings
+    fast: FastSettings
+    pruning: PruningSettings
+    earlybird: EarlyBirdSettings
+    taeb: TaebSettings
+
+    def as_dict(self):
+        """Plain nested dict (lists, not tuples): checkpoints, config.yml, ``validate`` again."""
+        return {section: {f.name: _plain(getattr(getattr(self, section), f.name))
+                          for f in fields(getattr(self, section))} for section in SECTIONS}
+
+    def unet_kwargs(self):
+        """The keyword arguments of models.unet.UNet (stored in every checkpoint)."""
+        m, d = self.model, self.data
+        return dict(in_channels=d.channels, out_ch=d.channels, ch=m.ch, ch_mult=list(m.ch_mult),
+                    num_res_blocks=m.num_res_blocks,
+                    attn_resolutions=list(m.attn_resolutions), dropout=m.dropout,
+                    resolution=d.image_size, resamp_with_conv=m.resamp_with_conv,
+                    gn_groups=m.gn_groups)
+
+    def with_overrides(self, overrides, source="config"):
+        """A new Settings with 'section.key=value' overrides applied and checked."""
+        return validate(apply_overrides(self.as_dict(), overrides), source)
+
+
+SECTIONS = {f.name: f.type for f in fields(Settings)}
+DEFAULTS = {name: {f.name: f.default for f in fields(cls)} for name, cls in SECTIONS.items()}
+
+
+def _plain(value):
+    if isinstance(value, tuple):
+        return [_plain(v) for v in value]
+    if hasattr(value, "as_dict"):
+        return value.as_dict()
+    return value
+
 
 CHOICES = {
     ("data", "dataset"): ["CIFAR10", "CELEBA", "LSUN", "FOLDER", "DIGITS", "FASHION_MNIST"],
@@ -139,7 +212,7 @@ CHOICES = {
     ("training", "epoch_ckpt"): ["full", "ema", "none"],
     ("fast", "amp"): ["auto", "bf16", "off"],
     ("fast", "channels_last"): ["auto", "on", "off"],
-    ("earlybird", "pruner"): ["magnitude", "taylor", "random", "diff-pruning"],
+    ("earlybird", "pruner"): list(PRUNERS),
 }
 
 
@@ -157,29 +230,28 @@ def resolve_path(name):
     raise UserError(f"config file not found: {name} (looked in . and {CONFIG_DIR}){hint}")
 
 
-def _check_type(where, value, default):
-    if default is REQUIRED or default is None:
-        return value
-    if isinstance(default, bool):
+def _check_type(where, value, kind):
+    """``value`` as a ``kind`` (bool, int, float, str, tuple), or a UserError."""
+    if kind is bool:
         if not isinstance(value, bool):
             raise UserError(f"{where}: expected true/false, got {value!r}")
         return value
-    if isinstance(default, int):
+    if kind is int:
         if isinstance(value, bool) or not isinstance(value, int):
             raise UserError(f"{where}: expected an integer, got {value!r}")
         return value
-    if isinstance(default, float):
+    if kind is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise UserError(f"{where}: expected a number, got {value!r}")
         return float(value)
-    if isinstance(default, str):
+    if kind is str:
         if not isinstance(value, str):
             raise UserError(f"{where}: expected a string, got {value!r}")
         return value
-    if isinstance(default, list):
-        if not isinstance(value, list):
+    if kind is tuple:
+        if not isinstance(value, (list, tuple)):
             raise UserError(f"{where}: expected a list, got {value!r}")
-        return value
+        return tuple(value)
     return value
 
 
@@ -201,7 +273,7 @@ def validate(raw, source="config"):
                 raise UserError(f"{source}: unknown key '{section}.{key}' "
                                 f"(known: {', '.join(DEFAULTS[section])})")
             cfg[section][key] = _check_type(f"{source}: {section}.{key}", value,
-                                            DEFAULTS[section][key])
+                                            TYPES[section][key])
     for section, values in cfg.items():
         for key, value in values.items():
             if value is REQUIRED:
@@ -211,7 +283,22 @@ def validate(raw, source="config"):
                 raise UserError(f"{source}: {section}.{key} must be one of {choices}, "
                                 f"got {value!r}")
     _check_values(cfg, source)
-    return cfg
+    return _settings(cfg, source)
+
+
+TYPES = {name: {f.name: f.type for f in fields(cls)} for name, cls in SECTIONS.items()}
+
+
+def _settings(cfg, source):
+    """The checked dict as Settings, with the derived defaults resolved."""
+    from core.regions import parse_regions
+    T = cfg["diffusion"]["num_diffusion_timesteps"]
+    cfg["speed"]["tau"] = cfg["speed"]["tau"] or round(0.7 * T)
+    cfg["taeb"]["finetune_epochs"] = cfg["taeb"]["finetune_epochs"] or \
+        max(1, cfg["training"]["n_epochs"] // 2)
+    cfg["earlybird"]["ratios"] = tuple(float(r) for r in cfg["earlybird"]["ratios"])
+    cfg["taeb"]["regions"] = parse_regions(cfg["taeb"]["regions"], T, source)
+    return Settings(**{name: cls(**cfg[name]) for name, cls in SECTIONS.items()})
 
 
 # Valid ranges of numeric values: (low, high, low_inclusive, high_inclusive); None = open end.
@@ -348,5 +435,6 @@ def add_override_flag(parser):
 
 
 def dump_config(cfg, path):
+    """Write Settings as YAML that ``load_config`` reads back to the same Settings."""
     from utils.io import atomic_write_text
-    atomic_write_text(path, yaml.safe_dump(cfg, sort_keys=False))
+    atomic_write_text(path, yaml.safe_dump(cfg.as_dict(), sort_keys=False))

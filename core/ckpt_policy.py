@@ -24,23 +24,23 @@ _OPTIMIZER_COPIES = {"Adam": 2, "AdamW": 2, "RMSProp": 1, "SGD": 1}
 
 
 def keeps_epoch_file(cfg, epoch):
-    t = cfg["training"]
-    return t["epoch_ckpt"] != "none" and (t["epoch_ckpt_until"] == 0 or
-                                          epoch < t["epoch_ckpt_until"])
+    t = cfg.training
+    return t.epoch_ckpt != "none" and (t.epoch_ckpt_until == 0 or
+                                          epoch < t.epoch_ckpt_until)
 
 
 def is_snapshot(cfg, epoch):
-    t = cfg["training"]
-    if not t["snapshot_every"] or t["epoch_ckpt_until"] == 0 and t["epoch_ckpt"] != "none":
+    t = cfg.training
+    if not t.snapshot_every or t.epoch_ckpt_until == 0 and t.epoch_ckpt != "none":
         return False  # every epoch has its file already
-    return epoch >= t["epoch_ckpt_until"] and (epoch + 1) % t["snapshot_every"] == 0
+    return epoch >= t.epoch_ckpt_until and (epoch + 1) % t.snapshot_every == 0
 
 
 def epoch_file_state(cfg, state):
     """The per-epoch file of a full checkpoint ``state``: no optimizer; no raw weights under
     ``ema``."""
     out = dict(state, optimizer=None)
-    if cfg["training"]["epoch_ckpt"] == "ema":
+    if cfg.training.epoch_ckpt == "ema":
         out["model"] = None
     return out
 
@@ -51,7 +51,7 @@ def snapshot_state(state):
 
 def old_snapshots(cfg, snapshots):
     """Of {epoch: path} snapshots, the paths that keep_last drops (oldest first)."""
-    k = cfg["training"]["keep_last"]
+    k = cfg.training.keep_last
     epochs = sorted(snapshots)
     return [snapshots[e] for e in epochs[:-k]] if k and len(epochs) > k else []
 
@@ -78,15 +78,15 @@ class DiskPlan:
 
 def plan(cfg, weights_bytes, start_epoch):
     """The disk a run's checkpoints will add from ``start_epoch`` to the end."""
-    t = cfg["training"]
-    has_ema = cfg["model"]["ema"]
+    t = cfg.training
+    has_ema = cfg.model.ema
     copies = 1 + (1 if has_ema else 0)
-    epochs = range(start_epoch, t["n_epochs"])
-    per_file = weights_bytes * (1 if t["epoch_ckpt"] == "ema" else copies)
+    epochs = range(start_epoch, t.n_epochs)
+    per_file = weights_bytes * (1 if t.epoch_ckpt == "ema" else copies)
     n_snap = sum(1 for e in epochs if is_snapshot(cfg, e))
-    if t["keep_last"]:
-        n_snap = min(n_snap, t["keep_last"] + 1)  # the new one is written before old ones go
-    opt = _OPTIMIZER_COPIES.get(cfg["optim"]["optimizer"], 2)
+    if t.keep_last:
+        n_snap = min(n_snap, t.keep_last + 1)  # the new one is written before old ones go
+    opt = _OPTIMIZER_COPIES.get(cfg.optim.optimizer, 2)
     return DiskPlan(sum(1 for e in epochs if keeps_epoch_file(cfg, e)), per_file, n_snap,
                     weights_bytes * copies, weights_bytes * (copies + opt))
 
@@ -96,8 +96,8 @@ def _mb(n):
 
 
 def describe(cfg, p):
-    t = cfg["training"]
-    parts = [f"{p.epoch_files} per-epoch files ({t['epoch_ckpt']}) of {_mb(p.epoch_file_bytes)}"]
+    t = cfg.training
+    parts = [f"{p.epoch_files} per-epoch files ({t.epoch_ckpt}) of {_mb(p.epoch_file_bytes)}"]
     if p.snapshots:
         parts.append(f"{p.snapshots} snapshots of {_mb(p.snapshot_bytes)}")
     parts.append(f"ckpt.pth of {_mb(p.latest_bytes)}")
@@ -112,7 +112,7 @@ def free_bytes(path):
     return shutil.disk_usage(p).free
 
 
-def check_disk(cfg, p, layout, doc, fresh):
+def check_disk(cfg, p, *, layout, doc, fresh):
     """One line about the projected disk use; a UserError if the disk cannot hold it. A fresh
     start (--ni) frees the run's old checkpoints first."""
     run_dir = layout.run_dir(doc)

@@ -80,8 +80,7 @@ def build_model(model_args, pruning=None):
 
 def architecture_differences(cfg, model_args):
     """Keys of the config's model section whose value differs from a checkpoint's network."""
-    from models.unet import model_args_from_config
-    wanted = model_args_from_config(cfg)
+    wanted = cfg.unet_kwargs()
     return [k for k in wanted if k in model_args and wanted[k] != model_args[k]]
 
 

@@ -1,15 +1,15 @@
-"""The evidence study (DESIGN.md step 8): the pipeline for several seeds, quality along
+"""The evidence study (docs/evidence.md): the pipeline for several seeds, quality along
 training for every method on one fixed noise set, equal-quality speed-ups in FLOPs and in
 wall-clock, the metric's own noise floor, and a verdict per claim of the paper.
 
 Each seed is one pipeline run (``{doc}_s{seed}``; with SpeeD also ``{doc}_speed_s{seed}``);
 finished stages are reused, so an interrupted study continues where it stopped.
 """
-from runners.curves import read_curve
-from runners.evidence import equal_quality_speedup, fmt_mean_std, mean_std, verdict
-from runners.layout import Layout, region_doc
-from runners.report import collect
-from runners.runlog import read_costs
+from evaluation.curves import read_curve
+from evaluation.evidence import equal_quality_speedup, fmt_mean_std, mean_std, verdict
+from core.layout import Layout, region_doc
+from evaluation.report import collect
+from core.runlog import read_costs
 
 PLAIN_KINDS = ("dense", "eb", "tpf", "eqflops", "taeb")
 

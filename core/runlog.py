@@ -92,3 +92,9 @@ class RunLog:
         if self.enabled:
             self.tb.close()
             self.log_file.close()
+
+
+def training_flops(macs_per_image, images):
+    """The one FLOPs convention of every cost record and report: 2 FLOPs per MAC, and a
+    backward pass costs two forward passes (3 in all), per training image."""
+    return 2 * 3 * macs_per_image * images

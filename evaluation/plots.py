@@ -7,7 +7,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from models.earlybird import find_earlybird, hamming, overlap_matrix  # noqa: E402
-from runners.layout import overlap_stem_in  # noqa: E402
+from core.layout import overlap_stem_in  # noqa: E402
 from runners.masks import load_mask_series  # noqa: E402
 
 
@@ -60,18 +60,20 @@ def plot_distance_curves(curves, threshold, path):
     plt.close(fig)
 
 
-def plot_mask_series(mask_dir, ratios, pruner, out_dir, *, doc=None, window=5, threshold=0.1):
+def plot_mask_series(mask_dir, ratios, pruner, out_dir, *, window, threshold, doc=None,
+                     start_epoch=0, end_epoch=None):
     """Heatmap per ratio and one distance-curve figure; returns {name: path}."""
     os.makedirs(out_dir, exist_ok=True)
     curves, paths = {}, {}
     for r in ratios:
-        series = load_mask_series(mask_dir, r, pruner, doc=doc)
+        series = load_mask_series(mask_dir, r, pruner, start_epoch=start_epoch,
+                                  end_epoch=end_epoch, doc=doc)
         epochs = [e for e, _ in series]
         heat = overlap_stem_in(out_dir, r, pruner) + ".png"
         plot_heatmap(overlap_matrix([m for _, m in series]), epochs,
                      f"mask overlap, ratio {r:g} ({pruner})", heat)
         paths[f"overlap {r:g}"] = heat
-        eb, _ = find_earlybird(series, window, threshold)
+        eb, _ = find_earlybird(series, window=window, threshold=threshold)
         pts = window_distances(series, window)
         if pts:
             curves[f"ratio {r:g}"] = ([e for e, _ in pts], [d for _, d in pts], eb)
@@ -80,34 +82,3 @@ def plot_mask_series(mask_dir, ratios, pruner, out_dir, *, doc=None, window=5, t
         plot_distance_curves(curves, threshold, path)
         paths["distances"] = path
     return paths
-
-
-def upscale_factor(size, target=64):
-    """Nearest-neighbour zoom that brings small images to about ``target`` pixels."""
-    return max(1, target // max(size, 1))
-
-
-def save_sample_grid(images, path, title):
-    """images: float [N, C, H, W] in [0, 1] -> a titled PNG grid, small images scaled up
-    (nearest) so each is about 64 px. Returns the grid image [C', H', W'] in [0, 1]."""
-    import math
-
-    import torch
-    import torch.nn.functional as F
-    import torchvision.utils as vutils
-    k = upscale_factor(images.shape[-1])
-    big = F.interpolate(images, scale_factor=k, mode="nearest") if k > 1 else images
-    grid = vutils.make_grid(big, nrow=int(math.ceil(math.sqrt(len(images)))), padding=2 * k,
-                            pad_value=1.0)
-    h, w = grid.shape[1:]
-    fig = plt.figure(figsize=(w / 100, h / 100 + 0.35), dpi=100)
-    ax = fig.add_axes((0, 0, 1, h / (h + 35)))
-    ax.imshow(grid.permute(1, 2, 0).squeeze(-1).numpy() if grid.shape[0] == 1 else
-              grid.permute(1, 2, 0).numpy(), cmap="gray", vmin=0, vmax=1,
-              interpolation="nearest")
-    ax.axis("off")
-    fig.suptitle(title, fontsize=9, y=1 - 0.1 * 35 / (h + 35))
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return grid.clamp(0, 1).to(torch.float32)

@@ -13,8 +13,9 @@ This module is the only place that knows the layout; everything else asks it.
                                     slurm/region_{lo}_{hi}.sbatch and slurm/jobs.json
   {exp}/samples/{name}/             sample folders; {name}.metric.json and {name}_grid.png beside
   {exp}/metric/                     the digits classifier cache
-  {exp}/report/{doc}/               results.md and its figures
-  {exp}/curves/{name}.jsonl         quality along training (runners/curves.py)
+  {exp}/report/{doc}/               results.md and its figures; report/study/: the study page
+  {exp}/pipeline/{doc}.yml          the resolved config the pipeline's stages read
+  {exp}/curves/{name}.jsonl         quality along training (evaluation/curves.py)
 
 Runs derived from a dense run ``doc`` are named ``{doc}_eb_{p}`` (EB ticket at ratio p),
 ``{doc}_tpf_{p}`` (train-prune-finetune at p), ``{doc}_eqflops_{p}`` (a uniform EB ticket given
@@ -43,9 +44,14 @@ class MaskName:
     epoch: int
 
 
+def ratio_key(ratio):
+    """A pruning ratio as it appears in file and run names and as a JSON key: 0.5 -> '0.5'."""
+    return f"{float(ratio):g}"
+
+
 def mask_stem(doc, ratio, pruner, epoch):
     """The seed's mask and ticket naming: {doc}_pruned-{ratio}-{pruner}-{epoch}."""
-    return f"{doc}_pruned-{ratio:g}-{pruner}-{epoch}"
+    return f"{doc}_pruned-{ratio_key(ratio)}-{pruner}-{epoch}"
 
 
 def parse_mask_stem(stem):
@@ -69,15 +75,15 @@ def epoch_of_checkpoint(path):
 
 
 def eb_doc(doc, ratio):
-    return f"{doc}_eb_{ratio:g}"
+    return f"{doc}_eb_{ratio_key(ratio)}"
 
 
 def tpf_doc(doc, ratio):
-    return f"{doc}_tpf_{ratio:g}"
+    return f"{doc}_tpf_{ratio_key(ratio)}"
 
 
 def eqflops_doc(doc, ratio):
-    return f"{doc}_eqflops_{ratio:g}"
+    return f"{doc}_eqflops_{ratio_key(ratio)}"
 
 
 def region_doc(doc, rng):
@@ -229,6 +235,21 @@ class Layout:
     def report_dir(self, doc):
         return os.path.join(self.exp, "report", doc)
 
+    def report_file(self, doc):
+        """The results table of a pipeline (results.json and .csv beside it)."""
+        return os.path.join(self.report_dir(doc), "results.md")
+
+    def study_page(self):
+        return os.path.join(self.report_dir("study"), "results.md")
+
+    def study_wall(self):
+        """The study's wall-clock summed over its invocations."""
+        return os.path.join(self.report_dir("study"), "wall.json")
+
+    def pipeline_config(self, doc):
+        """The resolved config the pipeline of dense run ``doc`` hands to every stage."""
+        return os.path.join(self.exp, "pipeline", f"{doc}.yml")
+
     def curve_file(self, name):
         """Quality along training of run (or stitched TA-EB) ``name``."""
         return os.path.join(self.exp, "curves", f"{name}.jsonl")
@@ -236,11 +257,11 @@ class Layout:
 
 def earlybird_result_in(mask_dir, ratio, pruner):
     """Where find_earlybird writes its result for one mask series."""
-    return os.path.join(mask_dir, f"earlybird-{ratio:g}-{pruner}.json")
+    return os.path.join(mask_dir, f"earlybird-{ratio_key(ratio)}-{pruner}.json")
 
 
 def overlap_stem_in(mask_dir, ratio, pruner):
-    return os.path.join(mask_dir, f"overlap-{ratio:g}-{pruner}")
+    return os.path.join(mask_dir, f"overlap-{ratio_key(ratio)}-{pruner}")
 
 
 def sample_grid_of(folder):

@@ -1,4 +1,4 @@
-"""FID with pytorch-fid (DESIGN.md step 7): statistics of a folder or a data set (cached as
+"""FID with pytorch-fid (docs/design.md, step 7): statistics of a folder or a data set (cached as
 .npz), the Fréchet distance of two statistics, and an offline path for Inception weights.
 
 pytorch-fid downloads its Inception weights on first use; ``inception_weights=PATH`` loads a

@@ -12,9 +12,9 @@ import torch
 from datasets import inverse_data_transform
 from models.diffusion import Diffusion, sample_images
 from models.stitched import StitchedTickets
-from runners import checkpoint as ck
-from runners.device import autocast_for
-from runners.runlog import append_jsonl
+from core import checkpoint as ck
+from core.device import autocast_for
+from core.runlog import append_jsonl
 from utils.io import read_jsonl
 
 
@@ -24,28 +24,28 @@ def eval_epochs(n_epochs, every):
     return sorted(set(out) | {n_epochs - 1})
 
 
-def sample_fixed(model, cfg, n, timesteps, device, batch_size=250):
+def sample_fixed(model, cfg, *, n, timesteps, device, batch_size=250):
     """n images [N, C, H, W] in [0, 1], quantised like a PNG, from the fixed per-image noise."""
     from runners.sample import image_noise, per_image_step_noise
-    d, s = cfg["data"], cfg["sampling"]
+    d, s = cfg.data, cfg.sampling
     device = torch.device(device)
-    shape = (d["channels"], d["image_size"], d["image_size"])
-    diffusion = Diffusion(cfg["diffusion"], device)
+    shape = (d.channels, d.image_size, d.image_size)
+    diffusion = Diffusion(**vars(cfg.diffusion), device=device)
     out = []
     for b in range(0, n, batch_size):
         idx = list(range(b, min(n, b + batch_size)))
-        noise = torch.stack([image_noise(i, shape, s["seed"]) for i in idx]).to(device)
+        noise = torch.stack([image_noise(i, shape, s.seed) for i in idx]).to(device)
         x = sample_images(model, diffusion, noise, timesteps=timesteps,
-                          skip_type=s["skip_type"], sample_type=s["sample_type"], eta=s["eta"],
+                          skip_type=s.skip_type, sample_type=s.sample_type, eta=s.eta,
                           autocast=autocast_for(cfg, device),
-                          step_noise=per_image_step_noise(idx, s["seed"], device))
+                          step_noise=per_image_step_noise(idx, s.seed, device))
         out.append((inverse_data_transform(x.float().cpu()) * 255).round() / 255)
     return torch.cat(out)
 
 
 def digits_quality(cache_dir):
     """images [N, 1, S, S] in [0, 1] -> ('digits-FD', value)."""
-    from runners.digits_metric import evaluate
+    from evaluation.digits_metric import evaluate
 
     def score(images):
         return "digits-FD", evaluate(images * 2 - 1, images.shape[-1], cache_dir)["digits_fd"]
@@ -70,14 +70,14 @@ def evaluate_curve(cfg, path, sources_by_epoch, score, *, n, timesteps, device="
     [{epoch, metric, value, n, timesteps}] in epoch order."""
     done = {p["epoch"]: p for p in read_jsonl(path)
             if p.get("n") == n and p.get("timesteps") == timesteps}
-    T = cfg["diffusion"]["num_diffusion_timesteps"]
+    T = cfg.diffusion.num_diffusion_timesteps
     os.makedirs(os.path.dirname(path), exist_ok=True)
     for epoch, sources in sorted(sources_by_epoch.items()):
         if epoch in done:
             continue
         model = _network(sources, T, device)  # (rebuilding a pruned network needs autograd)
         with torch.no_grad():
-            images = sample_fixed(model, cfg, n, timesteps, device)
+            images = sample_fixed(model, cfg, n=n, timesteps=timesteps, device=device)
         metric, value = score(images)
         point = {"epoch": epoch, "metric": metric, "value": float(value), "n": n,
                  "timesteps": timesteps}
