@@ -44,7 +44,13 @@ def _bare(model_sd, ema_sd=None):
 
 
 def load_checkpoint(path, map_location="cpu"):
-    """Load a checkpoint with weights_only=True; any failure is one UserError line."""
+    """Load a checkpoint with weights_only=True; any failure is one UserError line. A local
+    diffusers UNet folder or a .safetensors file (core/interop.py) loads too."""
+    from core import interop
+    if interop.is_diffusers_folder(path):
+        return interop.load_diffusers_folder(path)
+    if path.endswith(".safetensors") and os.path.isfile(path):
+        return interop.load_safetensors(path)
     if not os.path.isfile(path):
         raise UserError(f"checkpoint not found: {path}")
     try:

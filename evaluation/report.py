@@ -159,6 +159,24 @@ def _x(v):
     return "–" if v is None else f"{v:.2f}x"
 
 
+# results.json / .csv: the columns of the table, at full precision
+DATA_COLUMNS = ("method", "params", "macs", "eb_epoch", "train_flops_critical",
+                "train_flops_total", "train_s_critical", "train_s_total", "vs_dense_flops",
+                "vs_dense_wall", "vs_tpf_flops", "vs_tpf_wall", "metric", "metric_value")
+
+
+def data_rows(rows):
+    """The table's rows as plain values (DATA_COLUMNS)."""
+    return [{"method": r["method"], "params": r["params"], "macs": r["macs"],
+             "eb_epoch": r["eb_epoch"], "train_flops_critical": r["critical_flops"],
+             "train_flops_total": r["total_flops"], "train_s_critical": r["critical_s"],
+             "train_s_total": r["total_s"], "vs_dense_flops": r["vs_dense_flops"],
+             "vs_dense_wall": r["vs_dense_wall"], "vs_tpf_flops": r["vs_tpf_flops"],
+             "vs_tpf_wall": r["vs_tpf_wall"],
+             "metric": r["metric"][0] if r["metric"] else None,
+             "metric_value": r["metric"][1] if r["metric"] else None} for r in rows]
+
+
 def table(rows):
     metric_name = next((r["metric"][0] for r in rows if r["metric"]), "metric")
     head = ("| Method | Params (M) | MACs (M) | EB epoch | Train TFLOPs, critical / total | "
@@ -254,4 +272,6 @@ def write_report(exp, doc, out_dir=None, *, sampling_steps=100, skip_type="quad"
         md += [f"## {title}", "", f"![{title}]({os.path.relpath(path, out_dir)})", ""]
     path = os.path.join(out_dir, "results.md")
     atomic_write_text(path, "\n".join(md))
+    from evaluation.tables import write_data
+    write_data(path, DATA_COLUMNS, data_rows(rows))
     return path, rows, notes

@@ -101,6 +101,39 @@ LABELS = {"dense": "Dense", "eb": "EB ticket", "tpf": "Train-prune-finetune",
           "eqflops": "Uniform EB ticket, TA-EB's fine-tuning FLOPs", "taeb": "TA-EB"}
 
 
+HEADLINE_COLUMNS = ("method", "seeds", "digits_fd_mean", "digits_fd_std", "eb_epoch_mean",
+                    "eb_epoch_std", "eq_speedup_flops_mean", "eq_speedup_flops_std",
+                    "eq_speedup_flops_lower_bound", "eq_speedup_wall_mean",
+                    "eq_speedup_wall_std", "eq_speedup_wall_lower_bound",
+                    "vs_dense_flops_mean", "vs_dense_flops_std", "vs_dense_wall_mean",
+                    "vs_dense_wall_std", "vs_tpf_flops_mean", "vs_tpf_flops_std",
+                    "vs_tpf_wall_mean", "vs_tpf_wall_std")
+
+
+def headline_data(results, variants):
+    """The headline table's rows as numbers (HEADLINE_COLUMNS): mean and std over seeds."""
+    out = []
+    for variant, label_suffix in variants:
+        seeds = results.get(variant, [])
+        for kind in PLAIN_KINDS:
+            per = [s[kind] for s in seeds if kind in s]
+            if not per:
+                continue
+            row = {"method": (per[0]["method"] if kind != "dense" else "Dense") + label_suffix,
+                   "seeds": len(per)}
+            for col, key in (("digits_fd", "quality"), ("eb_epoch", "eb_epoch"),
+                             ("vs_dense_flops", "vs_dense_flops"),
+                             ("vs_dense_wall", "vs_dense_wall"),
+                             ("vs_tpf_flops", "vs_tpf_flops"), ("vs_tpf_wall", "vs_tpf_wall")):
+                row[f"{col}_mean"], row[f"{col}_std"] = mean_std([p[key] for p in per])
+            for col, key in (("eq_speedup_flops", "eq_flops"), ("eq_speedup_wall", "eq_wall")):
+                vals = [p[key] for p in per if key in p]
+                row[f"{col}_mean"], row[f"{col}_std"] = mean_std([v.value for v in vals])
+                row[f"{col}_lower_bound"] = any(v.lower_bound for v in vals) if vals else None
+            out.append(row)
+    return out
+
+
 def headline_rows(results, variants):
     """Markdown rows, mean ± std over seeds: results {variant: [per-seed result dicts]}."""
     lines = ["| Method | digits-FD | EB epoch | equal-quality speed-up vs dense, FLOPs | "

@@ -5,7 +5,9 @@ from dataclasses import replace
 
 from evaluation.curves import digits_quality, sample_fixed
 from core.layout import Layout, eb_doc
-from evaluation.study import LABELS, headline_rows, seed_result, verdicts
+from evaluation.study import (HEADLINE_COLUMNS, LABELS, headline_data, headline_rows,
+                              seed_result, verdicts)
+from evaluation.tables import write_data
 from utils.io import atomic_write_text
 
 NOISE_SEED_SHIFT = 7919  # a second, disjoint set of per-image seeds for the noise floor
@@ -98,6 +100,7 @@ def write_page(cfg, a, docs, *, out, study_s):
              "against the dense run of the same variant (+ SpeeD rows: dense + SpeeD). "
              "Mean ± std over seeds.", ""]
     lines += headline_rows(results, variants) + [""]
+    write_data(out, HEADLINE_COLUMNS, headline_data(results, variants))
     lines += [f"Noise floor of the metric: two sets of {a.eval_samples} images from the same "
               f"models differ by up to {noise:.2f} digits-FD. N = {a.eval_samples} keeps one "
               "evaluation to seconds on a CPU, so the dense run can be evaluated often enough "

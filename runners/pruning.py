@@ -139,8 +139,11 @@ def expand_checkpoints(items):
     """Paths, folders (their ckpt_ep*.pth) and globs -> [(epoch or None, path)] by epoch."""
     import glob
     out = []
+    from core.interop import is_diffusers_folder
     for item in items:
-        if os.path.isdir(item):
+        if is_diffusers_folder(item):  # a diffusers UNet folder is one network
+            paths = [item]
+        elif os.path.isdir(item):
             paths = [p for p in glob.glob(os.path.join(item, "*.pth"))
                      if epoch_of_checkpoint(p) is not None]
             if not paths:
