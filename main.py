@@ -50,6 +50,10 @@ def build_parser():
                         "--load_pruned_model (default: off)")
     p.add_argument("--resume_training", action="store_true",
                    help="continue {exp}/logs/{doc}/ckpt.pth exactly (default: off)")
+    p.add_argument("--resume_from_last_good", action="store_true",
+                   help="with --resume_training: when ckpt.pth cannot be read, resume from the "
+                        "newest intact snapshot or per-epoch file, saying what is lost "
+                        "(default: off)")
     p.add_argument("--restore_from", default=None,
                    help="checkpoint to sample from / start training at (default: none)")
     p.add_argument("--load_pruned_model", default=None,
@@ -100,7 +104,10 @@ def main(argv=None):
                         f"{', '.join(sorted(VERBOSITY_NAMES))}")
     cfg = load_config(args.config, flatten_overrides(args.override) +
                       flag_overrides(args, CONFIG_FLAGS))
+    if args.resume_from_last_good and not args.resume_training:
+        raise UserError("--resume_from_last_good goes with --resume_training")
     opts = RunOptions(exp=args.exp, doc=args.doc, ni=args.ni, resume=args.resume_training,
+                      resume_from_last_good=args.resume_from_last_good,
                       restore_from=args.restore_from, load_pruned_model=args.load_pruned_model,
                       use_ema=args.use_ema, device=args.device,
                       ts_range=tuple(args.ts_range) if args.ts_range else None,

@@ -9,6 +9,7 @@ loads to the same Settings.
 """
 import copy
 import os
+import re
 from dataclasses import dataclass, fields
 
 import yaml
@@ -82,6 +83,10 @@ class TrainingSettings:
     epoch_ckpt_until: int = 0       # per-epoch files for epochs < E only (0: every epoch)
     snapshot_every: int = 0         # after that, snapshot_epE.pth every N epochs (0: none)
     keep_last: int = 0              # snapshots kept, newest first (0: all)
+    dist_timeout_s: int = 600       # torchrun: a collective waiting longer fails (a dead peer)
+    on_nonfinite: str = "stop"      # a non-finite loss or gradient norm: stop (one line, no
+                                    # weights written after it) | skip (that step changes
+                                    # nothing; counted in the epoch line and costs.jsonl)
 
 
 @dataclass(frozen=True)
@@ -210,6 +215,7 @@ CHOICES = {
     ("optim", "schedule"): ["constant", "cosine", "linear"],
     ("training", "timestep_sampler"): ["antithetic", "uniform", "speed"],
     ("training", "epoch_ckpt"): ["full", "ema", "none"],
+    ("training", "on_nonfinite"): ["stop", "skip"],
     ("fast", "amp"): ["auto", "bf16", "off"],
     ("fast", "channels_last"): ["auto", "on", "off"],
     ("earlybird", "pruner"): list(PRUNERS),
@@ -230,6 +236,9 @@ def resolve_path(name):
     raise UserError(f"config file not found: {name} (looked in . and {CONFIG_DIR}){hint}")
 
 
+_FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
+
+
 def _check_type(where, value, kind):
     """``value`` as a ``kind`` (bool, int, float, str, tuple), or a UserError."""
     if kind is bool:
@@ -241,6 +250,8 @@ def _check_type(where, value, kind):
             raise UserError(f"{where}: expected an integer, got {value!r}")
         return value
     if kind is float:
+        if isinstance(value, str) and _FLOAT.fullmatch(value.strip()):
+            value = float(value)  # YAML 1.1 reads 1e-4 (no dot) as a string
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise UserError(f"{where}: expected a number, got {value!r}")
         return float(value)
@@ -325,7 +336,7 @@ RANGES = {
     ("optim", "grad_clip"): NON_NEGATIVE, ("optim", "warmup"): NON_NEGATIVE,
     ("optim", "min_lr"): NON_NEGATIVE, ("training", "grad_accum"): AT_LEAST_ONE,
     ("training", "epoch_ckpt_until"): NON_NEGATIVE, ("training", "snapshot_every"): NON_NEGATIVE,
-    ("training", "keep_last"): NON_NEGATIVE,
+    ("training", "keep_last"): NON_NEGATIVE, ("training", "dist_timeout_s"): AT_LEAST_ONE,
     ("pruning", "taylor_batch_size"): AT_LEAST_ONE, ("pruning", "taylor_steps"): AT_LEAST_ONE,
     ("pruning", "thr"): FRACTION, ("pruning", "diff_stride"): AT_LEAST_ONE,
     ("pruning", "round_to"): NON_NEGATIVE,

@@ -53,11 +53,15 @@ def use_channels_last(cfg, device):
     return v == "on" or (v == "auto" and device.type == "cuda")
 
 
-def dist_setup(device):
-    """(rank, world size); joins the process group torchrun describes."""
+def dist_setup(device, timeout_s=600):
+    """(rank, world size); joins the process group torchrun describes. A collective that waits
+    longer than ``timeout_s`` (training.dist_timeout_s) fails instead of hanging, so a job
+    whose peer died ends (torchrun also stops the other ranks when one exits)."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world > 1 and not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+        import datetime
+        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo",
+                                timeout=datetime.timedelta(seconds=timeout_s))
     if dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
     return 0, 1

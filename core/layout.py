@@ -4,7 +4,7 @@ This module is the only place that knows the layout; everything else asks it.
 
   {exp}/logs/{doc}/                 a training run (dense, EB ticket, baseline or TA-EB region):
       ckpt.pth, ckpt_ep{E}.pth, snapshot_ep{E}.pth, config.yml, log.txt, costs.jsonl,
-      earlybird.json, DONE, samples/ep{E}.png
+      earlybird.json, DONE, LOCK (while a process trains), samples/ep{E}.png
   {exp}/tensorboard/{doc}/          its TensorBoard events
   {exp}/pruned/{doc}/masks/         masks of the dense run {doc}: {doc}_pruned-{p}-{pruner}-{E}.npy
                                     (+ .json), earlybird-{p}-{pruner}.json, overlap figures
@@ -175,6 +175,10 @@ class Layout:
     def done_marker(self, doc):
         return os.path.join(self.run_dir(doc), "DONE")
 
+    def run_lock(self, doc):
+        """Held while a process trains in the run (core/lock.py)."""
+        return os.path.join(self.run_dir(doc), "LOCK")
+
     def training_grid(self, doc, epoch):
         return os.path.join(self.run_dir(doc), "samples", f"ep{epoch}.png")
 
@@ -213,6 +217,9 @@ class Layout:
     def manifest(self, doc):
         return os.path.join(self.tickets_dir(doc), "tickets.yml")
 
+    def tickets_lock(self, doc):
+        return os.path.join(self.tickets_dir(doc), "LOCK")
+
     def region_log(self, doc, rng):
         return os.path.join(self.tickets_dir(doc), "logs", f"region_{rng[0]}_{rng[1]}.log")
 
@@ -250,6 +257,9 @@ class Layout:
         """The resolved config the pipeline of dense run ``doc`` hands to every stage."""
         return os.path.join(self.exp, "pipeline", f"{doc}.yml")
 
+    def pipeline_lock(self, doc):
+        return os.path.join(self.exp, "pipeline", f"{doc}.lock")
+
     def curve_file(self, name):
         """Quality along training of run (or stitched TA-EB) ``name``."""
         return os.path.join(self.exp, "curves", f"{name}.jsonl")
@@ -262,6 +272,12 @@ def earlybird_result_in(mask_dir, ratio, pruner):
 
 def overlap_stem_in(mask_dir, ratio, pruner):
     return os.path.join(mask_dir, f"overlap-{ratio_key(ratio)}-{pruner}")
+
+
+def folder_lock(folder):
+    """The lock beside a sample folder while a process fills it: {folder}.lock."""
+    folder = os.path.abspath(folder)
+    return os.path.join(os.path.dirname(folder), os.path.basename(folder) + ".lock")
 
 
 def sample_grid_of(folder):

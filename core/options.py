@@ -9,6 +9,7 @@ import os
 from dataclasses import dataclass
 from typing import Any, Optional, Tuple
 
+from core.interop import is_diffusers_folder
 from utils.errors import UserError
 
 
@@ -18,6 +19,8 @@ class RunOptions:
     doc: str
     ni: bool = False                      # start over: earlier results of this run are replaced
     resume: bool = False                  # continue from {exp}/logs/{doc}/ckpt.pth
+    resume_from_last_good: bool = False   # ... or, when it is unreadable, the newest intact
+                                          # snapshot / per-epoch file
     restore_from: Optional[str] = None    # start from (or sample) this checkpoint
     load_pruned_model: Optional[str] = None  # fine-tune this pruned ticket
     use_ema: bool = False                 # take the EMA weights of restore_from / for sampling
@@ -34,7 +37,8 @@ class RunOptions:
         for flag, path in (("--restore_from", self.restore_from),
                            ("--load_pruned_model", self.load_pruned_model),
                            ("--tickets", self.tickets)):
-            if path and not os.path.isfile(path):
+            if path and not os.path.isfile(path) and not (flag == "--restore_from" and
+                                                          is_diffusers_folder(path)):
                 raise UserError(f"{flag} {path}: file not found")
 
 

@@ -24,8 +24,22 @@ def interrupted_cost(path, epoch):
 
 
 def append_jsonl(path, record):
-    with open(path, "a") as f:
-        f.write(json.dumps(record) + "\n")
+    """Append one record; a failed write (a full disk) leaves the file as it was."""
+    from utils.io import DiskFull, is_disk_full
+    data = (json.dumps(record) + "\n").encode()
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        size = os.lseek(fd, 0, os.SEEK_END)
+        try:
+            written = os.write(fd, data)
+        except OSError as e:
+            os.ftruncate(fd, size)
+            raise DiskFull(path) if is_disk_full(e) else e
+        if written != len(data):  # a short write: the disk filled up on the way
+            os.ftruncate(fd, size)
+            raise DiskFull(path)
+    finally:
+        os.close(fd)
 
 
 def keep_costs_before(path, epoch):

@@ -302,6 +302,14 @@ class Pipeline:
 def main(argv=None):
     a = build_parser().parse_args(argv)
     check_name(a.doc, "--doc")
+    from core.layout import Layout
+    from core.lock import RunLock
+    with RunLock(Layout(a.exp).pipeline_lock(a.doc), f"the pipeline of {a.doc} in {a.exp}"):
+        return run_stages(a)
+
+
+def run_stages(a):
+    """Every stage in order; a rerun skips or resumes what an earlier run finished."""
     t_start = time.perf_counter()
     pipe = Pipeline(a)
     pipe.dense()                    # 1. dense training with online masks

@@ -209,8 +209,19 @@ def run_sampling(cfg, opts):
     """--sample: one process, or one per GPU under torchrun (the images are split)."""
     if not opts.image_folder:
         raise UserError("--sample needs --image_folder")
+    from core.layout import folder_lock
+    from core.lock import hold_for_job
     device = select_device(opts.device)
-    rank, world = dist_setup(device)
+    rank, world = dist_setup(device, cfg.training.dist_timeout_s)
+    lock = hold_for_job(folder_lock(opts.image_folder), f"sample folder {opts.image_folder}",
+                        rank=rank, world=world, device=device)
+    try:
+        return _sample_locked(cfg, opts, device, rank, world)
+    finally:
+        lock.release()
+
+
+def _sample_locked(cfg, opts, device, rank, world):
     model, about = load_sampling_model(cfg, opts, device)
     n = cfg.sampling.n_samples
     written = sample_to_folder(model, cfg, opts.image_folder, n, device=device, about=about,

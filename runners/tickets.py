@@ -144,7 +144,13 @@ def train_tickets(xp, launch=None):
     """Fine-tune every unfinished region's ticket of experiment ``xp`` (each for
     ``taeb.finetune_epochs``), then write the manifest; returns 0, or 1 if a ticket failed
     (local), sbatch failed, or --collect found unfinished tickets."""
+    from core.lock import RunLock
     launch = launch or Launch()
+    with RunLock(xp.layout.tickets_lock(xp.doc), f"the TA-EB tickets of {xp.doc}"):
+        return _train_tickets(xp, launch)
+
+
+def _train_tickets(xp, launch):
     jobs = resolve_tickets(xp, require_regions(xp.cfg, xp.config))
     todo = [j for j in jobs if not os.path.isfile(xp.layout.done_marker(j.run_doc))]
     if launch.collect:

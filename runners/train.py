@@ -32,10 +32,11 @@ from core.device import (autocast_for, configure_device, dist_setup, rng_state,
                             select_device, set_rng_state, training_rng_untouched,
                             use_channels_last)
 from core.layout import Layout
+from core.lock import hold_for_job
 from core.runlog import (RunLog, append_jsonl, archive, interrupted_cost,
                          keep_costs_before, training_flops)
 from utils.errors import UserError
-from utils.io import atomic_save, atomic_write_text
+from utils.io import DiskFull, atomic_save, atomic_write_text
 
 
 def make_optimizer(cfg, params, device):
@@ -100,9 +101,15 @@ def resolve_source(cfg, opts, layout):
     """resume > --load_pruned_model > --restore_from > a fresh dense network."""
     latest = layout.latest_checkpoint(opts.doc)
     if opts.resume:
-        if not os.path.isfile(latest):
-            raise UserError(f"--resume_training: no checkpoint at {latest}")
-        c = ck.load_checkpoint(latest)
+        try:
+            if not os.path.isfile(latest):
+                raise UserError(f"--resume_training: no checkpoint at {latest}")
+            c = ck.load_checkpoint(latest)
+        except UserError as e:
+            if not opts.resume_from_last_good:
+                raise UserError(f"{e} (--resume_from_last_good falls back to the newest intact "
+                                f"snapshot or per-epoch file)")
+            c, latest = _last_good_checkpoint(layout, opts.doc, str(e))
         _refuse_other_architecture(cfg, c["model_args"], latest, "resume")
         return Source(c["model_args"], c.get("pruning"), resume=c, weights_from=latest)
     if layout.checkpoint_files(opts.doc) and not opts.ni:
@@ -126,6 +133,28 @@ def resolve_source(cfg, opts, layout):
     return Source(cfg.unet_kwargs())
 
 
+def _last_good_checkpoint(layout, doc, why):
+    """The newest readable snapshot or per-epoch file of a run whose ckpt.pth is unreadable,
+    made resumable; says which epoch it resumes from and what is lost."""
+    files = {**layout.epoch_checkpoints(doc), **layout.snapshots(doc)}
+    for epoch in sorted(files, reverse=True):
+        try:
+            c = ck.load_checkpoint(files[epoch])
+        except UserError:
+            print(f"note: {files[epoch]} is unreadable too")
+            continue
+        lost = ["the optimizer's moments (they restart from zero)"]
+        if c.get("model") is None:  # an EMA-only file: the raw weights restart from the EMA
+            c["model"] = c["ema"]
+            lost.append("the raw weights (they restart from the EMA weights)")
+        c.update(optimizer=None, step_in_epoch=0)
+        print(f"note: {why}; resuming from {files[epoch]}, after epoch {epoch}: epochs "
+              f"{epoch + 1} and later are trained again; lost: {' and '.join(lost)}")
+        return c, files[epoch]
+    raise UserError(f"{why}; and no intact snapshot or per-epoch file in {layout.run_dir(doc)} "
+                    f"to fall back on: start over with --ni")
+
+
 @dataclass
 class RunState:
     model: torch.nn.Module               # the bare network (checkpoints, EMA, clipping)
@@ -138,6 +167,8 @@ class RunState:
     step: int = 0
     start_step_in_epoch: int = 0
     carried_cost: Optional[dict] = None  # the interrupted part of epoch start_epoch
+    nonfinite: Any = None                # NonFinite: steps with a non-finite loss / gradient
+    skipped_before: int = 0              # of them, those counted in earlier epochs' records
 
     def checkpoint(self, cfg, device, *, epochs_done, step_in_epoch, with_optimizer=True):
         return ck.make_checkpoint(
@@ -194,7 +225,41 @@ def build_run(cfg, opts, *, layout, device, rank, world):
         run.start_epoch, run.step = r["epochs_done"], r["step"]
         run.start_step_in_epoch = r.get("step_in_epoch", 0)
         set_rng_state(r["rng"], device)
+    run.nonfinite = NonFinite(device, first_step=run.step,
+                              skip=cfg.training.on_nonfinite == "skip")
     return run
+
+
+class NonFinite:
+    """Steps whose loss or gradient norm was not finite, counted on the device so that no
+    step waits for the host; read where the loop reads the loss anyway (logging, epoch end)."""
+
+    def __init__(self, device, *, first_step, skip):
+        self.skip = skip  # skip: such a step changes no weight (a host read per step)
+        self.count = torch.zeros((), dtype=torch.long, device=device)
+        self.first = torch.full((), -1, dtype=torch.long, device=device)
+        self.step = torch.full((), first_step, dtype=torch.long, device=device)
+
+    def record(self, ok):
+        """``ok``: 0-d bool tensor of this step; returns whether to apply the update."""
+        bad = ~ok
+        self.first = torch.where((self.first < 0) & bad, self.step, self.first)
+        self.count += bad
+        self.step += 1
+        return bool(ok) if self.skip else True
+
+    def read(self):
+        """(steps not finite so far, the first one's global step or None)."""
+        n, first = int(self.count), int(self.first)
+        return n, (first if first >= 0 else None)
+
+    def check(self, epoch):
+        """Under training.on_nonfinite: stop, a Diverged exception once a step went bad."""
+        n, first = self.read()
+        if n and not self.skip:
+            raise Diverged(f"training diverged: non-finite loss or gradient norm at epoch "
+                           f"{epoch}, step {first + 1} ({n} step(s) so far); no weights were "
+                           f"saved after it")
 
 
 def _fresh_start(layout, doc):
@@ -235,12 +300,46 @@ class Loop:
         return self.opts.doc
 
 
+class Diverged(Exception):
+    """A non-finite loss or gradient norm under training.on_nonfinite: stop."""
+
+
 def train(cfg, opts):
-    """Train (or fine-tune) per ``cfg``; ``opts`` is a RunOptions. Returns the exit status."""
+    """Train (or fine-tune) per ``cfg``; ``opts`` is a RunOptions. Returns the exit status.
+
+    One process (or torchrun job) at a time per run directory; a divergence or a full disk
+    ends the run in one line with nothing written after the last good checkpoint."""
     device = select_device(opts.device)
-    rank, world = dist_setup(device)
+    rank, world = dist_setup(device, cfg.training.dist_timeout_s)
     configure_device(device)
     layout = Layout(opts.exp)
+    lock = hold_for_job(layout.run_lock(opts.doc), f"run {layout.run_dir(opts.doc)}",
+                        rank=rank, world=world, device=device)
+    try:
+        return _train(cfg, opts, layout, device, rank, world)
+    except Diverged as e:
+        raise UserError(f"{e}; {_last_good(layout, opts.doc)} Lower optim.lr, set "
+                        f"optim.warmup or optim.grad_clip, or skip such steps with "
+                        f"training.on_nonfinite: skip")
+    except DiskFull as e:
+        raise UserError(f"no space left on the disk while writing {e.filename}: the run stops; "
+                        f"no partial file was left. {_last_good(layout, opts.doc)} Free space, "
+                        f"then: {_resume_command(opts)}")
+    finally:
+        lock.release()
+
+
+def _last_good(layout, doc):
+    """What a resume reads now, in words."""
+    path = layout.latest_checkpoint(doc)
+    if not os.path.isfile(path):
+        return "No checkpoint of this run was written."
+    c = ck.load_checkpoint(path)
+    return f"{path} (after epoch {c['epochs_done'] - 1}, step {c['step']}) is what " \
+        f"--resume_training reads."
+
+
+def _train(cfg, opts, layout, device, rank, world):
     dataset = get_dataset(cfg, train=True)  # bad data fails before anything on disk changes
     run = build_run(cfg, opts, layout=layout, device=device, rank=rank, world=world)
     disk_line = None
@@ -399,7 +498,7 @@ def run_epoch(loop, run, epoch, stop):
                                  channels_last=channels_last, grad_accum=cfg.training.grad_accum,
                                  lr=lr_at(cfg.optim, run.step, total_steps),
                                  quartiles=quartiles)
-        loss_sum += loss
+        loss_sum += torch.where(torch.isfinite(loss), loss, torch.zeros_like(loss))
         n_steps += 1
         n_images += x.shape[0]
         run.step += 1
@@ -408,6 +507,7 @@ def run_epoch(loop, run, epoch, stop):
             ips = log_every * x.shape[0] * loop.world / max(now - t_log, 1e-9)
             t_log = now
             lv = loss.item()
+            run.nonfinite.check(epoch)
             bar.set_postfix(loss=f"{lv:.3f}", step=run.step)
             lr = run.optimizer.param_groups[0]["lr"]
             loop.log.scalars({"train/loss": lv, "train/grad_norm": float(gnorm),
@@ -421,9 +521,13 @@ def run_epoch(loop, run, epoch, stop):
     bar.close()
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+    run.nonfinite.check(epoch)  # before anything of this epoch is written
+    skipped, _ = run.nonfinite.read()
+    skipped -= run.skipped_before
+    run.skipped_before += skipped
     return {"steps": n_steps, "images": n_images * loop.world, "step_in_epoch": first + n_steps,
             "wall_s": time.perf_counter() - t_wall, "process_s": time.process_time() - t_proc,
-            "loss": (loss_sum / max(n_steps, 1)).item()}
+            "loss": (loss_sum / max(n_steps - skipped, 1)).item(), "skipped_steps": skipped}
 
 
 def end_epoch(loop, run, epoch, stats):
@@ -477,6 +581,7 @@ def _cost_record(loop, run, epoch, stats):
     """The cost record of ``epoch``; resumed mid-epoch, it includes the interrupted part."""
     record = {"epoch": epoch, "steps": stats["steps"], "images": stats["images"],
               "wall_s": stats["wall_s"], "process_s": stats["process_s"], "loss": stats["loss"],
+              "skipped_steps": stats.get("skipped_steps", 0),
               "world_size": loop.world, "device": str(loop.device.type),
               "macs_per_image": loop.macs_per_image}
     prev = run.carried_cost  # also carried on when this epoch is interrupted again
@@ -506,6 +611,8 @@ def _epoch_line(loop, epoch, stats):
     n = loop.cfg.training.n_epochs
     line = (f"epoch {epoch}/{n - 1}: loss {stats['loss']:.4f}, "
             f"{stats['images'] / max(stats['wall_s'], 1e-9):.0f} img/s, {stats['wall_s']:.1f}s")
+    if stats.get("skipped_steps"):
+        line += f", {stats['skipped_steps']} step(s) skipped (non-finite loss or gradient)"
     if loop.earlybird is not None:
         dists = loop.earlybird.last_distances()
         line += "; EB distance " + ", ".join(
@@ -557,8 +664,14 @@ def train_step(run, x, *, sampler, diffusion, autocast, grad_clip, channels_last
                 part = part / grad_accum
             part.backward()
         loss = loss + part.detach()
-    gnorm = torch.nn.utils.clip_grad_norm_(run.model.parameters(), grad_clip) if grad_clip > 0 \
-        else torch.zeros((), device=x.device)
+    # without clipping (max norm inf) the norm is still measured: it tells a divergence apart
+    gnorm = torch.nn.utils.clip_grad_norm_(run.model.parameters(),
+                                           grad_clip if grad_clip > 0 else float("inf"))
+    nonfinite = getattr(run, "nonfinite", None)
+    if nonfinite is not None and \
+            not nonfinite.record(torch.isfinite(loss) & torch.isfinite(gnorm)):
+        run.optimizer.zero_grad(set_to_none=True)  # skipped: no weight, moment or EMA moves
+        return loss.detach(), gnorm
     if lr is not None:
         for group in run.optimizer.param_groups:
             group["lr"] = lr

@@ -17,6 +17,10 @@ def test_config_found_in_configs_dir_and_overrides_apply():
     assert cfg.training.n_epochs == 3 and cfg.data.path == "/data/imgs"
     assert cfg.model.ch_mult == (1, 2)
     assert cfg.model.ch == 128 and cfg.optim.lr == 0.0002
+    # YAML 1.1 reads 1e-4 (no dot) as text: a number field takes it as the number it is
+    assert load_config("cifar10.yml", ["optim.lr=1e-4"]).optim.lr == 1e-4
+    with pytest.raises(UserError, match="optim.lr: expected a number, got 'fast'"):
+        load_config("cifar10.yml", ["optim.lr=fast"])
 
 
 @pytest.mark.parametrize("changes,needle", [

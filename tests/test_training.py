@@ -10,7 +10,7 @@ import time
 import pytest
 import torch
 
-from conftest import ROOT, run_py, write_config
+from conftest import ROOT, write_config
 from main import main
 
 
@@ -106,16 +106,55 @@ def test_sampling_writes_images_grid_and_resumes(trained, tmp_path):
                         "uniform", "--image_folder", str(tmp_path / "d")]) == 0
 
 
+def _rank_pid(parent, rank):
+    """The pid of torchrun worker ``rank`` below process ``parent`` (from /proc)."""
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+            if ppid != parent:
+                continue
+            with open(f"/proc/{pid}/environ", "rb") as f:
+                env = dict(e.split(b"=", 1) for e in f.read().split(b"\0") if b"=" in e)
+        except (OSError, ValueError, IndexError):
+            continue
+        if env.get(b"RANK") == str(rank).encode():
+            return int(pid)
+    return None
+
+
 @pytest.mark.slow
-def test_torchrun_two_processes_gloo(tmp_path):
-    cfg = write_config(tmp_path / "t.yml")
+def test_torchrun_two_processes_gloo_a_killed_rank_ends_the_job_and_resume_works(tmp_path):
+    """kill -9 of rank 1 mid-run ends the whole job (no hang) with a non-zero exit; the
+    resume under torchrun finishes it, with one cost record per epoch."""
+    cfg = write_config(tmp_path / "t.yml", training__n_epochs=3,
+                       training__max_steps_per_epoch=0)
     exp = str(tmp_path / "e")
-    res = run_py(["-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                  "main.py", "--config", cfg, "--exp", exp, "--doc", "ddp", "--ni",
-                  "--device", "cpu"], timeout=300)
+    run = os.path.join(exp, "logs", "ddp")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           "main.py", "--config", cfg, "--exp", exp, "--doc", "ddp", "--device", "cpu"]
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
+    job = subprocess.Popen(cmd + ["--ni"], cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
+                           stderr=subprocess.DEVNULL)
+    deadline = time.time() + 240
+    while not os.path.isfile(os.path.join(run, "ckpt_ep0.pth")) and time.time() < deadline:
+        time.sleep(0.05)
+    victim = _rank_pid(job.pid, 1)
+    assert victim is not None and job.poll() is None
+    os.kill(victim, signal.SIGKILL)
+    t0 = time.time()
+    rc = job.wait(timeout=180)
+    assert rc != 0 and time.time() - t0 < 120
+    c = torch.load(os.path.join(run, "ckpt.pth"), weights_only=True)
+    assert c["epochs_done"] < 3
+    res = subprocess.run(cmd + ["--resume_training"], cwd=ROOT, env=env, capture_output=True,
+                         text=True, timeout=300)
     assert res.returncode == 0, res.stderr[-2000:]
-    files = sorted(os.listdir(os.path.join(exp, "logs", "ddp")))
+    files = sorted(os.listdir(run))
     assert [f for f in files if f.startswith("ckpt")] == ["ckpt.pth", "ckpt_ep0.pth",
-                                                          "ckpt_ep1.pth"]
-    costs = _costs(os.path.join(exp, "logs", "ddp"))
-    assert len(costs) == 2 and costs[0]["world_size"] == 2
+                                                          "ckpt_ep1.pth", "ckpt_ep2.pth"]
+    costs = _costs(run)
+    assert [r["epoch"] for r in costs] == [0, 1, 2] and costs[0]["world_size"] == 2
+    assert not os.path.exists(os.path.join(run, "LOCK"))

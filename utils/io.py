@@ -5,11 +5,28 @@ temporary file in the target's folder and renamed over the target, so a kill at 
 leaves the previous file intact (docs/design.md, "Qualities").
 """
 import contextlib
+import errno
 import json
 import os
 import tempfile
 
 from utils.errors import UserError
+
+
+class DiskFull(OSError):
+    """A write that failed for lack of space; ``filename`` is the file being written."""
+
+    def __init__(self, path):
+        super().__init__(errno.ENOSPC, os.strerror(errno.ENOSPC), path)
+
+
+def is_disk_full(exc):
+    """An OSError with ENOSPC / EDQUOT, or torch.save's RuntimeError that wraps one."""
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    text = str(exc)
+    return isinstance(exc, RuntimeError) and ("No space left" in text or
+                                              "Disk quota exceeded" in text)
 
 
 def _tmp_path(path):
@@ -24,10 +41,17 @@ def _tmp_path(path):
 @contextlib.contextmanager
 def atomic_path(path):
     """Yield a temp path in ``path``'s folder; on success it is renamed over ``path``."""
-    tmp = _tmp_path(path)
+    try:
+        tmp = _tmp_path(path)
+    except OSError as e:
+        raise DiskFull(path) if is_disk_full(e) else e
     try:
         yield tmp
         os.replace(tmp, path)
+    except Exception as e:
+        if is_disk_full(e):
+            raise DiskFull(path) from e
+        raise
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)

@@ -1,0 +1,190 @@
+"""Faults that lose nothing: divergence, a run started twice, a full disk, a damaged checkpoint.
+(A rank killed under torchrun: tests/test_training.py; a killed pipeline and its TA-EB tickets:
+tests/test_pipeline_and_report.py.)"""
+import errno
+import json
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from conftest import ROOT, run_py, write_config
+from main import main
+from utils.errors import UserError
+
+
+def _train(cfg, exp, *extra, doc="f"):
+    return run_py(["main.py", "--config", cfg, "--exp", exp, "--doc", doc] + list(extra))
+
+
+def _all_finite(path):
+    c = torch.load(path, weights_only=True)
+    return all(torch.isfinite(v).all() for sd in (c["model"], c["ema"]) if sd
+               for v in sd.values() if v.is_floating_point())
+
+
+@pytest.mark.slow
+def test_divergence_stops_in_one_line_and_keeps_the_last_good_checkpoint(tmp_path):
+    cfg = write_config(tmp_path / "t.yml", training__n_epochs=1)
+    exp = str(tmp_path / "e")
+    assert _train(cfg, exp, "--ni").returncode == 0
+    ckpt = os.path.join(exp, "logs", "f", "ckpt.pth")
+    before = open(ckpt, "rb").read()
+    res = _train(cfg, exp, "--resume_training", "--override", "training.n_epochs=3",
+                 "optim.lr=1e30")
+    assert res.returncode == 2
+    lines = [line for line in res.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "training diverged" in lines[0] and "epoch 1" in lines[0]
+    assert "(after epoch 0, step 3) is what --resume_training reads" in lines[0]
+    assert open(ckpt, "rb").read() == before and _all_finite(ckpt)
+    assert not os.path.exists(os.path.join(exp, "logs", "f", "ckpt_ep1.pth"))
+    assert not os.path.exists(os.path.join(exp, "logs", "f", "LOCK"))  # released on the way out
+
+
+@pytest.mark.slow
+def test_nonfinite_steps_are_skipped_and_counted(tmp_path):
+    cfg = write_config(tmp_path / "t.yml", training__n_epochs=1,
+                       training__on_nonfinite="skip", optim__lr=1e30)
+    exp = str(tmp_path / "e")
+    res = _train(cfg, exp, "--ni")
+    assert res.returncode == 0, res.stderr[-2000:]
+    run = os.path.join(exp, "logs", "f")
+    costs = [json.loads(line) for line in open(os.path.join(run, "costs.jsonl"))]
+    assert costs[0]["skipped_steps"] >= 1 and costs[0]["skipped_steps"] < costs[0]["steps"]
+    assert "step(s) skipped (non-finite loss or gradient)" in res.stdout + res.stderr
+    assert _all_finite(os.path.join(run, "ckpt.pth"))
+
+
+@pytest.mark.slow
+def test_a_second_run_in_the_same_directory_refuses_and_the_first_finishes(tmp_path):
+    cfg = write_config(tmp_path / "t.yml", training__n_epochs=4,
+                       training__max_steps_per_epoch=0)
+    exp = str(tmp_path / "e")
+    run = os.path.join(exp, "logs", "f")
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
+    first = subprocess.Popen([sys.executable, "main.py", "--config", cfg, "--exp", exp, "--doc",
+                              "f", "--ni"], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while not os.path.isfile(os.path.join(run, "log.txt")) and time.time() < deadline:
+        time.sleep(0.05)
+    second = _train(cfg, exp, "--ni")
+    out, err = first.communicate(timeout=300)
+    assert first.returncode == 0, err[-2000:]
+    assert second.returncode == 2
+    assert f"is in use by process {first.pid} on " in second.stderr
+    assert len(second.stderr.strip().splitlines()) == 1
+    # the first run was not disturbed: its log was not archived, its checkpoints are whole
+    assert [f for f in os.listdir(run) if f.startswith("log")] == ["log.txt"]
+    assert torch.load(os.path.join(run, "ckpt.pth"), weights_only=True)["epochs_done"] == 4
+    assert not os.path.exists(os.path.join(run, "LOCK"))
+    # a lock left by a process that died is taken over, with a line saying so
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    with open(os.path.join(run, "LOCK"), "w") as f:
+        json.dump({"pid": dead.pid, "host": os.uname().nodename, "start": "then"}, f)
+    res = _train(cfg, exp, "--ni", "--override", "training.n_epochs=1")
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert f"taking over the lock of process {dead.pid}" in res.stdout
+
+
+def test_sample_folder_and_ticket_set_hold_locks(trained, tmp_path):
+    from core.layout import Layout, folder_lock
+    from core.lock import RunLock
+    folder = str(tmp_path / "samples")
+    with RunLock(folder_lock(folder), "x"):
+        with pytest.raises(UserError, match=f"in use by process {os.getpid()}"):
+            main(["--config", trained["cfg"], "--exp", trained["exp"], "--doc", "tiny",
+                  "--sample", "--use_ema", "--restore_from",
+                  os.path.join(trained["log"], "ckpt.pth"), "--image_folder", folder])
+    layout = Layout(str(tmp_path / "e"))
+    with RunLock(layout.tickets_lock("tiny"), "x"):
+        res = run_py(["earlybird_scripts/train_tickets.py", "--config", trained["cfg"],
+                      "--exp", str(tmp_path / "e"), "--doc", "tiny"])
+    assert res.returncode == 2 and "is in use by process" in res.stderr
+
+
+def test_a_full_disk_ends_the_run_in_one_line_and_resume_continues(tmp_path, monkeypatch):
+    cfg = write_config(tmp_path / "t.yml", training__n_epochs=3,
+                       training__snapshot_every=1, training__epoch_ckpt_until=1,
+                       training__keep_last=1)
+    exp = str(tmp_path / "e")
+    run = os.path.join(exp, "logs", "f")
+    real_save = torch.save
+    writes = {"n": 0}
+
+    def save_until_the_disk_fills(obj, f, *a, **k):
+        if os.path.basename(str(f)).startswith(".ckpt.pth."):
+            writes["n"] += 1
+            if writes["n"] == 2:  # epoch 1's ckpt.pth: half a file, then no space
+                with open(f, "wb") as fh:
+                    fh.write(b"PK\x03\x04 half a checkpoint")
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real_save(obj, f, *a, **k)
+    monkeypatch.setattr(torch, "save", save_until_the_disk_fills)
+    with pytest.raises(UserError) as e:
+        main(["--config", cfg, "--exp", exp, "--doc", "f", "--ni"])
+    msg = str(e.value)
+    assert msg.startswith(f"no space left on the disk while writing {run}/ckpt.pth")
+    assert "ckpt.pth (after epoch 0, step 3) is what --resume_training reads" in msg
+    assert not [f for f in os.listdir(run) if f.endswith(".tmp")]  # no partial file
+    assert not os.path.exists(os.path.join(run, "LOCK"))
+    c = torch.load(os.path.join(run, "ckpt.pth"), weights_only=True)
+    assert c["epochs_done"] == 1
+    monkeypatch.setattr(torch, "save", real_save)
+    assert main(["--config", cfg, "--exp", exp, "--doc", "f", "--resume_training"]) == 0
+    c = torch.load(os.path.join(run, "ckpt.pth"), weights_only=True)
+    assert c["epochs_done"] == 3
+    costs = [json.loads(line) for line in open(os.path.join(run, "costs.jsonl"))]
+    assert [r["epoch"] for r in costs] == [0, 1, 2]  # epoch 1's record counted once
+
+
+def test_costs_append_on_a_full_disk_leaves_the_file_as_it_was(tmp_path, monkeypatch):
+    from core.runlog import append_jsonl
+    from utils.io import DiskFull, read_jsonl
+    path = str(tmp_path / "costs.jsonl")
+    append_jsonl(path, {"epoch": 0})
+    real_write = os.write
+
+    def short_write(fd, data):  # the disk fills after 5 bytes
+        return real_write(fd, data[:5])
+    monkeypatch.setattr(os, "write", short_write)
+    with pytest.raises(DiskFull):
+        append_jsonl(path, {"epoch": 1, "wall_s": 1.0})
+
+    def no_space(fd, data):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    monkeypatch.setattr(os, "write", no_space)
+    with pytest.raises(DiskFull):
+        append_jsonl(path, {"epoch": 1, "wall_s": 1.0})
+    monkeypatch.undo()
+    assert read_jsonl(path) == [{"epoch": 0}]
+
+
+@pytest.mark.slow
+def test_a_damaged_ckpt_falls_back_to_the_last_good_file_only_when_asked(tmp_path):
+    cfg = write_config(tmp_path / "t.yml", training__n_epochs=3)
+    exp = str(tmp_path / "e")
+    assert _train(cfg, exp, "--ni").returncode == 0
+    run = os.path.join(exp, "logs", "f")
+    with open(os.path.join(run, "ckpt.pth"), "r+b") as f:
+        f.truncate(1000)
+    res = _train(cfg, exp, "--resume_training", "--override", "training.n_epochs=4")
+    assert res.returncode == 2 and "not a readable checkpoint" in res.stderr
+    assert "--resume_from_last_good" in res.stderr
+    with open(os.path.join(run, "ckpt_ep2.pth"), "r+b") as f:
+        f.truncate(1000)  # the newest per-epoch file is damaged too
+    res = _train(cfg, exp, "--resume_training", "--resume_from_last_good", "--override",
+                 "training.n_epochs=4")
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert "ckpt_ep2.pth is unreadable too" in res.stdout
+    assert f"resuming from {run}/ckpt_ep1.pth, after epoch 1: epochs 2 and later are " \
+           f"trained again; lost: the optimizer's moments" in res.stdout
+    c = torch.load(os.path.join(run, "ckpt.pth"), weights_only=True)
+    assert c["epochs_done"] == 4 and c["step"] == 12
+    costs = [json.loads(line) for line in open(os.path.join(run, "costs.jsonl"))]
+    assert [r["epoch"] for r in costs] == [0, 1, 2, 3]
+
