@@ -217,6 +217,10 @@ class Layout:
     def manifest(self, doc):
         return os.path.join(self.tickets_dir(doc), "tickets.yml")
 
+    def ticket_placement(self, doc):
+        """Which GPU slot each ticket ran on (the manifest's placement, kept across reruns)."""
+        return os.path.join(self.tickets_dir(doc), "placement.json")
+
     def tickets_lock(self, doc):
         return os.path.join(self.tickets_dir(doc), "LOCK")
 

@@ -112,3 +112,16 @@ def training_flops(macs_per_image, images):
     """The one FLOPs convention of every cost record and report: 2 FLOPs per MAC, and a
     backward pass costs two forward passes (3 in all), per training image."""
     return 2 * 3 * macs_per_image * images
+
+
+def critical_and_total(pre_cost, ticket_costs, slots=None):
+    """Cost of tickets trained after a shared prefix: (critical path, total). Tickets on a
+    device of their own run side by side: the critical path is the prefix + the slowest one.
+    ``slots`` (one per ticket, or None) name where each ran: tickets that shared a slot (a
+    place on a GPU) ran one after another there, so a slot's path is the sum of its tickets."""
+    slots = slots or [None] * len(ticket_costs)
+    paths = {}
+    for i, (slot, cost) in enumerate(zip(slots, ticket_costs)):
+        key = ("own", i) if slot is None else ("slot", slot)
+        paths[key] = paths.get(key, 0) + cost
+    return pre_cost + max(paths.values()), pre_cost + sum(ticket_costs)

@@ -28,6 +28,10 @@ def build_parser():
     p.add_argument("--gpus_per_ticket", type=int, default=1,
                    help="GPUs per ticket: more than 1 runs each ticket with torchrun (DDP); on "
                         "the CPU, that many gloo processes (default: %(default)s)")
+    p.add_argument("--tickets_per_gpu", type=int, default=1,
+                   help="tickets sharing each GPU group: a small ticket leaves a GPU mostly "
+                        "idle (run CUDA MPS so their kernels overlap; docs/scaling.md) "
+                        "(default: %(default)s)")
     p.add_argument("--max_parallel", type=int, default=None,
                    help="tickets trained at once (default: one per GPU group; on the CPU one at "
                         "a time, each with every core)")
@@ -76,13 +80,16 @@ def main(argv=None):
         raise UserError("--max_parallel must be at least 1")
     if a.gpus_per_ticket < 1:
         raise UserError("--gpus_per_ticket must be at least 1")
+    if a.tickets_per_gpu < 1:
+        raise UserError("--tickets_per_gpu must be at least 1")
     if a.dry_run and a.launcher != "slurm":
         raise UserError("--dry_run goes with --launcher slurm")
     overrides = flatten_overrides(a.override) + (["pruning.use_ema=false"] if a.no_ema else [])
     xp = Experiment.load(a.config, a.exp, a.doc, overrides)
     from runners.tickets import Launch, train_tickets
     launch = Launch(gpus=_gpus(a.gpus), max_parallel=a.max_parallel,
-                    gpus_per_ticket=a.gpus_per_ticket, launcher=a.launcher, dry_run=a.dry_run,
+                    gpus_per_ticket=a.gpus_per_ticket, tickets_per_gpu=a.tickets_per_gpu,
+                    launcher=a.launcher, dry_run=a.dry_run,
                     collect=a.collect, slurm_template=a.slurm_template,
                     slurm=dict(partition=a.partition, time_limit=a.time_limit,
                                cpus=a.cpus_per_task, mem=a.mem, account=a.account),

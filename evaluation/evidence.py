@@ -87,12 +87,6 @@ def verdict(diffs, noise_floor):
     return Verdict("inconclusive (within noise)", m, margin)
 
 
-def critical_and_total(pre_cost, ticket_costs):
-    """Cost of tickets trained after a shared prefix: (critical path, total) = (prefix + the
-    slowest ticket, prefix + all tickets); one device per ticket makes the first the time."""
-    return pre_cost + max(ticket_costs), pre_cost + sum(ticket_costs)
-
-
 def best_equal_ratio(ratio_macs, target_macs):
     """The uniform pruning ratio whose MACs per image are closest to (and at least as high as,
     when possible) ``target_macs``: ratio_macs {ratio: MACs}."""

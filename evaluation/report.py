@@ -81,7 +81,8 @@ def _finetune_row(layout, kind, *, ratio, name, dense_costs, notes):
 
 def _taeb_row(layout, doc, man, *, dense_costs, sampling_steps, skip_type, notes):
     from models.diffusion import timestep_sequence
-    from evaluation.evidence import critical_and_total, sampling_average_macs
+    from core.runlog import critical_and_total
+    from evaluation.evidence import sampling_average_macs
     tickets = man["tickets"]
     seq = timestep_sequence(skip_type, sampling_steps, man["num_timesteps"])
     avg_macs = sampling_average_macs([(*k["range"], k["macs"]) for k in tickets], seq)
@@ -91,7 +92,8 @@ def _taeb_row(layout, doc, man, *, dense_costs, sampling_steps, skip_type, notes
         notes.append("TA-EB: some tickets were given as files; their dense training time "
                      "before pruning is not counted")
     pre = _cost(dense_costs, upto=eb_max) if eb_max is not None else (0.0, 0)
-    wall = critical_and_total(pre[0], [k["wall_s"] for k in tickets])
+    wall = critical_and_total(pre[0], [k["wall_s"] for k in tickets],
+                              [(k.get("placement") or {}).get("slot") for k in tickets])
     flops = critical_and_total(pre[1], [k.get("train_flops", 0) for k in tickets])
     regions = ", ".join(f"[{k['range'][0]},{k['range'][1]}):{k['pruning_ratio']:g}"
                         for k in tickets)

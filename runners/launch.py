@@ -36,9 +36,11 @@ def gpu_groups(gpus, per_ticket):
 
 
 def run_local(jobs, groups, *, k, threads, n_epochs, layout, poll_s, progress):
-    """Run [(ticket job, command)] at most ``k`` at a time, each on a free group of GPUs (or
-    the CPU with ``threads`` threads per process); returns the jobs whose process failed."""
-    procs, failed, queue, bars = {}, [], list(jobs), {}
+    """Run [(ticket job, command)] at most ``k`` at a time, each on a free slot of ``groups``
+    (a group of GPUs; a group listed K times is shared by K tickets) or the CPU with
+    ``threads`` threads per process. Returns (the jobs whose process failed, {run name: the
+    slot index it ran on, None on the CPU})."""
+    procs, failed, queue, bars, placement = {}, [], list(jobs), {}, {}
     free = list(range(len(groups))) if groups[0] is not None else [None] * k
     if progress and jobs:
         from tqdm import tqdm
@@ -50,6 +52,7 @@ def run_local(jobs, groups, *, k, threads, n_epochs, layout, poll_s, progress):
         while queue and free and len(procs) < k:
             r, cmd = queue.pop(0)
             slot = free.pop(0)
+            placement[r.run_doc] = slot
             env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
             env["CUDA_VISIBLE_DEVICES"] = ",".join(map(str, groups[slot])) \
                 if slot is not None else ""
@@ -73,7 +76,7 @@ def run_local(jobs, groups, *, k, threads, n_epochs, layout, poll_s, progress):
                     failed.append(r)
     for b in bars.values():
         b.close()
-    return failed
+    return failed, placement
 
 
 # --- Slurm ------------------------------------------------------------------------------------

@@ -11,7 +11,7 @@ import yaml
 
 from core.layout import ratio_key, region_doc
 from core.regions import Region, require_regions
-from core.runlog import read_costs
+from core.runlog import critical_and_total, read_costs
 from runners.launch import (gpu_groups, read_template, run_local, sbatch_script,
                             slurm_options, submit_slurm, ticket_command)
 from runners.masks import load_mask_series
@@ -98,7 +98,7 @@ def _region_args(xp, job, *, resume):
     return args + ["--override"] + ovr + list(r.overrides)
 
 
-def write_manifest(xp, jobs, schedule=None):
+def write_manifest(xp, jobs, schedule=None, placement=None):
     """tickets.yml: every region's fine-tuned checkpoint, cost and where it was pruned from."""
     layout = xp.layout
     out_dir = layout.tickets_dir(xp.doc)
@@ -115,10 +115,13 @@ def write_manifest(xp, jobs, schedule=None):
             "params": params, "macs": macs, "epochs": len(costs),
             "wall_s": round(sum(c["wall_s"] for c in costs), 3),
             "process_s": round(sum(c["process_s"] for c in costs), 3),
-            "train_flops": sum(c.get("train_flops", 0) for c in costs)})
+            "train_flops": sum(c.get("train_flops", 0) for c in costs),
+            "placement": (placement or {}).get(job.run_doc)})
     walls = [t["wall_s"] for t in man["tickets"]]
-    man["critical_path_wall_s"] = max(walls)
-    man["total_wall_s"] = round(sum(walls), 3)
+    crit, total = critical_and_total(0.0, walls, [(t["placement"] or {}).get("slot")
+                                                 for t in man["tickets"]])
+    man["critical_path_wall_s"] = round(crit, 3)
+    man["total_wall_s"] = round(total, 3)
     path = layout.manifest(xp.doc)
     atomic_write_text(path, yaml.safe_dump(man, sort_keys=False))
     print(f"tickets trained: {path} (critical path {max(walls):.1f}s, total {sum(walls):.1f}s)")
@@ -131,6 +134,7 @@ class Launch:
     gpus: Optional[list] = None         # None: every visible GPU, else the CPU
     max_parallel: Optional[int] = None
     gpus_per_ticket: int = 1            # DDP processes per ticket (gloo ones on the CPU)
+    tickets_per_gpu: int = 1            # tickets sharing one GPU group (see docs/scaling.md)
     launcher: str = "local"             # local | slurm
     dry_run: bool = False
     collect: bool = False
@@ -165,13 +169,16 @@ def _run_here(xp, jobs, todo, launch):
     if gpus is None:
         import torch
         gpus = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
-    per = launch.gpus_per_ticket
-    groups = gpu_groups(gpus, per)
+    per, share = launch.gpus_per_ticket, launch.tickets_per_gpu
+    if share > 1 and not gpus:
+        raise UserError("--tickets_per_gpu shares GPUs; on the CPU use --max_parallel")
+    # a group listed K times is shared by K tickets: K slots on the same GPUs
+    groups = [g for g in gpu_groups(gpus, per) for _ in range(share)]
     commands = [(j, ticket_command(_region_args(
         xp, j, resume=os.path.isfile(xp.layout.latest_checkpoint(j.run_doc))), per))
         for j in todo]
-    # one ticket per GPU group; without GPUs one at a time, each with the whole machine, so
-    # each ticket's time is what it would take on a device of its own (a fair critical path)
+    # one ticket per slot; without GPUs one at a time, each with the whole machine, so each
+    # ticket's time is what it would take on a device of its own (a fair critical path)
     k = launch.max_parallel or (len(groups) if gpus else 1)
     k = max(1, min(k, len(commands) or 1))
     threads = max(1, (os.cpu_count() or 1) // (k * per))
@@ -181,17 +188,32 @@ def _run_here(xp, jobs, todo, launch):
                 f"{k} at a time sharing the CPU ({threads} threads per process)")
     if per > 1:
         schedule += f", {per} DDP processes per ticket"
-    failed = run_local(commands, groups, k=k, threads=threads,
-                       n_epochs=xp.cfg.taeb.finetune_epochs, layout=xp.layout,
-                       poll_s=launch.poll_s, progress=launch.progress)
+    if share > 1:
+        schedule += f", {share} tickets per GPU"
+    failed, slots = run_local(commands, groups, k=k, threads=threads,
+                              n_epochs=xp.cfg.taeb.finetune_epochs, layout=xp.layout,
+                              poll_s=launch.poll_s, progress=launch.progress)
     if failed:
         for j in failed:
             print(f"ticket for {j.label} failed: see {j.log_file}", file=sys.stderr)
         print(f"{len(failed)} of {len(jobs)} tickets failed; the others are kept; rerun the "
               f"same command to finish only what is unfinished", file=sys.stderr)
         return 1
-    write_manifest(xp, jobs, schedule)
+    placement = {doc: {"slot": s, "gpus": groups[s]} for doc, s in slots.items()
+                 if s is not None}
+    write_manifest(xp, jobs, schedule, _merge_placement(xp, placement))
     return 0
+
+
+def _merge_placement(xp, placement):
+    """This invocation's placement, plus that of tickets an earlier invocation trained (a
+    rerun after a failure keeps where the finished ones ran)."""
+    path = xp.layout.ticket_placement(xp.doc)
+    earlier = read_json(path, {})
+    earlier.update(placement)
+    from utils.io import atomic_write_json
+    atomic_write_json(path, earlier)
+    return earlier
 
 
 def _submit(xp, todo, launch):

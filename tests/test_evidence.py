@@ -6,7 +6,8 @@ import os
 import pytest
 
 from conftest import pipeline_config, run_py
-from evaluation.evidence import (Speedup, best_equal_ratio, cost_to_reach, critical_and_total,
+from core.runlog import critical_and_total
+from evaluation.evidence import (Speedup, best_equal_ratio, cost_to_reach,
                               equal_quality_speedup, mean_std, sampling_average_macs, verdict)
 
 
@@ -41,6 +42,9 @@ def test_equal_quality_interpolation():
 
 def test_critical_path_and_sampling_macs():
     assert critical_and_total(100.0, [30.0, 50.0, 20.0]) == (150.0, 200.0)
+    # two tickets shared slot 0 of a GPU, one after another; the third had slot 1
+    assert critical_and_total(100.0, [30.0, 50.0, 20.0], [0, 1, 0]) == (150.0, 200.0)
+    assert critical_and_total(100.0, [30.0, 50.0, 40.0], [0, 1, 0]) == (170.0, 220.0)
     tickets = [(0, 40, 10.0), (40, 100, 2.0)]
     assert sampling_average_macs(tickets, [0, 10, 39, 40, 99]) == pytest.approx(6.8)
     assert best_equal_ratio({0.4: 25.0, 0.5: 16.0, 0.6: 9.0}, 15.9) == 0.5

@@ -156,6 +156,28 @@ def test_two_tickets_with_two_gloo_processes_each(trained, tmp_path):
     assert [t["range"] for t in man["tickets"]] == [[0, 40], [40, 100]]
 
 
+@pytest.mark.slow
+def test_tickets_sharing_a_gpu_record_their_placement(trained, tmp_path):
+    """--gpus 0 --tickets_per_gpu 2 runs both tickets at once on 'GPU 0' (the CPU stands in:
+    CUDA_VISIBLE_DEVICES=0 finds no device); the manifest says where each ran, and the
+    critical path is the slower of the two, which ran side by side."""
+    import yaml
+    from conftest import run_py
+    exp = _copy_dense_run(trained, tmp_path)
+    args = ["earlybird_scripts/train_tickets.py", "--config", trained["cfg"], "--exp", exp,
+            "--doc", "tiny", "--no_progress"]
+    res = run_py(args + ["--tickets_per_gpu", "2"])
+    assert res.returncode == 2 and "on the CPU use --max_parallel" in res.stderr
+    res = run_py(args + ["--gpus", "0", "--tickets_per_gpu", "2"])
+    assert res.returncode == 0, res.stderr[-2000:]
+    man = yaml.safe_load(open(Layout(exp).manifest("tiny")))
+    assert "2 at a time, one GPU each, 2 tickets per GPU" in man["schedule"]
+    assert sorted(t["placement"]["slot"] for t in man["tickets"]) == [0, 1]
+    assert all(t["placement"]["gpus"] == [0] for t in man["tickets"])
+    walls = [t["wall_s"] for t in man["tickets"]]
+    assert man["critical_path_wall_s"] == round(max(walls), 3)
+
+
 STAND_IN_SBATCH = """#!/bin/bash
 # records its arguments, runs the script like a job would, prints a job id (--parsable)
 echo "$@" >> "$SBATCH_RECORD"
