@@ -253,6 +253,14 @@ def _celeba_crop(img):
     return img.crop((cx - hw, cy - hh, cx + hw, cy + hh))
 
 
+def _on_device(batches, device):
+    """A list of index / flag tensors moved to ``device`` in one copy, split again there."""
+    if not batches:
+        return batches
+    sizes = [len(b) for b in batches]
+    return list(torch.cat(batches).to(device).split(sizes))
+
+
 class BatchStream:
     """Deterministic batches for each epoch: a permutation and per-image flips drawn from
     generators seeded by (seed, epoch), so resuming mid-epoch replays the same batches and the
@@ -285,8 +293,14 @@ class BatchStream:
                 [flips[i * self.per_rank:(i + 1) * self.per_rank] for i in range(steps)])
 
     def epoch(self, epoch, start_step=0):
-        """Yield float batches in [-1, 1] on the device, skipping the first start_step."""
+        """Yield float batches in [-1, 1] on the device, skipping the first start_step. The
+        epoch's plan reaches the device in one copy each, not one per step (a copy from
+        pageable memory waits for the device)."""
         idx_batches, flip_batches = self._plan(epoch)
+        if self.images is not None and self.device.type != "cpu":
+            idx_batches = _on_device(idx_batches, self.device)
+        if self.random_flip and self.device.type != "cpu":
+            flip_batches = _on_device(flip_batches, self.device)
         idx_batches, flip_batches = idx_batches[start_step:], flip_batches[start_step:]
         if self.images is not None:
             raw = (self.images[idx.to(self.device)] for idx in idx_batches)

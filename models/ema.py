@@ -29,7 +29,7 @@ class EMA:
         n = self.num_updates
         rate = min(self.rate, (1.0 + n) / (10.0 + n)) if self.warmup else self.rate
         self.num_updates += 1
-        src = [p.detach() for p in unwrap(model).parameters()]
+        src = list(unwrap(model).parameters())  # no_grad: no detach needed
         dst = list(self.shadow.parameters())
         if self.foreach:
             # shadow <- shadow + (1 - rate) * (p - shadow), as one fused op per dtype

@@ -88,16 +88,25 @@ class SpeedSampler(TimestepSampler):
         self.probs = torch.from_numpy(p / p.sum())
         self.m = speed_meaningful_step(alphas_cumprod)
         self.weights = torch.from_numpy(speed_weights(alphas_cumprod, lam, tau)).float()
+        self._tables = {}  # device -> (probs, weights) there: draws need no host round trip
 
-    def draw(self, k, generator=None):
-        """k timesteps from p(t) (before pairing), on the CPU."""
-        return torch.multinomial(self.probs, k, replacement=True, generator=generator) + self.lo
+    def _on(self, device):
+        device = torch.device(device)
+        if device not in self._tables:
+            self._tables[device] = (self.probs.to(device), self.weights.to(device))
+        return self._tables[device]
+
+    def draw(self, k, generator=None, device="cpu"):
+        """k timesteps from p(t) (before pairing), on ``device`` (the CPU with a generator)."""
+        probs, _ = self._on("cpu" if generator is not None else device)
+        return torch.multinomial(probs, k, replacement=True, generator=generator) + self.lo
 
     def sample(self, n, device, generator=None):
-        draws = self.draw(n // 2 + 1, generator)
+        draws = self.draw(n // 2 + 1, generator, device)
         dual = torch.where(draws < self.m, self.m - draws, draws - self.m)
         t = torch.cat([draws, fold_into(dual, self.lo, self.hi)])[:n]
-        return t.to(device), self.weights[t].to(device)
+        _, weights = self._on(t.device)
+        return t.to(device), weights[t].to(device)
 
 
 def make_timestep_sampler(kind, lo, hi, *, alphas_cumprod, k, lam, tau):

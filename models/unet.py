@@ -25,6 +25,11 @@ def timestep_embedding(t, dim):
 
 
 def swish(x):
+    """x * sigmoid(x). On a GPU as F.silu: one kernel forward and one backward instead of five,
+    where a small ticket's step is bound by kernel launches; on the CPU written out, which is
+    what the published digits numbers were trained with (the two differ by ~1e-6)."""
+    if x.is_cuda:
+        return F.silu(x)
     return x * torch.sigmoid(x)
 
 

@@ -130,3 +130,28 @@ def test_ema_warmup_forgets_the_starting_weights():
     # first update: d = min(0.9999, 1/10) = 0.1
     assert torch.allclose(ema.state_dict()[w], 0.1 * start[w] + 0.9 * (start[w] + 1), atol=1e-6)
     assert torch.allclose(plain.state_dict()[w], start[w] + 1e-4, atol=1e-6)
+
+
+@pytest.mark.slow
+def test_step_op_counts_on_emulated_cuda_do_not_regress():
+    """bench/step_ops.py counts a CUDA training step on the CPU (FakeTensors on device
+    'cuda'). The lean step: no host sync in the step or the data path's steps, F.silu (no
+    written-out swish), and the counts measured when this test was written as ceilings."""
+    import re
+    from conftest import run_py
+    out = {}
+    for flags in ([], ["--no_amp"]):
+        res = run_py(["bench/step_ops.py", "--smoke", "--batch", "8", "--ratios", "0", "0.8"]
+                     + flags)
+        assert res.returncode == 0, res.stderr[-2000:]
+        assert "copies 2 tensors to the device per epoch, 0 per step" in res.stdout
+        for r, ops, copies, syncs in re.findall(
+                r"ratio ([\d.]+): ops/step (\d+), copies/step (\d+), host syncs/step (\S+)",
+                res.stdout):
+            out[(bool(flags), float(r))] = (int(ops), int(copies), float(syncs))
+        assert "sigmoid" not in res.stdout  # the most frequent ops: F.silu, one kernel
+    assert all(s == 0 for _, _, s in out.values())
+    # bf16 autocast: weights and activations cast around fp32 ops; fp32: no casts
+    assert out[(False, 0.0)][0] <= 497 and out[(False, 0.0)][1] <= 186
+    assert out[(True, 0.0)][1] <= 2 and out[(True, 0.8)][1] <= 2
+    assert out[(False, 0.8)][1] == out[(False, 0.0)][1]  # a ticket issues as many copies
