@@ -76,24 +76,35 @@ def tickets(cfg, ratios, device="cpu", round_to=0):
 def our_step_fn(cfg, model, batch, device):
     """A closure running one step of our training loop (fast path per cfg['fast']).
     batch: a tensor used every step, or a callable returning the next batch."""
+    from core.device import precision
+    from runners.graph_step import GraphStep, graph_safe_optimizer
+    from runners.train import MasterWeights
     model = model.to(device).train()
     if use_channels_last(cfg, device):
         model = model.to(memory_format=torch.channels_last)
-    opt = make_optimizer(cfg, model.parameters(), device)
+    graph = cfg.fast.cuda_graph
+    opt = (graph_safe_optimizer if graph else make_optimizer)(cfg, model.parameters(), device)
     ema = EMA(model, cfg.model.ema_rate, foreach=cfg.fast.foreach_ema,
               warmup=cfg.model.ema_warmup)
     diffusion = Diffusion(**vars(cfg.diffusion), device=device)
     sampler = AntitheticSampler(0, diffusion.num_timesteps)
     autocast = autocast_for(cfg, device)
     cl = use_channels_last(cfg, device)
-    train_model = torch.compile(model) if cfg.fast.compile else model
+    master = MasterWeights(model) if precision(cfg, device) == "bf16 weights" else None
+    compute = master.compute if master else model
+    train_model = torch.compile(compute) if cfg.fast.compile else compute
     fixed = None if callable(batch) else batch.to(device)
-    run = types.SimpleNamespace(model=model, train_model=train_model, optimizer=opt, ema=ema)
+    run = types.SimpleNamespace(model=model, train_model=train_model, optimizer=opt, ema=ema,
+                                master=master)
+    kw = dict(sampler=sampler, diffusion=diffusion, autocast=autocast,
+              grad_clip=cfg.optim.grad_clip, channels_last=cl)
+    graph_step = GraphStep(run, grad_accum=1, device=device, **kw) if graph else None
 
     def step():
         x = fixed if fixed is not None else batch().to(device)
-        return train_step(run, x, sampler=sampler, diffusion=diffusion, autocast=autocast,
-                          grad_clip=cfg.optim.grad_clip, channels_last=cl)
+        if graph_step is not None:
+            return graph_step(x, cfg.optim.lr)
+        return train_step(run, x, **kw)
     return step
 
 

@@ -36,7 +36,7 @@ NO_KERNEL = {"detach", "view", "_unsafe_view", "t", "empty", "empty_strided", "a
              "new_empty_strided", "_to_copy_noop", "sym_size", "sym_stride", "sym_numel",
              "sym_storage_offset", "dim", "size", "stride", "is_contiguous", "_local_scalar_dense",
              "device"}
-COPIES = {"_to_copy", "copy_", "clone", "contiguous"}
+COPIES = {"_to_copy", "copy_", "clone", "contiguous", "_foreach_copy_"}
 
 
 class OpCounter(TorchDispatchMode):
@@ -142,14 +142,18 @@ def to_fake_cuda(model, mode):
     return model
 
 
-def count_step(cfg, network, batch, *, amp=True, channels_last=True):
-    """OpCounter of one training step of ``network`` (built on the CPU) on emulated CUDA."""
+PRECISIONS = ("bf16 autocast", "fp32", "bf16 weights")
+
+
+def count_step(cfg, network, batch, *, precision="bf16 autocast", channels_last=True):
+    """OpCounter of one training step of ``network`` (built on the CPU) on emulated CUDA,
+    with one of PRECISIONS (core.device.precision's words)."""
     import types
 
     from models.diffusion import Diffusion
     from models.ema import EMA
     from models.resample import AntitheticSampler
-    from runners.train import train_step
+    from runners.train import MasterWeights, train_step
     if channels_last:
         network = network.to(memory_format=torch.channels_last)
     warnings.filterwarnings("ignore", message="Accessing the data pointer of FakeTensor")
@@ -166,7 +170,9 @@ def count_step(cfg, network, batch, *, amp=True, channels_last=True):
         with mode:
             opt = torch.optim.Adam(model.parameters(), lr=cfg.optim.lr, fused=True)
             ema = EMA(model, cfg.model.ema_rate, foreach=True, warmup=True)
-            run = types.SimpleNamespace(model=model, train_model=model, optimizer=opt, ema=ema)
+            master = MasterWeights(model) if precision == "bf16 weights" else None
+            run = types.SimpleNamespace(model=model, optimizer=opt, ema=ema, master=master,
+                                        train_model=master.compute if master else model)
             diffusion = Diffusion(**vars(cfg.diffusion), device="cuda")
             sampler = AntitheticSampler(0, diffusion.num_timesteps)
             d = cfg.data
@@ -174,7 +180,7 @@ def count_step(cfg, network, batch, *, amp=True, channels_last=True):
             counts = []
             for _ in range(2):  # the first step also creates the optimizer's state
                 counter = OpCounter()
-                with counter, cuda_autocast(amp):
+                with counter, cuda_autocast(precision == "bf16 autocast"):
                     train_step(run, x, sampler=sampler, diffusion=diffusion,
                                autocast=contextlib.nullcontext, grad_clip=cfg.optim.grad_clip,
                                channels_last=channels_last)
@@ -214,18 +220,22 @@ def main(argv=None):
     p.add_argument("--config", default="cifar10.yml")
     p.add_argument("--batch", type=int, default=128)
     p.add_argument("--ratios", type=float, nargs="+", default=[0.0, 0.8])
-    p.add_argument("--no_amp", action="store_true", help="fp32 (no bf16 autocast)")
+    p.add_argument("--precision", choices=["autocast", "fp32", "bf16_weights"],
+                   default="autocast", help="bf16 autocast (the default on a GPU), fp32, or "
+                   "bf16 weights with fp32 master weights (fast.amp: bf16_weights)")
     p.add_argument("--smoke", action="store_true")
     a = p.parse_args(argv)
     cfg = bench_config(a.config, SMOKE if a.smoke else [])
     dense, _, tks = tickets(cfg, [r for r in a.ratios if r > 0])
     per_epoch, per_step = data_path_transfers(cfg, a.batch)
-    print(f"step ops ({a.config}, batch {a.batch}, emulated CUDA, "
-          f"{'fp32' if a.no_amp else 'bf16 autocast'}, channels-last; the data path copies "
+    prec = {"autocast": "bf16 autocast", "fp32": "fp32", "bf16_weights": "bf16 weights"}[
+        a.precision]
+    print(f"step ops ({a.config}, batch {a.batch}, emulated CUDA, {prec}, channels-last; "
+          f"the data path copies "
           f"{per_epoch} tensors to the device per epoch, {per_step:g} per step)")
     for r in a.ratios:
         net = dense if r == 0 else tks[r][0]
-        c = count_step(cfg, net.cpu(), a.batch, amp=not a.no_amp)
+        c = count_step(cfg, net.cpu(), a.batch, precision=prec)
         syncs = c.h2d + per_step
         print(f"ratio {r:g}: ops/step {c.total}, copies/step {c.copies}, host syncs/step "
               f"{syncs:g}", flush=True)

@@ -124,11 +124,16 @@ class OptimSettings:
 
 @dataclass(frozen=True)
 class FastSettings:
-    amp: str = "auto"               # auto (bf16 on CUDA, off on CPU) | bf16 | off
+    amp: str = "auto"               # auto (bf16 autocast on a GPU that runs bf16 natively,
+                                    # else fp32) | bf16 (autocast) | bf16_weights (the network
+                                    # computes in bf16, fp32 master weights in the optimizer:
+                                    # no casts per step) | off
     channels_last: str = "auto"     # auto (on CUDA) | on | off
     fused_optimizer: bool = True    # fused Adam on CUDA, foreach on CPU
     foreach_ema: bool = True
     compile: bool = False
+    cuda_graph: bool = False        # capture the whole training step once, replay it (a GPU;
+                                    # runs the same graph-safe step eagerly on the CPU)
 
 
 @dataclass(frozen=True)
@@ -216,7 +221,7 @@ CHOICES = {
     ("training", "timestep_sampler"): ["antithetic", "uniform", "speed"],
     ("training", "epoch_ckpt"): ["full", "ema", "none"],
     ("training", "on_nonfinite"): ["stop", "skip"],
-    ("fast", "amp"): ["auto", "bf16", "off"],
+    ("fast", "amp"): ["auto", "bf16", "bf16_weights", "off"],
     ("fast", "channels_last"): ["auto", "on", "off"],
     ("earlybird", "pruner"): list(PRUNERS),
 }

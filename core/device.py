@@ -38,13 +38,32 @@ def configure_device(device):
         torch.backends.cudnn.benchmark = True
 
 
-def autocast_for(cfg, device):
-    """A zero-argument context factory: bf16 autocast on CUDA when the config allows."""
+def native_bf16(device):
+    """Whether ``device`` runs bf16 natively (not emulated: pre-Ampere GPUs emulate it)."""
+    if device.type != "cuda":
+        return False
+    try:
+        return torch.cuda.is_bf16_supported(including_emulation=False)
+    except TypeError:  # torch < 2.3 has no including_emulation: it never counted emulation
+        return torch.cuda.is_bf16_supported()
+
+
+def precision(cfg, device):
+    """What fast.amp means on ``device``: 'bf16 autocast' | 'bf16 weights' (bf16 compute
+    copy, fp32 master weights in the optimizer) | 'fp32'. auto: bf16 autocast on a GPU that
+    runs bf16 natively, else fp32."""
     amp = cfg.fast.amp
-    if device.type == "cuda" and amp in ("auto", "bf16"):
-        return lambda: torch.autocast("cuda", dtype=torch.bfloat16)
-    if device.type == "cpu" and amp == "bf16":
-        return lambda: torch.autocast("cpu", dtype=torch.bfloat16)
+    if amp == "bf16_weights":
+        return "bf16 weights"
+    if amp == "bf16" or (amp == "auto" and native_bf16(device)):
+        return "bf16 autocast"
+    return "fp32"
+
+
+def autocast_for(cfg, device):
+    """A zero-argument context factory: bf16 autocast when ``precision`` says so."""
+    if precision(cfg, device) == "bf16 autocast":
+        return lambda: torch.autocast(device.type, dtype=torch.bfloat16)
     return nullcontext
 
 

@@ -24,8 +24,15 @@ class EMA:
         for p in self.shadow.parameters():
             p.requires_grad_(False)
 
+    def make_graph_safe(self, device):
+        """From now on the decay is computed on the device from a device counter, so an update
+        can be captured in a CUDA graph and replayed (fast.cuda_graph)."""
+        self._n = torch.full((), float(self.num_updates), device=device)
+
     @torch.no_grad()
     def update(self, model):
+        if getattr(self, "_n", None) is not None:
+            return self._update_on_device(model)
         n = self.num_updates
         rate = min(self.rate, (1.0 + n) / (10.0 + n)) if self.warmup else self.rate
         self.num_updates += 1
@@ -39,6 +46,17 @@ class EMA:
                 d.mul_(rate).add_(s, alpha=1.0 - rate)
         for d, s in zip(self.shadow.buffers(), unwrap(model).buffers()):
             d.copy_(s)
+
+    def _update_on_device(self, model):
+        """shadow <- d * shadow + (1 - d) * p with d a device tensor: no host value per step."""
+        d = torch.full_like(self._n, self.rate)
+        if self.warmup:
+            d = torch.minimum(d, (1.0 + self._n) / (10.0 + self._n))
+        self._n.add_(1)
+        self.num_updates += 1  # eager calls only; a replayed graph counts on the device
+        dst = list(self.shadow.parameters())
+        torch._foreach_mul_(dst, d)
+        torch._foreach_add_(dst, torch._foreach_mul(list(unwrap(model).parameters()), 1.0 - d))
 
     def state_dict(self):
         return self.shadow.state_dict()

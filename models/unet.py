@@ -175,10 +175,11 @@ class UNet(nn.Module):
         self.conv_out = nn.Conv2d(block_in, out_ch, 3, stride=1, padding=1)
 
     def forward(self, x, t):
-        temb = timestep_embedding(t, self.ch)
+        dtype = self.conv_in.weight.dtype  # a bf16 network takes and makes bf16 (no-op in fp32)
+        temb = timestep_embedding(t, self.ch).to(dtype)
         temb = self.temb.dense[1](swish(self.temb.dense[0](temb)))
 
-        hs = [self.conv_in(x)]
+        hs = [self.conv_in(x.to(dtype))]
         for i_level in range(self.num_resolutions):
             for i_block in range(self.num_res_blocks):
                 h = self.down[i_level].block[i_block](hs[-1], temb)

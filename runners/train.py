@@ -28,7 +28,7 @@ from models.resample import make_timestep_sampler
 from core import checkpoint as ck
 from core import ckpt_policy as policy
 from core.config import dump_config
-from core.device import (autocast_for, configure_device, dist_setup, rng_state,
+from core.device import (autocast_for, configure_device, dist_setup, precision, rng_state,
                             select_device, set_rng_state, training_rng_untouched,
                             use_channels_last)
 from core.layout import Layout
@@ -167,6 +167,7 @@ class RunState:
     step: int = 0
     start_step_in_epoch: int = 0
     carried_cost: Optional[dict] = None  # the interrupted part of epoch start_epoch
+    master: Any = None                   # MasterWeights under fast.amp: bf16_weights
     nonfinite: Any = None                # NonFinite: steps with a non-finite loss / gradient
     skipped_before: int = 0              # of them, those counted in earlier epochs' records
 
@@ -206,14 +207,13 @@ def build_run(cfg, opts, *, layout, device, rank, world):
     m = cfg.model
     ema = EMA(model, m.ema_rate, foreach=cfg.fast.foreach_ema,
               warmup=m.ema_warmup) if m.ema else None
-    optimizer = make_optimizer(cfg, model.parameters(), device)
-    train_model = model
-    if world > 1:
-        train_model = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None)
-    if cfg.fast.compile:
-        train_model = torch.compile(train_model)
-    run = RunState(model, train_model, ema, optimizer, source, ts_range)
+    if cfg.fast.cuda_graph:
+        from runners.graph_step import check_graph_settings, graph_safe_optimizer
+        check_graph_settings(cfg, world)
+        optimizer = graph_safe_optimizer(cfg, model.parameters(), device)
+    else:
+        optimizer = make_optimizer(cfg, model.parameters(), device)
+    run = RunState(model, model, ema, optimizer, source, ts_range)
     r = source.resume
     if r is not None:
         ck.load_weights(model, r["model"], source.weights_from)
@@ -225,9 +225,50 @@ def build_run(cfg, opts, *, layout, device, rank, world):
         run.start_epoch, run.step = r["epochs_done"], r["step"]
         run.start_step_in_epoch = r.get("step_in_epoch", 0)
         set_rng_state(r["rng"], device)
+    if precision(cfg, device) == "bf16 weights":
+        run.master = MasterWeights(model)
+    train_model = run.master.compute if run.master else model
+    if world > 1:
+        train_model = torch.nn.parallel.DistributedDataParallel(
+            train_model, device_ids=[device.index] if device.type == "cuda" else None)
+    if cfg.fast.compile:
+        train_model = torch.compile(train_model)
+    run.train_model = train_model
     run.nonfinite = NonFinite(device, first_step=run.step,
                               skip=cfg.training.on_nonfinite == "skip")
     return run
+
+
+class MasterWeights:
+    """fast.amp: bf16_weights. The network computes in a bf16 copy (no weight or activation
+    casts per step); the optimizer, clipping, EMA and checkpoints keep the fp32 master
+    weights. Per step: gradients copied to the master (one foreach op), the master stepped,
+    the copy refreshed (one foreach op)."""
+
+    def __init__(self, model):
+        import copy
+        self.compute = copy.deepcopy(model)
+        for m in self.compute.modules():  # parameter by parameter (Module.to swaps tensors)
+            for k, p in list(m._parameters.items()):
+                if p is not None:
+                    m._parameters[k] = torch.nn.Parameter(p.detach().to(torch.bfloat16),
+                                                          requires_grad=p.requires_grad)
+        self.master = list(model.parameters())
+        self.params = list(self.compute.parameters())
+        for p in self.master:
+            p.grad = torch.zeros_like(p)  # written, never reallocated
+
+    def zero_grad(self):
+        self.compute.zero_grad(set_to_none=True)
+
+    def grads_to_master(self):
+        pairs = [(m.grad, p.grad) for m, p in zip(self.master, self.params)
+                 if p.grad is not None]
+        torch._foreach_copy_([m for m, _ in pairs], [p for _, p in pairs])
+
+    @torch.no_grad()
+    def refresh(self):
+        torch._foreach_copy_(self.params, self.master)
 
 
 class NonFinite:
@@ -241,9 +282,10 @@ class NonFinite:
         self.step = torch.full((), first_step, dtype=torch.long, device=device)
 
     def record(self, ok):
-        """``ok``: 0-d bool tensor of this step; returns whether to apply the update."""
+        """``ok``: 0-d bool tensor of this step; returns whether to apply the update. In place
+        throughout, so that a captured step keeps updating the same tensors."""
         bad = ~ok
-        self.first = torch.where((self.first < 0) & bad, self.step, self.first)
+        self.first.copy_(torch.where((self.first < 0) & bad, self.step, self.first))
         self.count += bad
         self.step += 1
         return bool(ok) if self.skip else True
@@ -294,6 +336,8 @@ class Loop:
     log: RunLog
     earlybird: Any = None
     macs_per_image: int = 0   # of the network trained, for the FLOPs of each cost record
+    quartiles: Any = None     # QuartileLoss (rank 0): loss per timestep quartile, on the device
+    graph: Any = None         # GraphStep under fast.cuda_graph (runners/graph_step.py)
 
     @property
     def doc(self):
@@ -450,6 +494,14 @@ def _make_loop(cfg, opts, run, *, layout, device, rank, world, dataset):
     loop = Loop(cfg, opts, layout, device, rank, world, diffusion, sampler, stream,
                 autocast_for(cfg, device), log)
     if rank == 0:
+        loop.quartiles = QuartileLoss(diffusion.num_timesteps, device)
+    if cfg.fast.cuda_graph:
+        from runners.graph_step import GraphStep
+        loop.graph = GraphStep(run, sampler=sampler, diffusion=diffusion,
+                               autocast=loop.autocast, grad_clip=cfg.optim.grad_clip,
+                               channels_last=use_channels_last(cfg, device),
+                               grad_accum=t.grad_accum, device=device)
+    if rank == 0:
         with training_rng_untouched(device):
             loop.macs_per_image = network_macs(run.source)
     if rank == 0:
@@ -463,7 +515,7 @@ def _make_loop(cfg, opts, run, *, layout, device, rank, world, dataset):
                 f"{' (pruned)' if src.pruning else ''} {origin}; {device}"
                 f"{f' x{world}' if world > 1 else ''}; {len(dataset)} images, "
                 f"{len(stream)} steps/epoch of {t.batch_size}; epochs {run.start_epoch}.."
-                f"{t.n_epochs - 1}; timesteps [{lo}, {hi})")
+                f"{t.n_epochs - 1}; timesteps [{lo}, {hi}); {precision(cfg, device)}")
         if opts.comment:
             log.info(f"comment: {opts.comment}")
     if cfg.earlybird.enabled and rank == 0 and not run.source.pruning:
@@ -490,14 +542,18 @@ def run_epoch(loop, run, epoch, stop):
     log_every = cfg.training.log_every
     channels_last = use_channels_last(cfg, device)
     total_steps = cfg.training.n_epochs * len(loop.stream)
-    quartiles = QuartileLoss(loop.diffusion.num_timesteps, device) if loop.rank == 0 else None
+    quartiles = loop.quartiles
     t_log = time.perf_counter()
     for x in bar:
-        loss, gnorm = train_step(run, x, sampler=loop.sampler, diffusion=loop.diffusion,
-                                 autocast=loop.autocast, grad_clip=cfg.optim.grad_clip,
-                                 channels_last=channels_last, grad_accum=cfg.training.grad_accum,
-                                 lr=lr_at(cfg.optim, run.step, total_steps),
-                                 quartiles=quartiles)
+        lr = lr_at(cfg.optim, run.step, total_steps)
+        if loop.graph is not None:
+            loss, gnorm = loop.graph(x, lr, quartiles)
+        else:
+            loss, gnorm = train_step(run, x, sampler=loop.sampler, diffusion=loop.diffusion,
+                                     autocast=loop.autocast, grad_clip=cfg.optim.grad_clip,
+                                     channels_last=channels_last,
+                                     grad_accum=cfg.training.grad_accum, lr=lr,
+                                     quartiles=quartiles)
         loss_sum += torch.where(torch.isfinite(loss), loss, torch.zeros_like(loss))
         n_steps += 1
         n_images += x.shape[0]
@@ -509,7 +565,7 @@ def run_epoch(loop, run, epoch, stop):
             lv = loss.item()
             run.nonfinite.check(epoch)
             bar.set_postfix(loss=f"{lv:.3f}", step=run.step)
-            lr = run.optimizer.param_groups[0]["lr"]
+            lr = float(run.optimizer.param_groups[0]["lr"])
             loop.log.scalars({"train/loss": lv, "train/grad_norm": float(gnorm),
                               "train/lr": lr, "train/images_per_s": ips,
                               **quartiles.read_and_reset()}, run.step)
@@ -648,7 +704,11 @@ def train_step(run, x, *, sampler, diffusion, autocast, grad_clip, channels_last
         x = x.contiguous(memory_format=torch.channels_last)
     t, weights = sampler.sample(x.shape[0], x.device)
     noise = torch.randn_like(x)
-    run.optimizer.zero_grad(set_to_none=True)
+    master = getattr(run, "master", None)
+    if master is not None:
+        master.zero_grad()
+    else:
+        run.optimizer.zero_grad(set_to_none=True)
     terms = []  # unweighted per-sample losses, for the loss per timestep quartile
     loss = torch.zeros((), device=x.device)
     chunks = list(zip(x.chunk(grad_accum), t.chunk(grad_accum), noise.chunk(grad_accum),
@@ -664,18 +724,22 @@ def train_step(run, x, *, sampler, diffusion, autocast, grad_clip, channels_last
                 part = part / grad_accum
             part.backward()
         loss = loss + part.detach()
+    if master is not None:
+        master.grads_to_master()
     # without clipping (max norm inf) the norm is still measured: it tells a divergence apart
     gnorm = torch.nn.utils.clip_grad_norm_(run.model.parameters(),
                                            grad_clip if grad_clip > 0 else float("inf"))
     nonfinite = getattr(run, "nonfinite", None)
     if nonfinite is not None and \
             not nonfinite.record(torch.isfinite(loss) & torch.isfinite(gnorm)):
-        run.optimizer.zero_grad(set_to_none=True)  # skipped: no weight, moment or EMA moves
+        (master or run.optimizer).zero_grad()  # skipped: no weight, moment or EMA moves
         return loss.detach(), gnorm
     if lr is not None:
         for group in run.optimizer.param_groups:
             group["lr"] = lr
     run.optimizer.step()
+    if master is not None:
+        master.refresh()
     if run.ema is not None:
         run.ema.update(run.model)
     if quartiles is not None:

@@ -78,6 +78,13 @@ def test_bench_suite_smoke():
     assert res.returncode == 0, res.stderr[-2000:]
     summary = res.stdout.split("step profile")[-1]
     assert "dense" in summary and "ticket 0.5" in summary and "aten::" in res.stdout
+    res = run_py([os.path.join(ROOT, "bench", "step_modes.py"), "--smoke", "--device", "cpu",
+                  "--batch", "2", "--ratios", "0.8", "--iters", "1"],
+                 cwd=os.path.join(ROOT, "bench"), timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    table = res.stdout.split("step modes")[-1]
+    assert table.count("| ticket 0.8 |") == 4 and "graph, bf16 weights" in table
+    assert "failed" not in table
 
 
 @pytest.mark.slow
@@ -115,6 +122,40 @@ def test_bf16_autocast_loss_and_grads_close_to_fp32():
     assert cos > 0.99
 
 
+def test_bf16_weights_with_fp32_master_weights_train_like_fp32():
+    """fast.amp: bf16_weights (a bf16 compute copy, fp32 master weights in the optimizer):
+    the same 20 steps from the same start give a loss curve within 3% of fp32, the master
+    stays fp32, and the compute copy is the master rounded to bf16 after every step."""
+    import types
+    from contextlib import nullcontext
+
+    from models.diffusion import Diffusion
+    from models.resample import AntitheticSampler
+    from runners.train import MasterWeights, train_step
+    d = Diffusion(beta_schedule="linear", beta_start=1e-4, beta_end=0.02,
+                  num_diffusion_timesteps=100)
+    x = torch.rand(16, 1, 8, 8, generator=torch.Generator().manual_seed(1)) * 2 - 1
+    curves = {}
+    for bf16 in (False, True):
+        torch.manual_seed(0)
+        model = UNet(**ARGS)
+        opt = torch.optim.Adam(model.parameters(), lr=2e-3)
+        master = MasterWeights(model) if bf16 else None
+        run = types.SimpleNamespace(model=model, optimizer=opt, ema=EMA(model, 0.9),
+                                    master=master, train_model=master.compute if bf16 else model)
+        torch.manual_seed(5)
+        curves[bf16] = [train_step(run, x, sampler=AntitheticSampler(0, 100), diffusion=d,
+                                   autocast=nullcontext, grad_clip=1.0)[0].item()
+                        for _ in range(20)]
+        if bf16:
+            assert all(p.dtype == torch.float32 for p in model.parameters())
+            assert all(c.dtype == torch.bfloat16 and torch.equal(c, m.to(torch.bfloat16))
+                       for c, m in zip(master.params, master.master))
+    fp32, bf16 = (sum(curves[k][10:]) / 10 for k in (False, True))
+    assert curves[True][-1] < 0.8 * curves[True][0]  # it trains
+    assert abs(bf16 - fp32) / fp32 < 0.03
+
+
 def test_ema_warmup_forgets_the_starting_weights():
     torch.manual_seed(0)
     model = UNet(**ARGS)
@@ -136,22 +177,84 @@ def test_ema_warmup_forgets_the_starting_weights():
 def test_step_op_counts_on_emulated_cuda_do_not_regress():
     """bench/step_ops.py counts a CUDA training step on the CPU (FakeTensors on device
     'cuda'). The lean step: no host sync in the step or the data path's steps, F.silu (no
-    written-out swish), and the counts measured when this test was written as ceilings."""
+    written-out swish); the counts measured when this test was written are its ceilings.
+    bf16 weights with fp32 master weights drop autocast's casts: a handful of copies."""
     import re
     from conftest import run_py
     out = {}
-    for flags in ([], ["--no_amp"]):
-        res = run_py(["bench/step_ops.py", "--smoke", "--batch", "8", "--ratios", "0", "0.8"]
-                     + flags)
+    for precision in ("autocast", "fp32", "bf16_weights"):
+        res = run_py(["bench/step_ops.py", "--smoke", "--batch", "8", "--ratios", "0", "0.8",
+                      "--precision", precision])
         assert res.returncode == 0, res.stderr[-2000:]
         assert "copies 2 tensors to the device per epoch, 0 per step" in res.stdout
         for r, ops, copies, syncs in re.findall(
                 r"ratio ([\d.]+): ops/step (\d+), copies/step (\d+), host syncs/step (\S+)",
                 res.stdout):
-            out[(bool(flags), float(r))] = (int(ops), int(copies), float(syncs))
-        assert "sigmoid" not in res.stdout  # the most frequent ops: F.silu, one kernel
-    assert all(s == 0 for _, _, s in out.values())
-    # bf16 autocast: weights and activations cast around fp32 ops; fp32: no casts
-    assert out[(False, 0.0)][0] <= 497 and out[(False, 0.0)][1] <= 186
-    assert out[(True, 0.0)][1] <= 2 and out[(True, 0.8)][1] <= 2
-    assert out[(False, 0.8)][1] == out[(False, 0.0)][1]  # a ticket issues as many copies
+            out[(precision, float(r))] = (int(ops), int(copies), float(syncs))
+        assert "sigmoid" not in res.stdout  # F.silu: one kernel each way
+    assert len(out) == 6 and all(s == 0 for _, _, s in out.values())
+    assert out[("autocast", 0.0)][0] <= 497 and out[("autocast", 0.0)][1] <= 186
+    assert out[("autocast", 0.8)][1] == out[("autocast", 0.0)][1]  # a ticket copies as much
+    assert out[("fp32", 0.0)][0] <= 313 and out[("fp32", 0.0)][1] <= 2
+    for r in (0.0, 0.8):
+        ops, copies, _ = out[("bf16_weights", r)]
+        assert copies <= 8 and ops <= out[("fp32", r)][0] + 4
+
+
+def test_graph_safe_step_equals_the_ordinary_step_on_the_cpu(tmp_path):
+    """fast.cuda_graph's step (fused Adam with a tensor lr, EMA decay from a device counter,
+    counters in place) runs eagerly on the CPU; after 5 steps from the same start it equals
+    the ordinary step with the optimizer a GPU uses (fused Adam, float lr) within 1e-6."""
+    import types
+    from contextlib import nullcontext
+
+    from conftest import write_config
+    from core.config import load_config
+    from models.diffusion import Diffusion
+    from models.resample import AntitheticSampler
+    from runners.graph_step import GraphStep, graph_safe_optimizer
+    from runners.train import NonFinite, QuartileLoss, train_step
+    cfg = load_config(write_config(tmp_path / "t.yml"))
+    d = Diffusion(beta_schedule="linear", beta_start=1e-4, beta_end=0.02,
+                  num_diffusion_timesteps=100)
+    x = torch.rand(16, 1, 8, 8, generator=torch.Generator().manual_seed(1)) * 2 - 1
+    kw = dict(sampler=AntitheticSampler(0, 100), diffusion=d, autocast=nullcontext,
+              grad_clip=1.0)
+    cpu = torch.device("cpu")
+    results = []
+    for graph in (False, True):
+        torch.manual_seed(0)
+        model = UNet(**ARGS)
+        opt = graph_safe_optimizer(cfg, model.parameters(), cpu)  # fused, as on a GPU
+        run = types.SimpleNamespace(model=model, train_model=model, optimizer=opt,
+                                    ema=EMA(model, 0.9), master=None,
+                                    nonfinite=NonFinite(cpu, first_step=0, skip=False))
+        q = QuartileLoss(100, cpu)
+        step = GraphStep(run, channels_last=False, grad_accum=1, device=cpu, **kw) if graph \
+            else (lambda x, lr, q: train_step(run, x, lr=lr, quartiles=q, **kw))
+        torch.manual_seed(5)
+        losses = [step(x, 2e-3, q)[0].item() for _ in range(5)]
+        results.append((losses, torch.cat([p.flatten() for p in model.parameters()]),
+                        torch.cat([p.flatten() for p in run.ema.shadow.parameters()]),
+                        q.read_and_reset()))
+    (l0, w0, e0, q0), (l1, w1, e1, q1) = results
+    assert l0 == pytest.approx(l1, rel=1e-6)
+    assert (w0 - w1).abs().max() < 1e-6 and (e0 - e1).abs().max() < 1e-6
+    assert q0.keys() == q1.keys() and all(q0[k] == pytest.approx(q1[k]) for k in q0)
+
+
+def test_cuda_graph_trains_on_the_cpu_and_refuses_what_it_cannot_capture(tmp_path):
+    from conftest import write_config
+    from main import main
+    from utils.errors import UserError
+    cfg = write_config(tmp_path / "t.yml", fast__cuda_graph=True, training__n_epochs=1)
+    assert main(["--config", cfg, "--exp", str(tmp_path / "e"), "--doc", "g", "--ni"]) == 0
+    c = torch.load(tmp_path / "e" / "logs" / "g" / "ckpt.pth", weights_only=True)
+    assert c["epochs_done"] == 1 and c["step"] == 3
+    assert main(["--config", cfg, "--exp", str(tmp_path / "e"), "--doc", "g",
+                 "--resume_training", "--override", "training.n_epochs=2"]) == 0
+    for extra, needle in ((["fast.compile=true"], "choose one"),
+                          (["training.on_nonfinite=skip"], "on_nonfinite: stop")):
+        with pytest.raises(UserError, match=needle):
+            main(["--config", cfg, "--exp", str(tmp_path / "e"), "--doc", "x", "--ni",
+                  "--override"] + extra)
