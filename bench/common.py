@@ -19,7 +19,8 @@ from models.resample import AntitheticSampler  # noqa: E402
 from models.unet import UNet  # noqa: E402
 from core.config import load_config  # noqa: E402
 from core.device import autocast_for, use_channels_last  # noqa: E402
-from runners.train import make_optimizer, train_step  # noqa: E402
+from runners.step import train_step  # noqa: E402
+from runners.train import make_optimizer  # noqa: E402
 
 
 def sync(device):
@@ -78,7 +79,7 @@ def our_step_fn(cfg, model, batch, device):
     batch: a tensor used every step, or a callable returning the next batch."""
     from core.device import precision
     from runners.graph_step import GraphStep, graph_safe_optimizer
-    from runners.train import MasterWeights
+    from runners.step import MasterWeights
     model = model.to(device).train()
     if use_channels_last(cfg, device):
         model = model.to(memory_format=torch.channels_last)

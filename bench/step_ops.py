@@ -153,7 +153,7 @@ def count_step(cfg, network, batch, *, precision="bf16 autocast", channels_last=
     from models.diffusion import Diffusion
     from models.ema import EMA
     from models.resample import AntitheticSampler
-    from runners.train import MasterWeights, train_step
+    from runners.step import MasterWeights, train_step
     if channels_last:
         network = network.to(memory_format=torch.channels_last)
     warnings.filterwarnings("ignore", message="Accessing the data pointer of FakeTensor")

@@ -47,10 +47,14 @@ def load_checkpoint(path, map_location="cpu"):
     """Load a checkpoint with weights_only=True; any failure is one UserError line. A local
     diffusers UNet folder or a .safetensors file (core/interop.py) loads too."""
     from core import interop
+    # an imported network counts as epoch 0 (masks and tickets are named by epoch)
     if interop.is_diffusers_folder(path):
-        return interop.load_diffusers_folder(path)
+        sd, args = interop.load_diffusers_folder(path)
+        return make_checkpoint(model=sd, config=None, model_args=args, epoch_index=0)
     if path.endswith(".safetensors") and os.path.isfile(path):
-        return interop.load_safetensors(path)
+        sd, args, pruning, config = interop.load_safetensors(path)
+        return make_checkpoint(model=sd, config=config, model_args=args, pruning=pruning,
+                               epoch_index=0)
     if not os.path.isfile(path):
         raise UserError(f"checkpoint not found: {path}")
     try:

@@ -52,38 +52,38 @@ def diffusers_config(model_args):
                 dropout=a["dropout"])
 
 
-def model_args_of(config, source):
-    """Our UNet's model arguments from a diffusers config; refuses, naming the key, what our
+def model_args_of(hf, source):
+    """Our UNet's model arguments from a diffusers config ``hf``; refuses, naming the key, what our
     network is not."""
     for key, want in {**FIXED, **DEFAULTS_REQUIRED}.items():
-        if key in config and config[key] != want and not (key == "norm_eps" and
-                                                          abs(config[key] - want) < 1e-12):
-            raise UserError(f"{source}: diffusers config {key} is {config[key]!r}; this "
+        if key in hf and hf[key] != want and not (key == "norm_eps" and
+                                                          abs(hf[key] - want) < 1e-12):
+            raise UserError(f"{source}: diffusers config {key} is {hf[key]!r}; this "
                             f"project's UNet has {want!r}")
-    if config.get("_class_name", "UNet2DModel") != "UNet2DModel":
-        raise UserError(f"{source}: a {config['_class_name']}, not a UNet2DModel")
-    widths = list(config["block_out_channels"])
+    if hf.get("_class_name", "UNet2DModel") != "UNet2DModel":
+        raise UserError(f"{source}: a {hf['_class_name']}, not a UNet2DModel")
+    widths = list(hf["block_out_channels"])
     ch = widths[0]
     if any(w % ch for w in widths):
         raise UserError(f"{source}: block_out_channels {widths} are not multiples of the first")
-    size = config.get("sample_size")
+    size = hf.get("sample_size")
     if isinstance(size, (list, tuple)):
         size = size[0]
-    down = list(config["down_block_types"])
+    down = list(hf["down_block_types"])
     known = {"DownBlock2D", "AttnDownBlock2D"}
     if set(down) - known:
         raise UserError(f"{source}: down_block_types {down}: only {sorted(known)} are this "
                         f"project's UNet")
-    up = [b.replace("Up", "Down") for b in reversed(config["up_block_types"])]
+    up = [b.replace("Up", "Down") for b in reversed(hf["up_block_types"])]
     if up != down:
-        raise UserError(f"{source}: up_block_types {config['up_block_types']} do not mirror "
+        raise UserError(f"{source}: up_block_types {hf['up_block_types']} do not mirror "
                         f"down_block_types {down}")
-    args = dict(in_channels=config["in_channels"], out_ch=config["out_channels"], ch=ch,
-                ch_mult=[w // ch for w in widths], num_res_blocks=config["layers_per_block"],
+    args = dict(in_channels=hf["in_channels"], out_ch=hf["out_channels"], ch=ch,
+                ch_mult=[w // ch for w in widths], num_res_blocks=hf["layers_per_block"],
                 attn_resolutions=[size // 2 ** i for i, b in enumerate(down)
                                   if b.startswith("Attn")],
-                dropout=float(config.get("dropout", 0.0)), resolution=size,
-                resamp_with_conv=True, gn_groups=config["norm_num_groups"])
+                dropout=float(hf.get("dropout", 0.0)), resolution=size,
+                resamp_with_conv=True, gn_groups=hf["norm_num_groups"])
     return args
 
 
@@ -154,29 +154,21 @@ def is_diffusers_folder(path):
 
 
 def load_diffusers_folder(path):
-    """A local UNet2DModel folder -> a checkpoint dict of this project (weights as 'model')."""
+    """A local UNet2DModel folder -> (our state dict, our model arguments)."""
     from safetensors.torch import load_file
     with open(os.path.join(path, "config.json")) as f:
-        config = json.load(f)
-    args = model_args_of(config, path)
+        hf = json.load(f)
+    args = model_args_of(hf, path)
     weights = os.path.join(path, WEIGHTS_NAME)
     if not os.path.isfile(weights):
         raise UserError(f"{path}: no {WEIGHTS_NAME} (only safetensors weights are read: "
                         f"they cannot run code)")
-    sd = from_diffusers_state_dict(load_file(weights), args, path)
-    return _checkpoint(sd, args, None, None)
-
-
-def _checkpoint(sd, model_args, pruning, config):
-    from core.checkpoint import make_checkpoint
-    # an imported network counts as epoch 0 (masks and tickets are named by epoch)
-    return make_checkpoint(model=sd, config=config, model_args=model_args, pruning=pruning,
-                           epoch_index=0)
+    return from_diffusers_state_dict(load_file(weights), args, path), args
 
 
 def load_safetensors(path):
-    """A .safetensors file written by ``export_safetensors`` (or bare weights of our UNet with
-    their model arguments) -> a checkpoint dict."""
+    """A .safetensors file written by ``export_safetensors`` -> (state dict, model arguments,
+    pruning record or None, config dict or None)."""
     from safetensors import safe_open
     from safetensors.torch import load_file
     try:
@@ -191,24 +183,18 @@ def load_safetensors(path):
     sd = load_file(path)
     if info.get("format") == "diffusers":
         sd = from_diffusers_state_dict(sd, info["model_args"], path)
-    return _checkpoint(sd, info["model_args"], info.get("pruning"), info.get("config"))
+    return sd, info["model_args"], info.get("pruning"), info.get("config")
 
 
-def export_diffusers(checkpoint, out_dir, *, use_ema, betas, source):
-    """A dense checkpoint -> a UNet2DModel folder (config.json + safetensors weights) with a
-    DDPMScheduler config matching ``betas`` in scheduler/."""
+def export_diffusers(state_dict, model_args, out_dir, *, betas):
+    """A dense network's weights -> a UNet2DModel folder (config.json + safetensors weights)
+    with a DDPMScheduler config matching ``betas`` in scheduler/."""
     from safetensors.torch import save_file
 
-    from core.checkpoint import pick_weights
     from utils.io import atomic_path, atomic_write_json
-    if checkpoint.get("pruning"):
-        raise UserError(f"{source}: a pruned ticket cannot be a diffusers folder (its config "
-                        f"would hold the dense widths): export it with --to safetensors")
-    args = checkpoint["model_args"]
-    config = diffusers_config(args)
-    sd = pick_weights(checkpoint, use_ema, source)
+    config = diffusers_config(model_args)
     tensors = {k: v.contiguous() for k, v in
-               to_diffusers_state_dict(sd, len(args["ch_mult"])).items()}
+               to_diffusers_state_dict(state_dict, len(model_args["ch_mult"])).items()}
     os.makedirs(out_dir, exist_ok=True)
     with atomic_path(os.path.join(out_dir, WEIGHTS_NAME)) as tmp:
         save_file(tensors, tmp)
@@ -227,16 +213,15 @@ def scheduler_config(betas):
             "variance_type": "fixed_large", "clip_sample": True, "prediction_type": "epsilon"}
 
 
-def export_safetensors(checkpoint, out_path, *, use_ema, source):
-    """A checkpoint (dense or pruned) -> one .safetensors file: its weights under our names,
+def export_safetensors(state_dict, out_path, *, model_args, pruning=None, config=None):
+    """A network (dense or pruned) -> one .safetensors file: its weights under our names,
     with model arguments, pruning history and config as metadata."""
     from safetensors.torch import save_file
 
-    from core.checkpoint import pick_weights
     from utils.io import atomic_path
-    sd = {k: v.contiguous() for k, v in pick_weights(checkpoint, use_ema, source).items()}
-    info = {"format": "eb_diffusion", "model_args": checkpoint["model_args"],
-            "pruning": checkpoint.get("pruning"), "config": checkpoint.get("config")}
+    sd = {k: v.contiguous() for k, v in state_dict.items()}
+    info = {"format": "eb_diffusion", "model_args": model_args, "pruning": pruning,
+            "config": config}
     with atomic_path(out_path) as tmp:
         save_file(sd, tmp, metadata={METADATA_KEY: json.dumps(info)})
     return out_path
@@ -249,14 +234,13 @@ def ticket_on_unet2d(path):
     import torch
     import torch_pruning as tp
     from diffusers import UNet2DModel
-    c = load_safetensors(path)
-    args = c["model_args"]
+    state_dict, args, pruning, _ = load_safetensors(path)
     model = UNet2DModel(**{k: v for k, v in diffusers_config(args).items()
                            if not k.startswith("_")}).eval()
-    if c.get("pruning"):
+    if pruning:
         n_levels = len(args["ch_mult"])
         history = [[_to_diffusers_key(name + ".x", n_levels)[:-2], out, idxs]
-                   for name, out, idxs in c["pruning"]["history"]]
+                   for name, out, idxs in pruning["history"]]
         x = torch.randn(1, args["in_channels"], args["resolution"], args["resolution"])
         dg = tp.DependencyGraph().build_dependency(
             model, example_inputs={"sample": x, "timestep": torch.ones(1)},
@@ -270,6 +254,6 @@ def ticket_on_unet2d(path):
                 m.scale = m.to_q.out_features ** -0.5
             if hasattr(m, "channels") and isinstance(getattr(m, "conv", None), torch.nn.Conv2d):
                 m.channels, m.out_channels = m.conv.in_channels, m.conv.out_channels
-    sd = to_diffusers_state_dict(c["model"], len(args["ch_mult"]))
+    sd = to_diffusers_state_dict(state_dict, len(args["ch_mult"]))
     model.load_state_dict(sd, strict=True)
     return model

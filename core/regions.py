@@ -5,7 +5,7 @@ import os
 from dataclasses import dataclass
 from typing import Optional
 
-from models.stitched import check_regions
+from models.tiling import check_regions
 from utils.errors import UserError
 from utils.io import load_yaml
 

@@ -57,24 +57,29 @@ def betas_of(checkpoint, a):
 def main(argv=None):
     a = build_parser().parse_args(argv)
     from core import interop
-    from core.checkpoint import load_checkpoint
+    from core.checkpoint import load_checkpoint, pick_weights
     c = load_checkpoint(a.restore_from)
     if not c.get("model_args"):  # a bare state dict: the config says which network it is
         if a.config is None:
             raise UserError(f"{a.restore_from}: bare weights; pass --config for their network")
         from core.config import flatten_overrides, load_config
         c["model_args"] = load_config(a.config, flatten_overrides(a.override)).unet_kwargs()
+    weights = pick_weights(c, not a.no_ema, a.restore_from)
     if a.to == "diffusers":
         if a.out.endswith(".safetensors"):
             raise UserError("--to diffusers writes a folder: --out names a folder")
-        interop.export_diffusers(c, a.out, use_ema=not a.no_ema, betas=betas_of(c, a),
-                                 source=a.restore_from)
+        if c.get("pruning"):
+            raise UserError(f"{a.restore_from}: a pruned ticket cannot be a diffusers folder "
+                            f"(its config would hold the dense widths): export it with "
+                            f"--to safetensors")
+        interop.export_diffusers(weights, c["model_args"], a.out, betas=betas_of(c, a))
         print(f"diffusers UNet2DModel: {a.out} (scheduler config in "
               f"{a.out}/scheduler)")
     else:
         if not a.out.endswith(".safetensors"):
             raise UserError("--to safetensors writes one file: --out must end in .safetensors")
-        interop.export_safetensors(c, a.out, use_ema=not a.no_ema, source=a.restore_from)
+        interop.export_safetensors(weights, a.out, model_args=c["model_args"],
+                                   pruning=c.get("pruning"), config=c.get("config"))
         print(f"safetensors: {a.out}" + (" (pruned ticket: its pruning history is in the "
                                           "file)" if c.get("pruning") else ""))
     return 0

@@ -110,27 +110,31 @@ HEADLINE_COLUMNS = ("method", "seeds", "digits_fd_mean", "digits_fd_std", "eb_ep
                     "vs_tpf_wall_mean", "vs_tpf_wall_std")
 
 
-def headline_data(results, variants):
-    """The headline table's rows as numbers (HEADLINE_COLUMNS): mean and std over seeds."""
-    out = []
+def _headline_groups(results, variants):
+    """(variant, row label, kind, the per-seed results of that kind) of every headline row."""
     for variant, label_suffix in variants:
         seeds = results.get(variant, [])
         for kind in PLAIN_KINDS:
             per = [s[kind] for s in seeds if kind in s]
-            if not per:
-                continue
-            row = {"method": (per[0]["method"] if kind != "dense" else "Dense") + label_suffix,
-                   "seeds": len(per)}
-            for col, key in (("digits_fd", "quality"), ("eb_epoch", "eb_epoch"),
-                             ("vs_dense_flops", "vs_dense_flops"),
-                             ("vs_dense_wall", "vs_dense_wall"),
-                             ("vs_tpf_flops", "vs_tpf_flops"), ("vs_tpf_wall", "vs_tpf_wall")):
-                row[f"{col}_mean"], row[f"{col}_std"] = mean_std([p[key] for p in per])
-            for col, key in (("eq_speedup_flops", "eq_flops"), ("eq_speedup_wall", "eq_wall")):
-                vals = [p[key] for p in per if key in p]
-                row[f"{col}_mean"], row[f"{col}_std"] = mean_std([v.value for v in vals])
-                row[f"{col}_lower_bound"] = any(v.lower_bound for v in vals) if vals else None
-            out.append(row)
+            if per:
+                name = per[0]["method"] if kind != "dense" else "Dense"
+                yield variant, name + label_suffix, kind, per
+
+
+def headline_data(results, variants):
+    """The headline table's rows as numbers (HEADLINE_COLUMNS): mean and std over seeds."""
+    out = []
+    for _, label, _, per in _headline_groups(results, variants):
+        row = {"method": label, "seeds": len(per)}
+        for col, key in (("digits_fd", "quality"), ("eb_epoch", "eb_epoch"),
+                         ("vs_dense_flops", "vs_dense_flops"), ("vs_dense_wall", "vs_dense_wall"),
+                         ("vs_tpf_flops", "vs_tpf_flops"), ("vs_tpf_wall", "vs_tpf_wall")):
+            row[f"{col}_mean"], row[f"{col}_std"] = mean_std([p[key] for p in per])
+        for col, key in (("eq_speedup_flops", "eq_flops"), ("eq_speedup_wall", "eq_wall")):
+            vals = [p[key] for p in per if key in p]
+            row[f"{col}_mean"], row[f"{col}_std"] = mean_std([v.value for v in vals])
+            row[f"{col}_lower_bound"] = any(v.lower_bound for v in vals) if vals else None
+        out.append(row)
     return out
 
 
@@ -139,23 +143,17 @@ def headline_rows(results, variants):
     lines = ["| Method | digits-FD | EB epoch | equal-quality speed-up vs dense, FLOPs | "
              "same, wall-clock | fixed budget vs dense, FLOPs / wall | "
              "vs train-prune-finetune, FLOPs / wall |", "|" + "---|" * 7]
-    for variant, label_suffix in variants:
-        seeds = results.get(variant, [])
-        for kind in PLAIN_KINDS:
-            per = [s[kind] for s in seeds if kind in s]
-            if not per:
-                continue
-            name = per[0]["method"] if kind != "dense" else "Dense"
-            ref = kind == "dense" and variant == "plain"
-            lines.append(
-                f"| {name}{label_suffix} | {fmt_mean_std([p['quality'] for p in per])} | "
-                f"{fmt_mean_std([p['eb_epoch'] for p in per], '.1f')} | "
-                f"{_speedup_cell([p['eq_flops'] for p in per if 'eq_flops' in p], ref)} | "
-                f"{_speedup_cell([p['eq_wall'] for p in per if 'eq_wall' in p], ref)} | "
-                f"{fmt_mean_std([p['vs_dense_flops'] for p in per], '.2f', 'x')} / "
-                f"{fmt_mean_std([p['vs_dense_wall'] for p in per], '.2f', 'x')} | "
-                f"{fmt_mean_std([p['vs_tpf_flops'] for p in per], '.2f', 'x')} / "
-                f"{fmt_mean_std([p['vs_tpf_wall'] for p in per], '.2f', 'x')} |")
+    for variant, label, kind, per in _headline_groups(results, variants):
+        ref = kind == "dense" and variant == "plain"
+        lines.append(
+            f"| {label} | {fmt_mean_std([p['quality'] for p in per])} | "
+            f"{fmt_mean_std([p['eb_epoch'] for p in per], '.1f')} | "
+            f"{_speedup_cell([p['eq_flops'] for p in per if 'eq_flops' in p], ref)} | "
+            f"{_speedup_cell([p['eq_wall'] for p in per if 'eq_wall' in p], ref)} | "
+            f"{fmt_mean_std([p['vs_dense_flops'] for p in per], '.2f', 'x')} / "
+            f"{fmt_mean_std([p['vs_dense_wall'] for p in per], '.2f', 'x')} | "
+            f"{fmt_mean_std([p['vs_tpf_flops'] for p in per], '.2f', 'x')} / "
+            f"{fmt_mean_std([p['vs_tpf_wall'] for p in per], '.2f', 'x')} |")
     return lines
 
 

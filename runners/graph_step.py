@@ -14,6 +14,7 @@ step runs eagerly, which the tests compare with the ordinary step.
 """
 import torch
 
+from runners.step import train_step
 from utils.errors import UserError
 
 
@@ -47,12 +48,10 @@ class GraphStep:
 
     def __init__(self, run, *, sampler, diffusion, autocast, grad_clip, channels_last,
                  grad_accum, device, warmup=3):
-        from runners.train import train_step
         self.run, self.device, self.warmup = run, device, warmup
         self.kwargs = dict(sampler=sampler, diffusion=diffusion, autocast=autocast,
                            grad_clip=grad_clip, channels_last=channels_last,
                            grad_accum=grad_accum)
-        self.train_step = train_step
         # one device tensor for the learning rate, set before each step (a resume may have
         # loaded a float from the checkpoint's optimizer state); float64 on the CPU, where the
         # fused Adam then steps exactly as with a float lr; CUDA's fused Adam reads float32
@@ -66,7 +65,7 @@ class GraphStep:
         self.graph, self.static_x, self.out, self.calls = None, None, None, 0
 
     def _eager(self, x, quartiles):
-        return self.train_step(self.run, x, quartiles=quartiles, **self.kwargs)
+        return train_step(self.run, x, quartiles=quartiles, **self.kwargs)
 
     def __call__(self, x, lr, quartiles=None):
         self.lr.fill_(lr)

@@ -148,7 +148,7 @@ def test_gradient_accumulation_gives_the_big_batch_gradient():
     from models.diffusion import Diffusion
     from models.resample import AntitheticSampler
     from models.unet import UNet
-    from runners.train import train_step
+    from runners.step import train_step
     from contextlib import nullcontext
     args = dict(in_channels=1, out_ch=1, ch=16, ch_mult=[1, 2], num_res_blocks=1,
                 attn_resolutions=[4], dropout=0.0, resolution=8, gn_groups=8)

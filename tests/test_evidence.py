@@ -92,3 +92,11 @@ def test_study_on_tiny_settings(tmp_path):
     assert "Noise floor of the metric" in page and "± " in page
     for fig in ("tiny_quality_flops.png", "tiny_quality_wall.png"):
         assert (out.parent / fig).stat().st_size > 2000 and f"({fig})" in page
+    # the headline as data beside the page: one row per table row, the same numbers
+    data = json.load(open(out.with_suffix(".json")))
+    methods = [line.split("|")[1].strip() for line in page.splitlines()
+               if line.startswith("| ") and not line.startswith("| Method")]
+    assert [r["method"] for r in data["rows"]] == methods
+    dense = next(r for r in data["rows"] if r["method"] == "Dense")
+    assert f"| Dense | {dense['digits_fd_mean']:.2f} ± {dense['digits_fd_std']:.2f} |" in page
+    assert (out.parent / "tiny.csv").read_text().startswith("method,seeds,")

@@ -131,7 +131,7 @@ def test_bf16_weights_with_fp32_master_weights_train_like_fp32():
 
     from models.diffusion import Diffusion
     from models.resample import AntitheticSampler
-    from runners.train import MasterWeights, train_step
+    from runners.step import MasterWeights, train_step
     d = Diffusion(beta_schedule="linear", beta_start=1e-4, beta_end=0.02,
                   num_diffusion_timesteps=100)
     x = torch.rand(16, 1, 8, 8, generator=torch.Generator().manual_seed(1)) * 2 - 1
@@ -213,7 +213,7 @@ def test_graph_safe_step_equals_the_ordinary_step_on_the_cpu(tmp_path):
     from models.diffusion import Diffusion
     from models.resample import AntitheticSampler
     from runners.graph_step import GraphStep, graph_safe_optimizer
-    from runners.train import NonFinite, QuartileLoss, train_step
+    from runners.step import NonFinite, QuartileLoss, train_step
     cfg = load_config(write_config(tmp_path / "t.yml"))
     d = Diffusion(beta_schedule="linear", beta_start=1e-4, beta_end=0.02,
                   num_diffusion_timesteps=100)

@@ -139,8 +139,7 @@ def test_ddim_with_diffusers_scheduler_matches_ours(exported):
 
     from models.diffusion import Diffusion, generalized_steps, timestep_sequence
     unet = UNet2DModel.from_pretrained(exported).eval()
-    ours = model_from_checkpoint(interop.load_diffusers_folder(exported), "x",
-                                 use_ema=False).eval()
+    ours = model_from_checkpoint(load_checkpoint(exported), "x", use_ema=False).eval()
     sched_cfg = json.load(open(os.path.join(exported, "scheduler", "scheduler_config.json")))
     scheduler = DDIMScheduler(num_train_timesteps=100, trained_betas=sched_cfg["trained_betas"],
                               clip_sample=False, set_alpha_to_one=True, steps_offset=0,
