@@ -162,6 +162,13 @@ def seed_loop(cfg, model, batch_size, device, n_images=512, num_workers=0):
     return step
 
 
+def add_bench_args(parser, batch=128):
+    """--config, --device and --batch, as every GPU benchmark takes them."""
+    parser.add_argument("--config", default="cifar10.yml")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--batch", type=int, default=batch)
+
+
 def bench_config(name, overrides=()):
     return load_config(name, list(overrides))
 

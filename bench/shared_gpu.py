@@ -37,11 +37,10 @@ def worker(a):
 
 
 def main(argv=None):
+    from common import add_bench_args
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--config", default="cifar10.yml")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--batch", type=int, default=128)
+    add_bench_args(p)
     p.add_argument("--ratio", type=float, default=0.8)
     p.add_argument("--counts", type=int, nargs="+", default=[1, 3, 4])
     p.add_argument("--steps", type=int, default=30)

@@ -10,7 +10,8 @@ import argparse
 
 import torch
 
-from common import LiveRows, bench_config, median_time, our_step_fn, print_table, tickets
+from common import (LiveRows, add_bench_args, bench_config, median_time, our_step_fn,
+                    print_table, tickets)
 from train_step import SMOKE
 
 MODES = {"eager, bf16 autocast": ["fast.amp=bf16", "fast.cuda_graph=false"],
@@ -39,9 +40,7 @@ def sync_free(step, device):
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--config", default="cifar10.yml")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--batch", type=int, default=128)
+    add_bench_args(p)
     p.add_argument("--ratios", type=float, nargs="+", default=[0.3, 0.6, 0.8])
     p.add_argument("--iters", type=int, default=10)
     p.add_argument("--compile", action="store_true", help="add eager + torch.compile rows")
