@@ -33,7 +33,7 @@ NO_KERNEL = {"detach", "view", "_unsafe_view", "t", "empty", "empty_strided", "a
              "expand", "permute", "transpose", "reshape", "alias", "slice", "select",
              "unsqueeze", "squeeze", "split", "split_with_sizes", "chunk", "unbind",
              "_reshape_alias", "lift_fresh", "is_same_size", "empty_like", "new_empty",
-             "new_empty_strided", "_to_copy_noop", "sym_size", "sym_stride", "sym_numel",
+             "new_empty_strided", "sym_size", "sym_stride", "sym_numel",
              "sym_storage_offset", "dim", "size", "stride", "is_contiguous", "_local_scalar_dense",
              "device"}
 COPIES = {"_to_copy", "copy_", "clone", "contiguous", "_foreach_copy_"}

@@ -5,7 +5,7 @@ import json
 import os
 import time
 
-from utils.io import atomic_write_text, read_jsonl
+from utils.io import DiskFull, atomic_write_text, is_disk_full, read_jsonl
 
 VERBOSITY = ("quiet", "info", "debug")
 
@@ -25,7 +25,6 @@ def interrupted_cost(path, epoch):
 
 def append_jsonl(path, record):
     """Append one record; a failed write (a full disk) leaves the file as it was."""
-    from utils.io import DiskFull, is_disk_full
     data = (json.dumps(record) + "\n").encode()
     fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     try:

@@ -28,6 +28,7 @@ class EMA:
         """From now on the decay is computed on the device from a device counter, so an update
         can be captured in a CUDA graph and replayed (fast.cuda_graph)."""
         self._n = torch.full((), float(self.num_updates), device=device)
+        self._rate = torch.full((), self.rate, device=device)  # made once, not per step
 
     @torch.no_grad()
     def update(self, model):
@@ -49,7 +50,7 @@ class EMA:
 
     def _update_on_device(self, model):
         """shadow <- d * shadow + (1 - d) * p with d a device tensor: no host value per step."""
-        d = torch.full_like(self._n, self.rate)
+        d = self._rate
         if self.warmup:
             d = torch.minimum(d, (1.0 + self._n) / (10.0 + self._n))
         self._n.add_(1)

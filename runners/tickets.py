@@ -17,7 +17,7 @@ from runners.launch import (gpu_groups, read_template, run_local, sbatch_script,
 from runners.masks import load_mask_series
 from runners.pruning import ticket_for
 from utils.errors import UserError
-from utils.io import atomic_write_text, read_json
+from utils.io import atomic_write_json, atomic_write_text, read_json
 
 
 @dataclass(frozen=True)
@@ -211,7 +211,6 @@ def _merge_placement(xp, placement):
     path = xp.layout.ticket_placement(xp.doc)
     earlier = read_json(path, {})
     earlier.update(placement)
-    from utils.io import atomic_write_json
     atomic_write_json(path, earlier)
     return earlier
 
