@@ -54,6 +54,12 @@ def build_parser():
                    help="with --resume_training: when ckpt.pth cannot be read, resume from the "
                         "newest intact snapshot or per-epoch file, saying what is lost "
                         "(default: off)")
+    p.add_argument("--until_epoch", type=int, default=None, metavar="E",
+                   help="pause after epoch E-1 (E epochs done in all): the run is left "
+                        "resumable, not finished, and the schedule stays that of "
+                        "training.n_epochs; --resume_training continues it exactly (a "
+                        "pipeline's fine-tune-to-target steps runs this way) (default: "
+                        "training.n_epochs)")
     p.add_argument("--restore_from", default=None,
                    help="checkpoint to sample from / start training at (default: none)")
     p.add_argument("--load_pruned_model", default=None,
@@ -106,11 +112,14 @@ def main(argv=None):
                       flag_overrides(args, CONFIG_FLAGS))
     if args.resume_from_last_good and not args.resume_training:
         raise UserError("--resume_from_last_good goes with --resume_training")
+    if args.until_epoch is not None and args.until_epoch < 1:
+        raise UserError(f"--until_epoch {args.until_epoch}: expected at least 1")
     opts = RunOptions(exp=args.exp, doc=args.doc, ni=args.ni, resume=args.resume_training,
                       resume_from_last_good=args.resume_from_last_good,
                       restore_from=args.restore_from, load_pruned_model=args.load_pruned_model,
                       use_ema=args.use_ema, device=args.device,
                       ts_range=tuple(args.ts_range) if args.ts_range else None,
+                      until_epoch=args.until_epoch,
                       image_folder=args.image_folder, tickets=args.tickets,
                       comment=args.comment, verbosity=level,
                       command=" ".join(sys.argv) if argv is None else None)

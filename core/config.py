@@ -159,9 +159,39 @@ class EarlyBirdSettings:
 
 @dataclass(frozen=True)
 class TaebSettings:
-    regions: tuple = ()             # core.regions.Region records, parsed from the YAML list
+    regions: tuple = ()             # core.regions.Region records, parsed from the YAML list;
+                                    # 'regions: auto' sets auto (planned, see below)
+    auto: bool = False              # plan the regions from measured loss gaps at the EB epoch
+                                    # (earlybird_scripts/plan_regions.py; the pipeline plans)
     finetune_epochs: int = 0        # fine-tuning epochs of every ticket; 0 resolves to half of
                                     # training.n_epochs (at least 1)
+    overlap: int = 0                # each ticket also trains this many timesteps past its
+                                    # region's ends (the release's ~20); sampling still
+                                    # switches at the region boundaries
+    visited_only: bool = True       # train each ticket only where the configured sampler goes
+                                    # (quad never visits t > 0.8 T); false trains whole
+                                    # regions, with a warning for the unvisited part
+    max_regions: int = 3            # the planner's most regions (tickets to train)
+    plan_bins: int = 20             # the planner's timestep bins (boundaries fall between them)
+    plan_images: int = 256          # training images per bin whose loss gap the planner measures
+
+
+@dataclass(frozen=True)
+class TargetSettings:
+    """Fine-tuning to a quality target (the pipeline and the study): every ``every`` epochs the
+    run is scored with the curve machinery; it stops at the first score <= the target, or at
+    the cap. The dense reference can run until its curve plateaus."""
+    enabled: bool = False           # fine-tune tickets to the target (default: fixed epochs)
+    value: float = 0.0              # the quality to reach (digits-FD / FID); 0: the dense
+                                    # reference's final quality (its plateau level)
+    every: int = 2                  # epochs between evaluations
+    max_epochs: int = 0             # cap per fine-tuning run; 0 resolves to training.n_epochs
+    max_flops: float = 0.0          # cap on a method's fine-tuning FLOPs (0: none)
+    plateau_patience: int = 0       # dense: stop once this many evaluations in a row improve
+                                    # on the best before them by no more than plateau_delta
+                                    # (0: dense trains training.n_epochs)
+    plateau_delta: float = 2.0
+    plateau_max_epochs: int = 0     # dense cap; 0 resolves to twice training.n_epochs
 
 
 @dataclass(frozen=True)
@@ -178,6 +208,7 @@ class Settings:
     pruning: PruningSettings
     earlybird: EarlyBirdSettings
     taeb: TaebSettings
+    target: TargetSettings = TargetSettings()
 
     def as_dict(self):
         """Plain nested dict (lists, not tuples): checkpoints, config.yml, ``validate`` again."""
@@ -265,6 +296,8 @@ def _check_type(where, value, kind):
             raise UserError(f"{where}: expected a string, got {value!r}")
         return value
     if kind is tuple:
+        if value == "auto" and where.endswith("taeb.regions"):
+            return ("auto",)
         if not isinstance(value, (list, tuple)):
             raise UserError(f"{where}: expected a list, got {value!r}")
         return tuple(value)
@@ -313,7 +346,12 @@ def _settings(cfg, source):
     cfg["taeb"]["finetune_epochs"] = cfg["taeb"]["finetune_epochs"] or \
         max(1, cfg["training"]["n_epochs"] // 2)
     cfg["earlybird"]["ratios"] = tuple(float(r) for r in cfg["earlybird"]["ratios"])
+    if cfg["taeb"]["regions"] == ("auto",):
+        cfg["taeb"]["regions"], cfg["taeb"]["auto"] = (), True
     cfg["taeb"]["regions"] = parse_regions(cfg["taeb"]["regions"], T, source)
+    n = cfg["training"]["n_epochs"]
+    cfg["target"]["max_epochs"] = cfg["target"]["max_epochs"] or n
+    cfg["target"]["plateau_max_epochs"] = cfg["target"]["plateau_max_epochs"] or 2 * n
     return Settings(**{name: cls(**cfg[name]) for name, cls in SECTIONS.items()})
 
 
@@ -346,7 +384,13 @@ RANGES = {
     ("pruning", "thr"): FRACTION, ("pruning", "diff_stride"): AT_LEAST_ONE,
     ("pruning", "round_to"): NON_NEGATIVE,
     ("earlybird", "window"): (2, None, True, False), ("earlybird", "threshold"): FRACTION,
-    ("taeb", "finetune_epochs"): NON_NEGATIVE,
+    ("taeb", "finetune_epochs"): NON_NEGATIVE, ("taeb", "overlap"): NON_NEGATIVE,
+    ("taeb", "max_regions"): AT_LEAST_ONE, ("taeb", "plan_bins"): (2, None, True, False),
+    ("taeb", "plan_images"): AT_LEAST_ONE,
+    ("target", "value"): NON_NEGATIVE, ("target", "every"): AT_LEAST_ONE,
+    ("target", "max_epochs"): NON_NEGATIVE, ("target", "max_flops"): NON_NEGATIVE,
+    ("target", "plateau_patience"): NON_NEGATIVE, ("target", "plateau_delta"): NON_NEGATIVE,
+    ("target", "plateau_max_epochs"): NON_NEGATIVE,
     ("speed", "k"): POSITIVE, ("speed", "lam"): (0, 1, True, True), ("speed", "tau"): NON_NEGATIVE,
 }
 

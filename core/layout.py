@@ -264,6 +264,13 @@ class Layout:
     def pipeline_lock(self, doc):
         return os.path.join(self.exp, "pipeline", f"{doc}.lock")
 
+    def plan_dir(self, doc):
+        """plan_regions.py's output for dense run ``doc``: plan.yml, plan.png."""
+        return os.path.join(self.exp, "plans", doc)
+
+    def plan_file(self, doc):
+        return os.path.join(self.plan_dir(doc), "plan.yml")
+
     def curve_file(self, name):
         """Quality along training of run (or stitched TA-EB) ``name``."""
         return os.path.join(self.exp, "curves", f"{name}.jsonl")

@@ -26,6 +26,8 @@ class RunOptions:
     use_ema: bool = False                 # take the EMA weights of restore_from / for sampling
     device: Optional[str] = None
     ts_range: Optional[Tuple[int, int]] = None  # train only on timesteps in [lo, hi)
+    until_epoch: Optional[int] = None     # pause (resumable, not DONE) once this many epochs
+                                          # are done
     image_folder: Optional[str] = None
     tickets: Optional[str] = None         # tickets.yml: stitched TA-EB sampling
     comment: str = ""                     # written into log.txt
@@ -52,14 +54,24 @@ class Experiment:
     doc: str
     config: str
     overrides: Tuple[str, ...] = ()
+    ticket_set: str = ""                  # the TA-EB ticket set's name (default: doc); a
+                                          # second set (e.g. planned regions) of the same dense
+                                          # run gets a name of its own
 
     @classmethod
-    def load(cls, config, exp, doc, overrides=()):
+    def load(cls, config, exp, doc, overrides=(), ticket_set=""):
         from core.config import load_config
         from core.layout import Layout
         check_name(doc, "--doc")
+        if ticket_set:
+            check_name(ticket_set, "--ticket_set")
         return cls(load_config(config, list(overrides)), Layout(exp), doc, config,
-                   tuple(overrides))
+                   tuple(overrides), ticket_set)
+
+    @property
+    def tset(self):
+        """The name the TA-EB tickets' folder, runs and manifest go by."""
+        return self.ticket_set or self.doc
 
     @property
     def exp(self):

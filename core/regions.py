@@ -85,9 +85,34 @@ def parse_regions(raw, num_timesteps, source="config"):
 
 def require_regions(cfg, source="config"):
     """The configured regions; none is an error for the commands that train TA-EB tickets."""
+    if cfg.taeb.auto and not cfg.taeb.regions:
+        raise UserError(f"{source}: taeb.regions is 'auto': plan them first "
+                        f"(earlybird_scripts/plan_regions.py --write CONFIG, or the pipeline, "
+                        f"which plans them at the EB epoch)")
     if not cfg.taeb.regions:
         raise UserError(f"{source}: taeb.regions is empty: describe the TA-EB tickets there")
     return cfg.taeb.regions
+
+
+def visited_top(cfg):
+    """The highest timestep the configured sampler visits (quad: about 0.8 T)."""
+    from models.diffusion import timestep_sequence
+    s = cfg.sampling
+    return max(timestep_sequence(s.skip_type, s.timesteps,
+                                 cfg.diffusion.num_diffusion_timesteps))
+
+
+def training_range(cfg, region):
+    """(lo, hi, unvisited): the timesteps a region's ticket trains on: the region widened by
+    ``taeb.overlap`` on each side, and, with ``taeb.visited_only``, cut above the sampler's
+    highest timestep (+ overlap); ``unvisited`` is the part of the result no sample visits."""
+    T = cfg.diffusion.num_diffusion_timesteps
+    ov, top = cfg.taeb.overlap, visited_top(cfg)
+    lo, hi = max(0, region.lo - ov), min(T, region.hi + ov)
+    if cfg.taeb.visited_only:
+        hi = min(hi, max(lo + 1, top + 1 + ov))
+    unvisited = (max(lo, top + 1), hi) if hi > top + 1 else None
+    return lo, hi, unvisited
 
 
 def load_manifest(path, num_timesteps=None):

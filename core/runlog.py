@@ -107,10 +107,12 @@ class RunLog:
             self.log_file.close()
 
 
-def training_flops(macs_per_image, images):
-    """The one FLOPs convention of every cost record and report: 2 FLOPs per MAC, and a
-    backward pass costs two forward passes (3 in all), per training image."""
-    return 2 * 3 * macs_per_image * images
+def training_flops(flops_per_image, images):
+    """The one FLOPs convention of every cost record and report: a forward pass's FLOPs as
+    ``torch.utils.flop_counter.FlopCounterMode`` counts them (models.pruning.count_flops,
+    attention included), and a backward pass costs two forward passes (3 in all), per training
+    image."""
+    return 3 * flops_per_image * images
 
 
 def critical_and_total(pre_cost, ticket_costs, slots=None):

@@ -30,7 +30,9 @@ def main(argv=None):
     from utils.io import atomic_write_json
     res = evaluate(load_folder(a.samples, a.image_size, a.n_samples), a.image_size, a.cache_dir)
     print(f"digits-FD {res['digits_fd']:.3f} over {res['n']} samples (classifier accuracy on "
-          f"held-out real digits {res['classifier_acc']:.3f}; not Inception FID)")
+          f"held-out real digits {res['classifier_acc']:.3f}; not Inception FID); valid "
+          f"{res['valid']:.1%} (classifier confidence >= {res['valid_confidence']:g}; held-out "
+          f"real digits {res['real_valid']:.1%})")
     if a.output:
         atomic_write_json(a.output, dict(res, sampled_with=folder_metadata(a.samples)))
     return 0

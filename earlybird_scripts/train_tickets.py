@@ -58,6 +58,13 @@ def build_parser():
     p.add_argument("--no_ema", action="store_true",
                    help="prune the raw (not EMA) weights: sets pruning.use_ema=false "
                         "(default: the config's pruning.use_ema)")
+    p.add_argument("--ticket_set", default="",
+                   help="name of this set of tickets (folder tickets/NAME, runs NAME_taeb_LO_HI): "
+                        "a second set of regions of the same dense run needs its own "
+                        "(default: --doc)")
+    p.add_argument("--until_epoch", type=int, default=None, metavar="E",
+                   help="train every ticket to E epochs and pause there (resumable; no "
+                        "manifest until they finish) (default: taeb.finetune_epochs)")
     p.add_argument("--no_progress", action="store_true",
                    help="no progress bars (default: bars)")
     add_override_flag(p)
@@ -85,12 +92,14 @@ def main(argv=None):
     if a.dry_run and a.launcher != "slurm":
         raise UserError("--dry_run goes with --launcher slurm")
     overrides = flatten_overrides(a.override) + (["pruning.use_ema=false"] if a.no_ema else [])
-    xp = Experiment.load(a.config, a.exp, a.doc, overrides)
+    if a.until_epoch is not None and a.until_epoch < 1:
+        raise UserError(f"--until_epoch {a.until_epoch}: expected at least 1")
+    xp = Experiment.load(a.config, a.exp, a.doc, overrides, a.ticket_set)
     from runners.tickets import Launch, train_tickets
     launch = Launch(gpus=_gpus(a.gpus), max_parallel=a.max_parallel,
                     gpus_per_ticket=a.gpus_per_ticket, tickets_per_gpu=a.tickets_per_gpu,
                     launcher=a.launcher, dry_run=a.dry_run,
-                    collect=a.collect, slurm_template=a.slurm_template,
+                    collect=a.collect, until_epoch=a.until_epoch, slurm_template=a.slurm_template,
                     slurm=dict(partition=a.partition, time_limit=a.time_limit,
                                cpus=a.cpus_per_task, mem=a.mem, account=a.account),
                     progress=not a.no_progress)

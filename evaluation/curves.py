@@ -44,11 +44,12 @@ def sample_fixed(model, cfg, *, n, timesteps, device, batch_size=250):
 
 
 def digits_quality(cache_dir):
-    """images [N, 1, S, S] in [0, 1] -> ('digits-FD', value)."""
+    """images [N, 1, S, S] in [0, 1] -> ('digits-FD', value, {'valid': share})."""
     from evaluation.digits_metric import evaluate
 
     def score(images):
-        return "digits-FD", evaluate(images * 2 - 1, images.shape[-1], cache_dir)["digits_fd"]
+        res = evaluate(images * 2 - 1, images.shape[-1], cache_dir)
+        return "digits-FD", res["digits_fd"], {"valid": res["valid"]}
     return score
 
 
@@ -78,13 +79,14 @@ def evaluate_curve(cfg, path, sources_by_epoch, score, *, n, timesteps, device="
         model = _network(sources, T, device)  # (rebuilding a pruned network needs autograd)
         with torch.no_grad():
             images = sample_fixed(model, cfg, n=n, timesteps=timesteps, device=device)
-        metric, value = score(images)
+        metric, value, extra = score(images)
         point = {"epoch": epoch, "metric": metric, "value": float(value), "n": n,
-                 "timesteps": timesteps}
+                 "timesteps": timesteps, **extra}
         append_jsonl(path, point)
         done[epoch] = point
         if log:
-            log(f"  {os.path.basename(path)[:-6]} epoch {epoch}: {metric} {value:.2f}")
+            log(f"  {os.path.basename(path)[:-6]} epoch {epoch}: {metric} {value:.2f}" +
+                "".join(f", {k} {v:.2f}" for k, v in extra.items()))
     return [done[e] for e in sorted(done) if e in sources_by_epoch]
 
 

@@ -4,6 +4,10 @@ NOT Inception FID: Inception weights cannot be downloaded offline. It is the Fr√
 between generated digits and held-out real digits in the 64-d penultimate features of a small
 CNN classifier trained on the digits' training split ("digits-FD"), reported next to that
 classifier's accuracy on held-out real digits (which shows the features mean something).
+
+Beside it, a sample-validity figure: the share of samples the classifier calls one digit with
+softmax confidence >= VALID_CONFIDENCE ("valid"), printed next to the same share on held-out
+real digits (the ceiling a perfect generator reaches), so broken samples show as a number.
 """
 import os
 
@@ -18,6 +22,8 @@ from core.checkpoint import load_checkpoint
 from utils.io import atomic_save
 from utils.errors import UserError
 from evaluation.fid import feature_statistics, frechet_distance
+
+VALID_CONFIDENCE = 0.9
 
 
 class DigitClassifier(nn.Module):
@@ -108,8 +114,17 @@ def load_folder(folder, image_size, n=None):
     return data_transform(torch.from_numpy(np.stack(arrs))[:, None])
 
 
+@torch.no_grad()
+def valid_share(model, x, confidence=VALID_CONFIDENCE):
+    """Share of images [N, 1, S, S] in [-1, 1] the classifier calls one digit with softmax
+    confidence >= ``confidence``."""
+    probs = torch.cat([F.softmax(model(x[i:i + 256]), 1) for i in range(0, len(x), 256)])
+    return float((probs.max(1).values >= confidence).float().mean())
+
+
 def evaluate(samples, image_size, cache_dir):
-    """samples: [N, 1, S, S] in [-1, 1] -> dict(digits_fd, classifier_acc, n)."""
+    """samples: [N, 1, S, S] in [-1, 1] -> dict(digits_fd, valid, real_valid, classifier_acc,
+    n, class_histogram)."""
     model, _ = load_or_train_classifier(image_size, cache_dir)
     x_test, y_test = real_digits(image_size, train=False)
     with torch.no_grad():
@@ -120,6 +135,8 @@ def evaluate(samples, image_size, cache_dir):
         pred = model(samples).argmax(1)
     class_hist = torch.bincount(pred, minlength=10).tolist()
     return {"digits_fd": frechet_distance(mu_g, s_g, mu_r, s_r), "classifier_acc": acc,
+            "valid": valid_share(model, samples), "real_valid": valid_share(model, x_test),
+            "valid_confidence": VALID_CONFIDENCE,
             "n": int(samples.shape[0]), "class_histogram": class_hist,
             "metric": "digits-FD: Fr√©chet distance in a digit classifier's 64-d features vs "
                       "held-out real digits (not Inception FID)"}

@@ -82,3 +82,33 @@ def plot_mask_series(mask_dir, ratios, pruner, out_dir, *, window, threshold, do
         plot_distance_curves(curves, threshold, path)
         paths["distances"] = path
     return paths
+
+
+def plot_plan(record, path):
+    """plan_regions.py's figure: each candidate ratio's loss gap per timestep bin (ticket at
+    its EB epoch minus dense, log scale), the sampler's visits per bin, and the chosen plan."""
+    edges, weights = record["edges"], record["visit_weights"]
+    mids = [(a + b) / 2 for a, b in zip(edges, edges[1:])]
+    fig, ax = plt.subplots(figsize=(6.5, 3.8))
+    for key, gaps in sorted(record["gaps"].items(), key=lambda kv: float(kv[0])):
+        ax.plot(mids, [max(g, 1e-3) for g in gaps], marker="o", ms=3, label=f"p={key}")
+    ax.set_yscale("log")
+    ax.set_xlabel("timestep t")
+    ax.set_ylabel("loss gap, ticket - dense")
+    twin = ax.twinx()
+    twin.bar(mids, weights, width=(edges[1] - edges[0]) * 0.9, alpha=0.15, color="gray")
+    twin.set_ylabel("share of sampler steps")
+    for i, reg in enumerate(record["regions"]):
+        lo, hi = reg["range"]
+        ax.axvspan(lo, hi, alpha=0.08, color=f"C{i}")
+        ax.text((lo + hi) / 2, 0.97, f"p={reg['pruning_ratio']:g}", ha="center", va="top",
+                transform=ax.get_xaxis_transform(), fontsize=8)
+        if i:
+            ax.axvline(lo, color="k", lw=0.8)
+    ax.set_title(f"planned regions: {record['plan_macs'] / 1e6:.2f}M MACs (budget "
+                 f"{record['budget_macs'] / 1e6:.2f}M)", fontsize=9)
+    ax.legend(fontsize=7, loc="lower left")
+    fig.tight_layout()
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

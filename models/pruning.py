@@ -47,6 +47,20 @@ def count_params_macs(model, model_args):
     return int(params), int(macs)
 
 
+def count_flops(model, model_args):
+    """Forward FLOPs per image of a UNet, counted by ``torch.utils.flop_counter.FlopCounterMode``
+    (every matmul and convolution, attention's two matrix products included; 2 FLOPs per
+    multiply-add). torch-pruning's MACs skip attention's products, so 2 x MACs undercounts."""
+    import copy
+
+    from torch.utils.flop_counter import FlopCounterMode
+    net = copy.deepcopy(model).float().cpu().eval()
+    counter = FlopCounterMode(display=False)
+    with torch.no_grad(), counter:
+        net(*example_inputs(model_args))
+    return int(counter.get_total_flops())
+
+
 def channel_unit(channels, gn_unit, round_to):
     """The step of a group's kept width: lcm(round_to, GroupNorm unit) where it divides the
     group, else the GroupNorm unit."""

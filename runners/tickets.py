@@ -10,7 +10,7 @@ from typing import Optional
 import yaml
 
 from core.layout import ratio_key, region_doc
-from core.regions import Region, require_regions
+from core.regions import Region, require_regions, training_range, visited_top
 from core.runlog import critical_and_total, read_costs
 from runners.launch import (gpu_groups, read_template, run_local, sbatch_script,
                             slurm_options, submit_slurm, ticket_command)
@@ -81,28 +81,44 @@ def resolve_tickets(xp, regions):
                     f"{ratio_key(r.pruning_ratio)} in {xp.layout.run_dir(xp.doc)} or its "
                     f"masks; add 'epoch: E' (prune that epoch) or 'ticket: PATH' to the region")
             ticket = ticket_for(xp, r.pruning_ratio, epoch)
-        jobs.append(TicketJob(r, epoch, ticket, region_doc(xp.doc, r.range),
-                              xp.layout.region_log(xp.doc, r.range)))
+        jobs.append(TicketJob(r, epoch, ticket, region_doc(xp.tset, r.range),
+                              xp.layout.region_log(xp.tset, r.range)))
     return jobs
 
 
-def _region_args(xp, job, *, resume):
+def _region_args(xp, job, *, resume, until_epoch=None):
     """main.py's arguments that fine-tune one region's ticket."""
     r = job.region
+    lo, hi, _ = training_range(xp.cfg, r)
     args = ["--config", xp.config, "--exp", xp.exp, "--doc", job.run_doc, "--ni",
-            "--load_pruned_model", job.ticket_file, "--ts_range", str(r.lo), str(r.hi)]
+            "--load_pruned_model", job.ticket_file, "--ts_range", str(lo), str(hi)]
     if resume:
         args.append("--resume_training")
+    if until_epoch:
+        args += ["--until_epoch", str(until_epoch)]
     ovr = list(xp.overrides) + [f"training.n_epochs={xp.cfg.taeb.finetune_epochs}",
                                 "earlybird.enabled=false"]
     return args + ["--override"] + ovr + list(r.overrides)
 
 
+def warn_unvisited(cfg, jobs):
+    """One line per ticket that trains timesteps the configured sampler never visits."""
+    s = cfg.sampling
+    for j in jobs:
+        lo, hi, unvisited = training_range(cfg, j.region)
+        if unvisited:
+            print(f"warning: the ticket for {j.label} trains timesteps [{unvisited[0]}, "
+                  f"{unvisited[1]}), which the {s.timesteps}-step {s.skip_type} sampler never "
+                  f"visits (its highest is {visited_top(cfg)}); taeb.visited_only: true trains "
+                  f"only where samples are drawn", file=sys.stderr)
+
+
 def write_manifest(xp, jobs, schedule=None, placement=None):
     """tickets.yml: every region's fine-tuned checkpoint, cost and where it was pruned from."""
     layout = xp.layout
-    out_dir = layout.tickets_dir(xp.doc)
-    man = {"doc": xp.doc, "num_timesteps": xp.cfg.diffusion.num_diffusion_timesteps,
+    out_dir = layout.tickets_dir(xp.tset)
+    man = {"doc": xp.doc, "ticket_set": xp.tset,
+           "num_timesteps": xp.cfg.diffusion.num_diffusion_timesteps,
            "config": xp.config, "schedule": schedule, "tickets": []}
     for job in jobs:
         costs = read_costs(layout.costs(job.run_doc))
@@ -122,7 +138,7 @@ def write_manifest(xp, jobs, schedule=None, placement=None):
                                                  for t in man["tickets"]])
     man["critical_path_wall_s"] = round(crit, 3)
     man["total_wall_s"] = round(total, 3)
-    path = layout.manifest(xp.doc)
+    path = layout.manifest(xp.tset)
     atomic_write_text(path, yaml.safe_dump(man, sort_keys=False))
     print(f"tickets trained: {path} (critical path {max(walls):.1f}s, total {sum(walls):.1f}s)")
     return path
@@ -138,6 +154,7 @@ class Launch:
     launcher: str = "local"             # local | slurm
     dry_run: bool = False
     collect: bool = False
+    until_epoch: Optional[int] = None   # pause every ticket there (resumable); no manifest
     slurm: dict = field(default_factory=dict)   # partition, time_limit, cpus, mem, account
     slurm_template: Optional[str] = None
     poll_s: float = 1.0
@@ -150,12 +167,13 @@ def train_tickets(xp, launch=None):
     (local), sbatch failed, or --collect found unfinished tickets."""
     from core.lock import RunLock
     launch = launch or Launch()
-    with RunLock(xp.layout.tickets_lock(xp.doc), f"the TA-EB tickets of {xp.doc}"):
+    with RunLock(xp.layout.tickets_lock(xp.tset), f"the TA-EB tickets of {xp.tset}"):
         return _train_tickets(xp, launch)
 
 
 def _train_tickets(xp, launch):
     jobs = resolve_tickets(xp, require_regions(xp.cfg, xp.config))
+    warn_unvisited(xp.cfg, jobs)
     todo = [j for j in jobs if not os.path.isfile(xp.layout.done_marker(j.run_doc))]
     if launch.collect:
         return _collect(xp, jobs, todo)
@@ -175,8 +193,8 @@ def _run_here(xp, jobs, todo, launch):
     # a group listed K times is shared by K tickets: K slots on the same GPUs
     groups = [g for g in gpu_groups(gpus, per) for _ in range(share)]
     commands = [(j, ticket_command(_region_args(
-        xp, j, resume=os.path.isfile(xp.layout.latest_checkpoint(j.run_doc))), per))
-        for j in todo]
+        xp, j, resume=os.path.isfile(xp.layout.latest_checkpoint(j.run_doc)),
+        until_epoch=launch.until_epoch), per)) for j in todo]
     # one ticket per slot; without GPUs one at a time, each with the whole machine, so each
     # ticket's time is what it would take on a device of its own (a fair critical path)
     k = launch.max_parallel or (len(groups) if gpus else 1)
@@ -201,14 +219,19 @@ def _run_here(xp, jobs, todo, launch):
         return 1
     placement = {doc: {"slot": s, "gpus": groups[s]} for doc, s in slots.items()
                  if s is not None}
-    write_manifest(xp, jobs, schedule, _merge_placement(xp, placement))
+    placement = _merge_placement(xp, placement)
+    if any(not os.path.isfile(xp.layout.done_marker(j.run_doc)) for j in jobs):
+        print(f"tickets paused after {launch.until_epoch} epochs (--until_epoch); no manifest "
+              f"yet")
+        return 0
+    write_manifest(xp, jobs, schedule, placement)
     return 0
 
 
 def _merge_placement(xp, placement):
     """This invocation's placement, plus that of tickets an earlier invocation trained (a
     rerun after a failure keeps where the finished ones ran)."""
-    path = xp.layout.ticket_placement(xp.doc)
+    path = xp.layout.ticket_placement(xp.tset)
     earlier = read_json(path, {})
     earlier.update(placement)
     atomic_write_json(path, earlier)
@@ -218,7 +241,7 @@ def _merge_placement(xp, placement):
 def _submit(xp, todo, launch):
     """One sbatch script and job per unfinished ticket."""
     if not todo:
-        print(f"every ticket of {xp.doc} is trained; write the manifest with --collect")
+        print(f"every ticket of {xp.tset} is trained; write the manifest with --collect")
         return 0
     per = launch.gpus_per_ticket
     template = read_template(launch.slurm_template) if launch.slurm_template else None
@@ -231,7 +254,7 @@ def _submit(xp, todo, launch):
                              gpus=per, template=template, resources=resources)
     # the script adds --resume_training by itself when the ticket has a checkpoint
     commands = [(j, ticket_command(_region_args(xp, j, resume=False), per)) for j in todo]
-    rc = submit_slurm(commands, xp.layout, xp.doc, dry_run=launch.dry_run,
+    rc = submit_slurm(commands, xp.layout, xp.tset, dry_run=launch.dry_run,
                       script_for=script_for)
     if not launch.dry_run:
         print("when the jobs are done, write the manifest with the same command and --collect")
@@ -241,7 +264,7 @@ def _submit(xp, todo, launch):
 def _collect(xp, jobs, todo):
     """The manifest, once every ticket is trained; else which ones are not."""
     if todo:
-        submitted = read_json(xp.layout.slurm_jobs(xp.doc), {})
+        submitted = read_json(xp.layout.slurm_jobs(xp.tset), {})
         for j in todo:
             job_id = submitted.get(j.run_doc, {}).get("job_id")
             print(f"not finished: {j.label}{f', job {job_id}' if job_id else ''}; "

@@ -270,7 +270,8 @@ class Loop:
     autocast: Any
     log: RunLog
     earlybird: Any = None
-    macs_per_image: int = 0   # of the network trained, for the FLOPs of each cost record
+    macs_per_image: int = 0   # of the network trained (torch-pruning's count, as the paper's)
+    flops_per_image: int = 0  # forward FLOPs (FlopCounterMode): each cost record's FLOPs
     quartiles: Any = None     # QuartileLoss (rank 0): loss per timestep quartile, on the device
     graph: Any = None         # GraphStep under fast.cuda_graph (runners/graph_step.py)
 
@@ -334,9 +335,10 @@ def _train(cfg, opts, layout, device, rank, world):
     if disk_line:
         loop.log.info(disk_line)
     n_epochs = cfg.training.n_epochs
-    stopped_by = None
+    last = min(n_epochs, opts.until_epoch or n_epochs)
+    stopped_by, eb_stop = None, False
     with _StopFlag() as stop:
-        for epoch in range(run.start_epoch, n_epochs):
+        for epoch in range(run.start_epoch, last):
             stats = run_epoch(loop, run, epoch, stop)
             if stop.signum is not None:
                 if rank == 0:
@@ -344,10 +346,15 @@ def _train(cfg, opts, layout, device, rank, world):
                 stopped_by = stop.signum
                 break
             if end_epoch(loop, run, epoch, stats):
+                eb_stop = True
                 break
-    if rank == 0 and stopped_by is None:
+    paused = stopped_by is None and not eb_stop and last < n_epochs
+    if rank == 0 and stopped_by is None and not paused:
         atomic_write_text(layout.done_marker(opts.doc), "done\n")
         _summary(loop, run)
+    elif rank == 0 and paused:
+        loop.log.say(f"paused after epoch {last - 1} (--until_epoch {last}); "
+                     f"--resume_training continues it")
     loop.log.close()
     if world > 1:
         dist.barrier()
@@ -395,13 +402,16 @@ def _summary(loop, run):
         loop.log.say(line)
 
 
-def network_macs(source):
-    """MACs per image of a run's network (its pruning record, else counted)."""
+def network_costs(model, source):
+    """(MACs, forward FLOPs) per image of a run's network: MACs from its pruning record, else
+    counted by torch-pruning; FLOPs by FlopCounterMode (attention included)."""
+    from models.pruning import count_flops, count_params_macs
     if source.pruning and source.pruning.get("macs"):
-        return int(source.pruning["macs"])
-    from models.pruning import count_params_macs
-    return count_params_macs(ck.build_model(source.model_args, source.pruning),
-                             source.model_args)[1]
+        macs = int(source.pruning["macs"])
+    else:
+        macs = count_params_macs(ck.build_model(source.model_args, source.pruning),
+                                 source.model_args)[1]
+    return macs, count_flops(model, source.model_args)
 
 
 def _make_loop(cfg, opts, run, *, layout, device, rank, world, dataset):
@@ -434,7 +444,7 @@ def _make_loop(cfg, opts, run, *, layout, device, rank, world, dataset):
                                grad_accum=t.grad_accum, device=device)
     if rank == 0:
         with training_rng_untouched(device):
-            loop.macs_per_image = network_macs(run.source)
+            loop.macs_per_image, loop.flops_per_image = network_costs(run.model, run.source)
     if rank == 0:
         dump_config(cfg, layout.run_config(opts.doc))
         n_params = sum(p.numel() for p in run.model.parameters())
@@ -570,7 +580,7 @@ def _cost_record(loop, run, epoch, stats):
               "wall_s": stats["wall_s"], "process_s": stats["process_s"], "loss": stats["loss"],
               "skipped_steps": stats.get("skipped_steps", 0),
               "world_size": loop.world, "device": str(loop.device.type),
-              "macs_per_image": loop.macs_per_image}
+              "macs_per_image": loop.macs_per_image, "flops_per_image": loop.flops_per_image}
     prev = run.carried_cost  # also carried on when this epoch is interrupted again
     if prev is not None and prev["epoch"] == epoch:
         steps = record["steps"] + prev["steps"]
@@ -578,7 +588,7 @@ def _cost_record(loop, run, epoch, stats):
             max(steps, 1)
         for k in ("steps", "images", "wall_s", "process_s"):
             record[k] += prev[k]
-    record["train_flops"] = training_flops(loop.macs_per_image, record["images"])
+    record["train_flops"] = training_flops(loop.flops_per_image, record["images"])
     return record
 
 

@@ -158,3 +158,29 @@ def test_torchrun_two_processes_gloo_a_killed_rank_ends_the_job_and_resume_works
     costs = _costs(run)
     assert [r["epoch"] for r in costs] == [0, 1, 2] and costs[0]["world_size"] == 2
     assert not os.path.exists(os.path.join(run, "LOCK"))
+
+
+def test_until_epoch_pauses_and_resume_is_bit_identical(tmp_path):
+    """Training in pieces (--until_epoch, then --resume_training) is training in one go: the
+    fine-tune-to-target loop relies on it."""
+    import torch
+    from main import main
+    from core.checkpoint import load_checkpoint
+    cfg = write_config(tmp_path / "c.yml", training__n_epochs=4)
+    exp = str(tmp_path / "exp")
+    base = ["--config", cfg, "--exp", exp, "--ni"]
+    assert main(base + ["--doc", "whole"]) == 0
+    assert main(base + ["--doc", "parts", "--until_epoch", "2"]) == 0
+    parts = os.path.join(exp, "logs", "parts")
+    assert not os.path.isfile(os.path.join(parts, "DONE"))
+    assert load_checkpoint(os.path.join(parts, "ckpt.pth"))["epochs_done"] == 2
+    assert "paused after epoch 1" in open(os.path.join(parts, "log.txt")).read()
+    assert main(base + ["--doc", "parts", "--resume_training"]) == 0
+    assert os.path.isfile(os.path.join(parts, "DONE"))
+    a = load_checkpoint(os.path.join(exp, "logs", "whole", "ckpt.pth"))
+    b = load_checkpoint(os.path.join(parts, "ckpt.pth"))
+    for key in ("model", "ema"):
+        for name, t in a[key].items():
+            assert torch.equal(t, b[key][name]), (key, name)
+    costs = [json.loads(x) for x in open(os.path.join(parts, "costs.jsonl"))]
+    assert [c["epoch"] for c in costs] == [0, 1, 2, 3]
