@@ -90,6 +90,11 @@ def region_doc(doc, rng):
     return f"{doc}_taeb_{rng[0]}_{rng[1]}"
 
 
+def plan_set(doc):
+    """The ticket set of the planned TA-EB regions of dense run ``doc``."""
+    return f"{doc}_plan"
+
+
 def taeb_name(doc):
     """The sample/metric name of the stitched TA-EB tickets."""
     return f"{doc}_taeb"
@@ -270,6 +275,10 @@ class Layout:
 
     def plan_file(self, doc):
         return os.path.join(self.plan_dir(doc), "plan.yml")
+
+    def target_record(self, name):
+        """The fine-tune-to-target (or dense plateau) decision of run or ticket set ``name``."""
+        return os.path.join(self.exp, "targets", f"{name}.json")
 
     def curve_file(self, name):
         """Quality along training of run (or stitched TA-EB) ``name``."""

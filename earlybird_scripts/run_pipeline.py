@@ -72,6 +72,10 @@ def build_parser():
     p.add_argument("--no_final_samples", action="store_true",
                    help="skip the final sample folders and their metric, e.g. when the "
                         "quality curves are the measure (default: off)")
+    p.add_argument("--plan", action="store_true",
+                   help="also TA-EB with regions planned from measured loss gaps "
+                        "(plan_regions.py at the EB epoch; ticket set {doc}_plan); "
+                        "taeb.regions: auto plans without a hand-set one (default: off)")
     p.add_argument("--equal_flops", action="store_true",
                    help="also fine-tune a uniform EB ticket, at the ratio of TA-EB's "
                         "sampling-averaged MACs, with the TA-EB tickets' fine-tuning FLOPs "
@@ -92,21 +96,41 @@ class Pipeline:
         from core.regions import require_regions
         self.a = a
         base = load_config(a.config, flatten_overrides(a.override))
-        self.regions = require_regions(base, a.config)
+        self.planned = a.plan or base.taeb.auto
+        self.regions = () if base.taeb.auto and not base.taeb.regions else \
+            require_regions(base, a.config)
         self.ratios = sorted(set(base.earlybird.ratios) | {a.pruning_ratio} |
                              {r.pruning_ratio for r in self.regions})
-        ft_epochs = a.finetune_epochs or base.taeb.finetune_epochs
-        self.cfg = replace(base,
+        t = base.target
+        if t.enabled and base.data.dataset != "DIGITS":
+            raise UserError("target.enabled: the target is scored with the digits metric; "
+                            "other data sets fine-tune for fixed epochs (target.enabled: false)")
+        # to a target, every fine-tune (and TA-EB ticket) runs to its cap unless it gets there
+        ft_epochs = a.finetune_epochs or (t.max_epochs if t.enabled else
+                                          base.taeb.finetune_epochs)
+        training = replace(base.training, n_epochs=t.plateau_max_epochs) \
+            if t.enabled and t.plateau_patience else base.training
+        self.cfg = replace(base, training=training,
                            earlybird=replace(base.earlybird, enabled=True,
                                              ratios=tuple(self.ratios), stop=False),
-                           taeb=replace(base.taeb, finetune_epochs=ft_epochs))
+                           taeb=replace(base.taeb, finetune_epochs=ft_epochs, auto=False,
+                                        regions=self.regions))
         self.layout = Layout(a.exp)
         self.config_file = self.layout.pipeline_config(a.doc)
         self.write_config()
         self.pruner = self.cfg.earlybird.pruner
         self.ft_epochs = ft_epochs
         self.n_samples = a.n_samples or self.cfg.sampling.n_samples
-        self.last = self.cfg.training.n_epochs - 1
+
+    @property
+    def last(self):
+        """The dense run's last epoch (it may stop at a plateau before training.n_epochs)."""
+        return self.epochs_done(self.a.doc) - 1
+
+    def epochs_done(self, doc):
+        from core.checkpoint import load_checkpoint
+        path = self.layout.latest_checkpoint(doc)
+        return load_checkpoint(path)["epochs_done"] if os.path.isfile(path) else 0
 
     def write_config(self):
         from core.config import dump_config
@@ -132,9 +156,116 @@ class Pipeline:
         return ["--override", f"training.n_epochs={epochs}", "earlybird.enabled=false"]
 
     def dense(self):
+        if self.cfg.target.enabled and self.cfg.target.plateau_patience:
+            return self.dense_to_plateau()
         cmd = self.train_cmd(self.a.doc, [])
         if cmd:
             run(cmd, "dense training (+ online masks)")
+
+    # --- quality-driven stopping (evaluation/targets.py has the rules) -----------------------
+
+    def scorer(self):
+        from evaluation.curves import digits_quality
+        if not hasattr(self, "_score"):
+            self._score = digits_quality(self.layout.metric_cache())
+        return self._score
+
+    def score_epochs(self, name, sources_by_epoch):
+        """The curve points of run/ticket set ``name`` at these epochs (evaluated once)."""
+        from evaluation.curves import evaluate_curve
+        return evaluate_curve(self.cfg, self.layout.curve_file(name), sources_by_epoch,
+                              self.scorer(), n=self.a.eval_samples,
+                              timesteps=self.a.eval_timesteps)
+
+    def score_run(self, doc, ends):
+        ckpts = self.layout.epoch_checkpoints(doc)
+        return self.score_epochs(doc, {e - 1: ckpts[e - 1] for e in ends if e - 1 in ckpts})
+
+    def score_set(self, tset, regions, ends):
+        from core.layout import region_doc, taeb_name
+        per = [self.layout.epoch_checkpoints(region_doc(tset, r.range)) for r in regions]
+        return self.score_epochs(taeb_name(tset), {
+            e - 1: [(r.range, c[e - 1]) for r, c in zip(regions, per)]
+            for e in ends if all(e - 1 in c for c in per)})
+
+    def finish(self, docs, why):
+        """Mark runs stopped by a target or plateau finished (a rerun reuses them)."""
+        from utils.io import atomic_write_text
+        for d in docs:
+            if not os.path.isfile(self.layout.done_marker(d)):
+                atomic_write_text(self.layout.done_marker(d), f"done: {why}\n")
+
+    def dense_to_plateau(self):
+        """Dense training in steps of target.every epochs until its curve plateaus (the rule in
+        evaluation/targets.py), at most target.plateau_max_epochs."""
+        from evaluation.targets import (chunk_ends, plateau_level, plateaued, read_record,
+                                        write_record)
+        t, doc, L = self.cfg.target, self.a.doc, self.layout
+        rec = read_record(L.target_record(doc))
+        if rec and os.path.isfile(L.done_marker(doc)):
+            return rec
+        ends, done = [], []
+        for end in chunk_ends(t.every, t.plateau_max_epochs):
+            ends.append(end)
+            if self.epochs_done(doc) < end and not os.path.isfile(L.done_marker(doc)):
+                run(self.train_cmd(doc, ["--until_epoch", str(end)]),
+                    f"dense training to epoch {end - 1} (+ online masks)")
+            done = [p["value"] for p in self.score_run(doc, ends)]
+            if plateaued(done, t.plateau_patience, t.plateau_delta):
+                break
+        hit = plateaued(done, t.plateau_patience, t.plateau_delta)
+        self.finish([doc], f"plateau at epoch {ends[-1] - 1}" if hit else "cap")
+        return write_record(L.target_record(doc), {
+            "kind": "plateau", "plateaued": hit, "epochs": self.epochs_done(doc),
+            "level": plateau_level(done, t.plateau_patience), "values": done,
+            "eval_epochs": [e - 1 for e in ends], "patience": t.plateau_patience,
+            "delta": t.plateau_delta, "cap": t.plateau_max_epochs,
+            "n": self.a.eval_samples, "timesteps": self.a.eval_timesteps})
+
+    def target_value(self):
+        """target.value, else the dense reference's final quality (its plateau level, or its
+        last evaluation)."""
+        t = self.cfg.target
+        if t.value:
+            return t.value
+        from evaluation.targets import read_record
+        rec = read_record(self.layout.target_record(self.a.doc))
+        if rec:
+            return rec["level"]
+        return self.score_run(self.a.doc, [self.epochs_done(self.a.doc)])[-1]["value"]
+
+    def to_target(self, name, runs, advance, score, label):
+        """``name``: the run, or the ticket set's stitched name (its curve's and record's).
+        Train ``runs`` (one run, or a ticket set's region runs) in steps of target.every
+        epochs until ``score(ends)``'s last point reaches the target or a cap is hit."""
+        from core.runlog import read_costs
+        from evaluation.targets import chunk_ends, reached, read_record, write_record
+        t, L = self.cfg.target, self.layout
+        rec = read_record(L.target_record(name))
+        if rec and all(os.path.isfile(L.done_marker(d)) for d in runs):
+            return rec
+        target, ends, curve, flops = self.target_value(), [], [], 0
+        for end in chunk_ends(t.every, t.max_epochs):
+            ends.append(end)
+            if min(self.epochs_done(d) for d in runs) < end and \
+                    not all(os.path.isfile(L.done_marker(d)) for d in runs):
+                advance(end)
+            curve = score(ends)
+            flops = sum(c.get("train_flops", 0) for d in runs for c in read_costs(L.costs(d)))
+            if reached([p["value"] for p in curve], target) is not None or \
+                    (t.max_flops and flops >= t.max_flops):
+                break
+        hit = reached([p["value"] for p in curve], target)
+        print(f"{label}: {'reached' if hit is not None else 'did not reach'} the target "
+              f"{target:.2f} ({curve[-1]['metric']} {curve[-1]['value']:.2f} after epoch "
+              f"{curve[-1]['epoch']}, {flops / 1e12:.2f} TFLOPs of fine-tuning)", flush=True)
+        self.finish(runs, "target reached" if hit is not None else "cap")
+        return write_record(L.target_record(name), {
+            "kind": "target", "target": target, "reached": hit is not None,
+            "epoch": curve[hit]["epoch"] if hit is not None else None,
+            "epochs": ends[-1], "finetune_flops": flops, "values": [p["value"] for p in curve],
+            "eval_epochs": [p["epoch"] for p in curve], "cap_epochs": t.max_epochs,
+            "cap_flops": t.max_flops})
 
     def earlybird_epochs(self):
         """{ratio: EB epoch}; a ratio without one falls back to the last epoch (and a region of
@@ -185,20 +316,56 @@ class Pipeline:
         ft = self.finetune_args(self.ft_epochs)
         runs = [(eb_doc(self.a.doc, p), eb[p], "EB ticket")]
         if not self.a.skip_tpf:
+            # Diff-Pruning's protocol: prune the final dense weights
             runs.append((tpf_doc(self.a.doc, p), self.last, "train-prune-finetune"))
         for doc, epoch, label in runs:
-            cmd = self.train_cmd(doc, ["--load_pruned_model", self.ticket(p, epoch)] + ft)
+            extra = ["--load_pruned_model", self.ticket(p, epoch)] + ft
+            what = f"fine-tune {label} p={p:g} (from epoch {epoch})"
+            if self.cfg.target.enabled:
+                self.to_target(doc, [doc], lambda end, d=doc, x=extra, w=what: run(
+                    self.train_cmd(d, x + ["--until_epoch", str(end)]), f"{w} to {end} epochs"),
+                    lambda ends, d=doc: self.score_run(d, ends), f"{label} p={p:g}")
+                continue
+            cmd = self.train_cmd(doc, extra)
             if cmd:
-                run(cmd, f"fine-tune {label} p={p:g} (from epoch {epoch})")
+                run(cmd, what)
+
+    def ticket_sets(self):
+        """[(set name, config file, regions, label)]: the hand-set regions (if any) and, with
+        --plan or taeb.regions: auto, the planned ones."""
+        from core.layout import plan_set
+        out = [(self.a.doc, self.config_file, self.regions, "TA-EB")] if self.regions else []
+        if self.planned:
+            out.append((plan_set(self.a.doc), *self.plan_regions(), "TA-EB planned"))
+        return out
+
+    def plan_regions(self):
+        """plan_regions.py at the EB epoch (once): its config file and regions."""
+        from core.config import load_config
+        from core.layout import plan_set
+        out_cfg = self.layout.pipeline_config(plan_set(self.a.doc))
+        if not os.path.isfile(out_cfg) or not os.path.isfile(self.layout.plan_file(self.a.doc)):
+            run([PY, script("plan_regions.py"), "--config", self.config_file, "--exp",
+                 self.a.exp, "--doc", self.a.doc, "--pruning_ratio", f"{self.a.pruning_ratio:g}",
+                 "--write", out_cfg], "plan TA-EB regions from loss gaps")
+        return out_cfg, load_config(out_cfg).taeb.regions
 
     def taeb(self):
-        a = self.a
-        if os.path.isfile(self.layout.manifest(a.doc)):
-            return
-        cmd = [PY, script("train_tickets.py"), "--config", self.config_file, "--exp", a.exp,
-               "--doc", a.doc]
-        cmd += ["--max_parallel", str(a.max_parallel)] if a.max_parallel else []
-        run(cmd, "TA-EB tickets")
+        from core.layout import region_doc, taeb_name
+        for tset, config, regions, label in self.ticket_sets():
+            if os.path.isfile(self.layout.manifest(tset)):
+                continue
+            cmd = [PY, script("train_tickets.py"), "--config", config, "--exp", self.a.exp,
+                   "--doc", self.a.doc, "--ticket_set", tset]
+            cmd += ["--max_parallel", str(self.a.max_parallel)] if self.a.max_parallel else []
+            if not self.cfg.target.enabled:
+                run(cmd, f"{label} tickets")
+                continue
+            runs = [region_doc(tset, r.range) for r in regions]
+            self.to_target(taeb_name(tset), runs, lambda end, c=cmd, w=label: run(
+                c + ["--until_epoch", str(end)], f"{w} tickets to {end} epochs"),
+                lambda ends, ts=tset, rg=regions: self.score_set(ts, rg, ends), label)
+            run(cmd + ["--collect"], f"{label} manifest")
 
     def sample_and_score(self):
         from core.layout import eb_doc, taeb_name, tpf_doc
@@ -210,7 +377,8 @@ class Pipeline:
                     if os.path.isfile(L.latest_checkpoint(d))]
         methods += [(d, ["--restore_from", L.latest_checkpoint(d)])
                     for _, d in L.derived_runs(a.doc, "eqflops")]
-        methods += [(taeb_name(a.doc), ["--tickets", L.manifest(a.doc)])]
+        methods += [(taeb_name(tset), ["--tickets", L.manifest(tset)])
+                    for tset, _, _, _ in self.ticket_sets()]
         for name, src in methods:
             folder, metric = L.samples_dir(name), L.metric_file(name)
             have = all(os.path.isfile(os.path.join(folder, f"{i:06d}.png"))
@@ -270,28 +438,21 @@ class Pipeline:
 
     def curves(self):
         """Quality along training of every run, each on the same fixed noise."""
-        from evaluation.curves import digits_quality, eval_epochs, evaluate_curve
-        from core.layout import region_doc, taeb_name
+        from evaluation.curves import eval_epochs
+        from core.layout import region_doc
         a, L = self.a, self.layout
         if self.cfg.data.dataset != "DIGITS":
             print("note: quality curves are scored with the digits metric only; skipped")
             return
-        score = digits_quality(L.metric_cache())
         runs = [a.doc] + [name for kind in ("eb", "tpf", "eqflops")
                           for _, name in L.derived_runs(a.doc, kind)]
         print("\n=== quality along training", flush=True)
         for name in runs:
-            ckpts = L.epoch_checkpoints(name)
-            keep = eval_epochs(len(ckpts), a.eval_every)
-            evaluate_curve(self.cfg, L.curve_file(name), {e: ckpts[e] for e in keep}, score,
-                           n=a.eval_samples, timesteps=a.eval_timesteps)
-        regions = [r.range for r in self.regions]
-        per_region = [L.epoch_checkpoints(region_doc(a.doc, rng)) for rng in regions]
-        n = min(len(c) for c in per_region)
-        stitched = {e: [(rng, c[e]) for rng, c in zip(regions, per_region)]
-                    for e in eval_epochs(n, a.eval_every)}
-        evaluate_curve(self.cfg, L.curve_file(taeb_name(a.doc)), stitched, score,
-                       n=a.eval_samples, timesteps=a.eval_timesteps)
+            n = len(L.epoch_checkpoints(name))
+            self.score_run(name, [e + 1 for e in eval_epochs(n, a.eval_every)])
+        for tset, _, regions, _ in self.ticket_sets():
+            n = min(len(L.epoch_checkpoints(region_doc(tset, r.range))) for r in regions)
+            self.score_set(tset, regions, [e + 1 for e in eval_epochs(n, a.eval_every)])
 
     def report(self):
         s = self.cfg.sampling
@@ -315,8 +476,9 @@ def run_stages(a):
     pipe.dense()                    # 1. dense training with online masks
     eb = pipe.earlybird_epochs()    # 2. EB epochs from the masks
     pipe.finetune(eb)               # 3. EB ticket, 4. train-prune-finetune baseline
-    pipe.taeb()                     # 5. TA-EB tickets (one device each, else one at a time)
-    if a.equal_flops:
+    pipe.taeb()                     # 5. TA-EB tickets (one device each, else one at a time),
+                                    #    hand-set and/or planned from measured loss gaps
+    if a.equal_flops and not pipe.cfg.target.enabled:
         pipe.equal_flops(eb)        # 5b. a uniform ticket given TA-EB's fine-tuning FLOPs
     if not a.no_final_samples:
         pipe.sample_and_score()     # 6. sampling, 7. metric

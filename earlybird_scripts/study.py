@@ -1,8 +1,10 @@
-"""The evidence study: the pipeline for several seeds (reusing finished stages), quality along
-training on one fixed noise set, equal-quality speed-ups in FLOPs and wall-clock, the metric's
-noise floor, and a verdict per claim; writes a Markdown page with small figures.
+"""The evidence study: the pipeline for several seeds (reusing finished stages), the dense
+reference trained until its quality plateaus, every other method fine-tuned until it reaches
+that quality (or its cap), TA-EB with hand-set and with planned regions, quality along training
+on one fixed noise set, costs to the target in FLOPs and wall-clock, stitch diagnostics, the
+metric's noise floor, and a verdict per claim; writes a Markdown page with small figures.
 
-  python earlybird_scripts/study.py --config digits.yml --exp study --seeds 3 --speed \
+  python earlybird_scripts/study.py --config digits.yml --exp study --seeds 3 \
       --out docs/results/digits.md
 """
 import argparse
@@ -33,8 +35,12 @@ def build_parser():
                    help="the EB ticket's ratio (default: %(default)s)")
     p.add_argument("--finetune_epochs", type=int, default=None,
                    help="(default: the pipeline's: half the dense epochs)")
-    p.add_argument("--eval_every", type=int, default=5,
-                   help="quality every K epochs of every run (default: %(default)s)")
+    p.add_argument("--fixed_epochs", action="store_true",
+                   help="the earlier protocol: dense for training.n_epochs, every ticket for "
+                        "fixed epochs, plus a uniform ticket of TA-EB's fine-tuning FLOPs "
+                        "(default: to the target, target.* in the config)")
+    p.add_argument("--eval_every", type=int, default=None,
+                   help="quality every K epochs of every run (default: target.every)")
     p.add_argument("--eval_samples", type=int, default=300,
                    help="images per quality evaluation (default: %(default)s)")
     p.add_argument("--eval_timesteps", type=int, default=25,
@@ -43,6 +49,16 @@ def build_parser():
                    help="the results page (default: {exp}/report/study/results.md)")
     add_override_flag(p)
     return p
+
+
+def target_args(cfg, a):
+    """The pipeline arguments of the study's protocol (fine-tune to the target, planned
+    regions too), or of the fixed-epochs one."""
+    if a.fixed_epochs:
+        return ["--equal_flops"]
+    t = cfg.target
+    return ["--plan", "--override", "target.enabled=true",
+            f"target.plateau_patience={t.plateau_patience or 3}"]
 
 
 def pipeline_cmd(a, doc, seed, extra):
@@ -65,11 +81,13 @@ def main(argv=None):
     from evaluation.study_page import write_page
     check_name(a.doc, "--doc")
     cfg = load_config(a.config, flatten_overrides(a.override))
+    a.eval_every = a.eval_every or cfg.target.every
     t0 = time.perf_counter()
-    variants = [("plain", "", ["--equal_flops"])]
+    protocol = target_args(cfg, a)
+    variants = [("plain", "", protocol)]
     if a.speed:
-        variants.append(("speed", "_speed", ["--skip_tpf", "--override",
-                                             "training.timestep_sampler=speed"]))
+        variants.append(("speed", "_speed", ["--skip_tpf"] + protocol +
+                         ["--override", "training.timestep_sampler=speed"]))
     docs = {}
     for seed in range(a.seeds):
         for name, suffix, extra in variants:

@@ -53,7 +53,7 @@ def digits_quality(cache_dir):
     return score
 
 
-def _network(sources, T, device):
+def network_of(sources, T, device):
     """One checkpoint, or [(range, checkpoint)] stitched."""
     if isinstance(sources, str):
         model = ck.model_from_checkpoint(ck.load_checkpoint(sources), sources, use_ema=True)
@@ -76,7 +76,7 @@ def evaluate_curve(cfg, path, sources_by_epoch, score, *, n, timesteps, device="
     for epoch, sources in sorted(sources_by_epoch.items()):
         if epoch in done:
             continue
-        model = _network(sources, T, device)  # (rebuilding a pruned network needs autograd)
+        model = network_of(sources, T, device)  # (rebuilding a pruned network needs autograd)
         with torch.no_grad():
             images = sample_fixed(model, cfg, n=n, timesteps=timesteps, device=device)
         metric, value, extra = score(images)

@@ -62,6 +62,49 @@ def fmt_mean_std(values, spec=".2f", suffix=""):
     return f"{m:{spec}}{suffix} ± {s:{spec}}" if len(values) > 1 else f"{m:{spec}}{suffix}"
 
 
+def t_quantile(n):
+    """The two-sided 95% Student-t quantile for n seeds (n - 1 degrees of freedom)."""
+    from scipy.stats import t
+    return float(t.ppf(0.975, n - 1))
+
+
+def interval(values):
+    """(mean, half-width of the 95% Student-t interval of the mean) over seeds; half-width
+    None for one seed; (None, None) for none."""
+    vals = [v for v in values if v is not None]
+    m, s = mean_std(vals)
+    if m is None:
+        return None, None
+    if len(vals) < 2:
+        return m, None
+    return m, t_quantile(len(vals)) * s / math.sqrt(len(vals))
+
+
+def fmt_interval(values, spec=".2f", suffix=""):
+    """'mean ± half-width' of the 95% interval over seeds (the mean alone for one seed)."""
+    m, h = interval(values)
+    if m is None:
+        return "–"
+    return f"{m:{spec}}{suffix}" if h is None else f"{m:{spec}}{suffix} ± {h:{spec}}"
+
+
+def quality_at(curve, cost):
+    """Quality of a curve [(cost, quality)] at ``cost``, interpolated between evaluations; a
+    curve that ended earlier (it reached its target) keeps its last quality; None before the
+    curve's first evaluation."""
+    if not curve or cost < curve[0][0]:
+        return None
+    prev = None
+    for c, q in curve:
+        if c >= cost:
+            if prev is None or c == prev[0]:
+                return float(q)
+            c0, q0 = prev
+            return float(q0 + (q - q0) * (cost - c0) / (c - c0))
+        prev = (c, q)
+    return float(curve[-1][1])
+
+
 @dataclass(frozen=True)
 class Verdict:
     word: str            # holds | does not hold | inconclusive (within noise)
@@ -75,11 +118,12 @@ class Verdict:
 def verdict(diffs, noise_floor):
     """diffs: per-seed differences, negative where the claim holds (e.g. quality of A minus
     quality of B for "A beats B"). The margin is the larger of the metric's noise floor and
-    two standard errors over seeds; a mean beyond it decides, otherwise it is within noise."""
-    m, s = mean_std(diffs)
+    the half-width of the mean's 95% Student-t interval over seeds; a mean beyond it decides,
+    otherwise it is within noise."""
+    m, h = interval(diffs)
     if m is None:
         return Verdict("inconclusive (no data)", float("nan"), float("nan"))
-    margin = max(noise_floor, 2 * s / math.sqrt(len(diffs)) if len(diffs) > 1 else 0.0)
+    margin = max(noise_floor, h or 0.0)
     if m < -margin:
         return Verdict("holds", m, margin)
     if m > margin:

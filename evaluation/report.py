@@ -12,18 +12,22 @@ import os
 import yaml
 
 from core.checkpoint import load_checkpoint
-from core.layout import Layout, region_doc, sample_grid_of, taeb_name
+from core.layout import Layout, plan_set, region_doc, sample_grid_of, taeb_name
 from core.runlog import read_costs
 from utils.errors import UserError
 from utils.io import atomic_write_text
 
 
-def _metric(layout, method):
+def _metric_json(layout, method):
     path = layout.metric_file(method)
     if not os.path.isfile(path):
-        return None
+        return {}
     with open(path) as f:
-        m = json.load(f)
+        return json.load(f)
+
+
+def _metric(layout, method):
+    m = _metric_json(layout, method)
     if "fid" in m:
         return ("FID", m["fid"])
     if "digits_fd" in m:
@@ -58,7 +62,7 @@ def _row(method, *, kind, key, params, macs, eb, epochs, critical, total, layout
     return {"method": method, "kind": kind, "key": key, "params": params, "macs": macs,
             "eb_epoch": eb, "epochs": epochs, "critical_s": critical[0], "total_s": total[0],
             "critical_flops": critical[1], "total_flops": total[1],
-            "metric": _metric(layout, key)}
+            "metric": _metric(layout, key), "valid": _metric_json(layout, key).get("valid")}
 
 
 def _finetune_row(layout, kind, *, ratio, name, dense_costs, notes):
@@ -79,7 +83,8 @@ def _finetune_row(layout, kind, *, ratio, name, dense_costs, notes):
                 total=both, layout=layout)
 
 
-def _taeb_row(layout, doc, man, *, dense_costs, sampling_steps, skip_type, notes):
+def _taeb_row(layout, doc, man, *, dense_costs, sampling_steps, skip_type, notes,
+              kind="taeb", label="TA-EB"):
     from models.diffusion import timestep_sequence
     from core.runlog import critical_and_total
     from evaluation.evidence import sampling_average_macs
@@ -97,11 +102,13 @@ def _taeb_row(layout, doc, man, *, dense_costs, sampling_steps, skip_type, notes
     flops = critical_and_total(pre[1], [k.get("train_flops", 0) for k in tickets])
     regions = ", ".join(f"[{k['range'][0]},{k['range'][1]}):{k['pruning_ratio']:g}"
                         for k in tickets)
-    row = _row(f"TA-EB ({regions})", kind="taeb", key=taeb_name(doc),
+    tset = man.get("ticket_set") or doc
+    row = _row(f"{label} ({regions})", kind=kind, key=taeb_name(tset),
                params=sum(k["params"] for k in tickets), macs=avg_macs, eb=eb_max,
                epochs=max(k["epochs"] for k in tickets), critical=(wall[0], flops[0]),
                total=(wall[1], flops[1]), layout=layout)
     row["regions"] = [k["range"] for k in tickets]
+    row["set"] = tset
     row["schedule"] = man.get("schedule")
     return row
 
@@ -127,15 +134,19 @@ def collect(exp, doc, *, sampling_steps=100, skip_type="quad"):
         notes.append("train-prune-finetune: missing")
     if not any(r["kind"] == "eb" for r in rows):
         notes.append("EB ticket: missing")
-    man_path = layout.manifest(doc)
-    if os.path.isfile(man_path):
-        with open(man_path) as f:
-            man = yaml.safe_load(f)
-        rows.append(_taeb_row(layout, doc, man, dense_costs=dense_costs,
-                              sampling_steps=sampling_steps, skip_type=skip_type, notes=notes))
-    else:
-        notes.append(f"TA-EB tickets: missing ({man_path})")
+    for tset, kind, label in ((doc, "taeb", "TA-EB"), (plan_set(doc), "taeb_plan",
+                                                       "TA-EB planned")):
+        man_path = layout.manifest(tset)
+        if os.path.isfile(man_path):
+            with open(man_path) as f:
+                man = yaml.safe_load(f)
+            rows.append(_taeb_row(layout, doc, man, dense_costs=dense_costs,
+                                  sampling_steps=sampling_steps, skip_type=skip_type,
+                                  notes=notes, kind=kind, label=label))
+        elif kind == "taeb" and not os.path.isfile(layout.manifest(plan_set(doc))):
+            notes.append(f"TA-EB tickets: missing ({man_path})")
     _speedups(rows)
+    _to_target(layout, doc, rows)
     for r in rows:
         if r["metric"] is None:
             notes.append(f"{r['method']}: no sample metric yet ({layout.metric_file(r['key'])})")
@@ -153,6 +164,39 @@ def _speedups(rows):
             r[f"vs_tpf_{unit}"] = fraction(tpf[key], r[key]) if tpf else None
 
 
+def _to_target(layout, doc, rows):
+    """Cost to reach the target (when the pipeline trained to one): each row's curve, on its
+    critical path, first at or below the target (interpolated), and the speed-up over dense's
+    own cost to get there. Sets row["target"], row["to_target"] = (FLOPs, wall) or None."""
+    from evaluation.costs import cost_to_target, method_curves
+    from evaluation.targets import read_record
+    recs = {r["key"]: read_record(layout.target_record(r["key"])) for r in rows}
+    target = next((x["target"] for x in recs.values() if x and x.get("kind") == "target"),
+                  None)
+    curves = method_curves(layout.exp, doc, rows) if target is not None else {}
+    dense = None
+    for r in rows:
+        r["target"] = target
+        r["to_target"] = cost_to_target(curves[r["key"]], target) \
+            if r["key"] in curves and target is not None else None
+        r["target_record"] = recs[r["key"]]
+        if r["kind"] == "dense":
+            dense = r["to_target"]
+    for r in rows:
+        ok = dense and r["to_target"]
+        r["to_target_vs_dense"] = (dense[0] / r["to_target"][0], dense[1] / r["to_target"][1]) \
+            if ok else None
+
+
+def _valid_note(layout, rows):
+    real = next((m["real_valid"] for m in (_metric_json(layout, r["key"]) for r in rows)
+                 if "real_valid" in m), None)
+    if real is None:
+        return ""
+    return (" 'valid' is the share of samples the digit classifier calls one digit with "
+            f"confidence >= 0.9 (held-out real digits: {real:.0%}).")
+
+
 def _fmt(v, spec):
     return "–" if v is None else format(v, spec)
 
@@ -164,7 +208,9 @@ def _x(v):
 # results.json / .csv: the columns of the table, at full precision
 DATA_COLUMNS = ("method", "params", "macs", "eb_epoch", "train_flops_critical",
                 "train_flops_total", "train_s_critical", "train_s_total", "vs_dense_flops",
-                "vs_dense_wall", "vs_tpf_flops", "vs_tpf_wall", "metric", "metric_value")
+                "vs_dense_wall", "vs_tpf_flops", "vs_tpf_wall", "metric", "metric_value",
+                "valid", "target", "to_target_flops", "to_target_s",
+                "to_target_vs_dense_flops", "to_target_vs_dense_wall")
 
 
 def data_rows(rows):
@@ -176,23 +222,47 @@ def data_rows(rows):
              "vs_dense_wall": r["vs_dense_wall"], "vs_tpf_flops": r["vs_tpf_flops"],
              "vs_tpf_wall": r["vs_tpf_wall"],
              "metric": r["metric"][0] if r["metric"] else None,
-             "metric_value": r["metric"][1] if r["metric"] else None} for r in rows]
+             "metric_value": r["metric"][1] if r["metric"] else None,
+             "valid": r.get("valid"), "target": r.get("target"),
+             "to_target_flops": (r.get("to_target") or (None, None))[0],
+             "to_target_s": (r.get("to_target") or (None, None))[1],
+             "to_target_vs_dense_flops": (r.get("to_target_vs_dense") or (None, None))[0],
+             "to_target_vs_dense_wall": (r.get("to_target_vs_dense") or (None, None))[1]}
+            for r in rows]
+
+
+def _target_cells(r):
+    t = r.get("to_target")
+    if t is None:
+        return "not reached | –"
+    v = r.get("to_target_vs_dense")
+    return (f"{t[0] / 1e12:.2f} / {t[1]:.0f} | " +
+            (f"{_x(v[0])} / {_x(v[1])}" if v else "–"))
 
 
 def table(rows):
     metric_name = next((r["metric"][0] for r in rows if r["metric"]), "metric")
-    head = ("| Method | Params (M) | MACs (M) | EB epoch | Train TFLOPs, critical / total | "
-            "Train time (s), critical / total | vs dense, FLOPs / wall | "
-            f"vs train-prune-finetune, FLOPs / wall | {metric_name} |")
-    lines = [head, "|" + "---|" * 9]
+    target = next((r["target"] for r in rows if r.get("target") is not None), None)
+    head = "| Method | Params (M) | MACs (M) | EB epoch | "
+    if target is not None:
+        head += (f"To {metric_name} {target:.2f}: TFLOPs / s (critical) | "
+                 "to target vs dense, FLOPs / wall | ")
+    head += ("Train TFLOPs, critical / total | Train time (s), critical / total | "
+             "vs dense, FLOPs / wall | vs train-prune-finetune, FLOPs / wall | "
+             f"{metric_name} | valid |")
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for r in rows:
+        valid = r.get("valid")
         lines.append(
             f"| {r['method']} | {r['params'] / 1e6:.3f} | {r['macs'] / 1e6:.2f} | "
-            f"{_fmt(r['eb_epoch'], 'd')} | {r['critical_flops'] / 1e12:.2f} / "
+            f"{_fmt(r['eb_epoch'], 'd')} | " +
+            (_target_cells(r) + " | " if target is not None else "") +
+            f"{r['critical_flops'] / 1e12:.2f} / "
             f"{r['total_flops'] / 1e12:.2f} | {r['critical_s']:.1f} / {r['total_s']:.1f} | "
             f"{_x(r['vs_dense_flops'])} / {_x(r['vs_dense_wall'])} | "
             f"{_x(r['vs_tpf_flops'])} / {_x(r['vs_tpf_wall'])} | "
-            f"{_fmt(r['metric'][1] if r['metric'] else None, '.2f')} |")
+            f"{_fmt(r['metric'][1] if r['metric'] else None, '.2f')} | "
+            f"{'–' if valid is None else f'{valid:.0%}'} |")
     return "\n".join(lines)
 
 
@@ -202,9 +272,9 @@ def plot_losses(layout, doc, rows, path):
     import matplotlib.pyplot as plt
     fig, ax = plt.subplots(figsize=(6, 4))
     for r in rows:
-        if r.get("kind") == "taeb":
+        if r.get("kind", "").startswith("taeb"):
             for rng in r["regions"]:
-                name = region_doc(doc, rng)
+                name = region_doc(r.get("set") or doc, rng)
                 c = read_costs(layout.costs(name))
                 ax.plot([x["epoch"] for x in c], [x["loss"] for x in c], ls="--", marker="o",
                         ms=3, label=name)
@@ -257,14 +327,22 @@ def write_report(exp, doc, out_dir=None, *, sampling_steps=100, skip_type="quad"
     schedule = (f" The TA-EB tickets were fine-tuned {taeb['schedule']}, so each ticket's time "
                 f"is its time on a device of its own." if taeb and taeb.get("schedule") else "")
     md = [f"# Results: {doc}", "",
-          "Training cost from each run's costs.jsonl, as FLOPs (machine-independent: 2 FLOPs "
-          "per MAC x 3 for forward + backward x MACs per image x training images) and as "
-          "measured wall-clock. EB rows count dense training up to the EB epoch plus "
-          "fine-tuning; TA-EB counts its slowest ticket on the critical path (one device per "
+          "Training cost from each run's costs.jsonl, as FLOPs (machine-independent: a forward "
+          "pass's FLOPs as torch.utils.flop_counter counts them, attention included, x 3 for "
+          "forward + backward x training images; MACs per image are torch-pruning's count, "
+          "as the paper's tables give them) and as measured wall-clock. EB rows count dense "
+          "training up to the EB epoch plus fine-tuning; TA-EB counts its slowest ticket on the critical path (one device per "
           "ticket) and all tickets in the total; train-prune-finetune counts the whole dense "
           "run plus fine-tuning. Speed-ups compare critical paths at a fixed budget (each "
           f"method's own number of epochs).{schedule} TA-EB MACs are averaged over the "
-          f"{sampling_steps}-step {skip_type} sampling schedule.", ""]
+          f"{sampling_steps}-step {skip_type} sampling schedule.{_valid_note(layout, rows)}", ""]
+    target = next((r["target"] for r in rows if r.get("target") is not None), None)
+    if target is not None:
+        md += [f"Trained to a target: every fine-tune (and TA-EB ticket set) stopped at the "
+               f"first evaluation at or below {target:.2f} (the dense reference's final "
+               "quality, unless target.value set it), or at its cap. The cost to the target is "
+               "where each method's quality curve first crosses it (interpolated between "
+               "evaluations), on its critical path; {exp}/targets/ holds each decision.", ""]
     if metric_note:
         md += [metric_note, ""]
     md += [table(rows), ""]

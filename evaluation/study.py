@@ -1,116 +1,81 @@
 """The evidence study (docs/evidence.md): the pipeline for several seeds, quality along
-training for every method on one fixed noise set, equal-quality speed-ups in FLOPs and in
-wall-clock, the metric's own noise floor, and a verdict per claim of the paper.
+training for every method on one fixed noise set, the cost to reach the dense reference's
+quality (the headline: equal quality), quality at equal cost, fixed budgets, the metric's own
+noise floor, and a verdict per claim of the paper. Spreads are 95% Student-t intervals of the
+mean over seeds.
 
 Each seed is one pipeline run (``{doc}_s{seed}``; with SpeeD also ``{doc}_speed_s{seed}``);
 finished stages are reused, so an interrupted study continues where it stopped.
 """
-from evaluation.curves import read_curve
-from evaluation.evidence import equal_quality_speedup, fmt_mean_std, mean_std, verdict
-from core.layout import Layout, region_doc
+from evaluation.costs import cost_to_target, method_curves
+from evaluation.evidence import (equal_quality_speedup, fmt_interval, interval, quality_at,
+                                 verdict)
 from evaluation.report import collect
-from core.runlog import read_costs
 
-PLAIN_KINDS = ("dense", "eb", "tpf", "eqflops", "taeb")
+PLAIN_KINDS = ("dense", "tpf", "eb", "eqflops", "taeb", "taeb_plan")
 
-
-def cumulative(costs, offset=(0.0, 0)):
-    """{epoch: (wall s, FLOPs)} summed up to and including each epoch, after ``offset``."""
-    out, wall, flops = {}, offset[0], offset[1]
-    for c in sorted(costs, key=lambda c: c["epoch"]):
-        wall += c["wall_s"] + c.get("earlybird_s", 0.0)
-        flops += c.get("train_flops", 0)
-        out[c["epoch"]] = (wall, flops)
-    return out
+LABELS = {"dense": "Dense", "eb": "EB ticket", "tpf": "Train-prune-finetune",
+          "eqflops": "Uniform EB ticket, TA-EB's fine-tuning FLOPs", "taeb": "TA-EB",
+          "taeb_plan": "TA-EB planned"}
 
 
-def method_curves(exp, doc, rows):
-    """{row key: [(cum wall, cum FLOPs, quality)]} along training, on each method's critical
-    path (TA-EB: the dense prefix plus its slowest ticket's cost so far)."""
-    L = Layout(exp)
-    dense_costs = read_costs(L.costs(doc))
-    out = {}
-    for r in rows:
-        curve = read_curve(L.curve_file(r["key"]))
-        if not curve:
-            continue
-        if r["kind"] == "dense":
-            cum = cumulative(dense_costs)
-        else:
-            pre_epoch = None if r["kind"] == "tpf" else r["eb_epoch"]
-            pre = cumulative(dense_costs)
-            offset = pre[max(pre)] if pre_epoch is None else pre.get(pre_epoch, (0.0, 0))
-            if r["kind"] == "taeb":
-                per = [cumulative(read_costs(L.costs(region_doc(doc, rng))))
-                       for rng in r["regions"]]
-                cum = {e: (offset[0] + max(p[e][0] for p in per),
-                           offset[1] + max(p[e][1] for p in per))
-                       for e in per[0] if all(e in p for p in per)}
-            else:
-                cum = cumulative(read_costs(L.costs(r["key"])), offset)
-        out[r["key"]] = [(cum[p["epoch"]][0], cum[p["epoch"]][1], p["value"])
-                         for p in curve if p["epoch"] in cum]
-    return out
+def _result(r, c, ref, target):
+    """One method's numbers in one seed: r a report row, c its curve, ref the dense curve."""
+    res = {"method": r["method"], "kind": r["kind"], "quality": c[-1][2],
+           "valid": r.get("curve_valid"), "eb_epoch": r["eb_epoch"],
+           "flops": r["critical_flops"], "wall": r["critical_s"],
+           "total_flops": r["total_flops"], "vs_dense_flops": r["vs_dense_flops"],
+           "vs_dense_wall": r["vs_dense_wall"], "vs_tpf_flops": r["vs_tpf_flops"],
+           "vs_tpf_wall": r["vs_tpf_wall"], "macs": r["macs"], "curve": c,
+           "regions": r.get("regions"), "target": target, "epochs": r["epochs"],
+           "to_target": cost_to_target(c, target) if target is not None else None}
+    if ref and r["kind"] != "dense":
+        res["eq_flops"] = equal_quality_speedup([(f, v) for _, f, v in ref], c[-1][2],
+                                                r["critical_flops"])
+        res["eq_wall"] = equal_quality_speedup([(w, v) for w, _, v in ref], c[-1][2],
+                                               r["critical_s"])
+    return res
 
 
 def seed_result(exp, doc, *, sampling_steps, skip_type, dense_curve_doc=None):
-    """Per-method numbers of one pipeline run: final quality (last curve point), costs,
-    fixed-budget and equal-quality speed-ups against the plain dense run's curve."""
+    """Per-method numbers of one pipeline run: final quality (last curve point), cost to the
+    target, costs, fixed-budget and equal-quality speed-ups against the plain dense run."""
+    from core.layout import Layout
+    from evaluation.curves import read_curve
     rows, _ = collect(exp, doc, sampling_steps=sampling_steps, skip_type=skip_type)
     curves = method_curves(exp, doc, rows)
     ref_doc = dense_curve_doc or doc
     if ref_doc != doc:
         ref_rows, _ = collect(exp, ref_doc, sampling_steps=sampling_steps, skip_type=skip_type)
         ref = method_curves(exp, ref_doc, ref_rows[:1])[ref_doc]
+        target = ref_rows[0].get("target")
     else:
-        ref = curves.get(doc, [])
+        ref, target = curves.get(doc, []), rows[0].get("target")
     out = {}
     for r in rows:
         c = curves.get(r["key"])
         if not c:
             continue
-        q = c[-1][2]
-        res = {"method": r["method"], "kind": r["kind"], "quality": q,
-               "eb_epoch": r["eb_epoch"], "flops": r["critical_flops"],
-               "wall": r["critical_s"], "total_flops": r["total_flops"],
-               "vs_dense_flops": r["vs_dense_flops"], "vs_dense_wall": r["vs_dense_wall"],
-               "vs_tpf_flops": r["vs_tpf_flops"], "vs_tpf_wall": r["vs_tpf_wall"],
-               "macs": r["macs"], "curve": c}
-        # the plain dense run is the reference (1x by definition); dense + SpeeD is not
-        if ref and (r["kind"] != "dense" or ref_doc != doc):
-            res["eq_flops"] = equal_quality_speedup([(f, v) for _, f, v in ref], q,
-                                                    r["critical_flops"])
-            res["eq_wall"] = equal_quality_speedup([(w, v) for w, _, v in ref], q,
-                                                   r["critical_s"])
-        out[r["kind"]] = res
+        last = read_curve(Layout(exp).curve_file(r["key"]))[-1]
+        out[r["kind"]] = _result(dict(r, curve_valid=last.get("valid")), c, ref, target)
+    dense = out.get("dense")
+    for res in out.values():
+        res["tt_speedup"] = _tt_speedup(dense, res) if dense else None
     return out
 
 
-def _speedup_cell(values, reference=False):
-    if reference:
-        return "1x (reference)"
-    if not values:
-        return "–"
-    m, s = mean_std([v.value for v in values])
-    lower = any(v.lower_bound for v in values)
-    spread = f" ± {s:.2f}" if len(values) > 1 else ""
-    return f"{'> ' if lower else ''}{m:.2f}x{spread}"
+def _tt_speedup(dense, res):
+    """(FLOPs, wall, bound) speed-up to the target vs dense: dense's cost to the target over
+    the method's; a method that never got there gives an upper bound (its whole cost)."""
+    d = dense["to_target"]
+    if d is None:
+        return None
+    if res["to_target"] is not None:
+        return (d[0] / res["to_target"][0], d[1] / res["to_target"][1], "")
+    return (d[0] / res["flops"], d[1] / res["wall"], "<")
 
 
-LABELS = {"dense": "Dense", "eb": "EB ticket", "tpf": "Train-prune-finetune",
-          "eqflops": "Uniform EB ticket, TA-EB's fine-tuning FLOPs", "taeb": "TA-EB"}
-
-
-HEADLINE_COLUMNS = ("method", "seeds", "digits_fd_mean", "digits_fd_std", "eb_epoch_mean",
-                    "eb_epoch_std", "eq_speedup_flops_mean", "eq_speedup_flops_std",
-                    "eq_speedup_flops_lower_bound", "eq_speedup_wall_mean",
-                    "eq_speedup_wall_std", "eq_speedup_wall_lower_bound",
-                    "vs_dense_flops_mean", "vs_dense_flops_std", "vs_dense_wall_mean",
-                    "vs_dense_wall_std", "vs_tpf_flops_mean", "vs_tpf_flops_std",
-                    "vs_tpf_wall_mean", "vs_tpf_wall_std")
-
-
-def _headline_groups(results, variants):
+def _groups(results, variants):
     """(variant, row label, kind, the per-seed results of that kind) of every headline row."""
     for variant, label_suffix in variants:
         seeds = results.get(variant, [])
@@ -121,77 +86,145 @@ def _headline_groups(results, variants):
                 yield variant, name + label_suffix, kind, per
 
 
+def _tt(per, i):
+    vals = [p["tt_speedup"] for p in per if p.get("tt_speedup")]
+    return [v[i] for v in vals], any(v[2] for v in vals)
+
+
+HEADLINE_COLUMNS = ("method", "seeds", "reached", "to_target_tflops_mean",
+                    "to_target_tflops_ci95",
+                    "tt_speedup_flops_mean", "tt_speedup_flops_ci95", "tt_speedup_wall_mean",
+                    "tt_speedup_wall_ci95", "tt_speedup_upper_bound", "digits_fd_mean",
+                    "digits_fd_ci95", "valid_mean", "valid_ci95", "eb_epoch_mean",
+                    "eb_epoch_ci95", "train_tflops_mean", "train_tflops_ci95",
+                    "vs_dense_flops_mean", "vs_dense_flops_ci95", "vs_dense_wall_mean",
+                    "vs_dense_wall_ci95")
+
+
 def headline_data(results, variants):
-    """The headline table's rows as numbers (HEADLINE_COLUMNS): mean and std over seeds."""
+    """The headline rows as numbers (HEADLINE_COLUMNS): mean and 95% half-width over seeds."""
     out = []
-    for _, label, _, per in _headline_groups(results, variants):
-        row = {"method": label, "seeds": len(per)}
-        for col, key in (("digits_fd", "quality"), ("eb_epoch", "eb_epoch"),
-                         ("vs_dense_flops", "vs_dense_flops"), ("vs_dense_wall", "vs_dense_wall"),
-                         ("vs_tpf_flops", "vs_tpf_flops"), ("vs_tpf_wall", "vs_tpf_wall")):
-            row[f"{col}_mean"], row[f"{col}_std"] = mean_std([p[key] for p in per])
-        for col, key in (("eq_speedup_flops", "eq_flops"), ("eq_speedup_wall", "eq_wall")):
-            vals = [p[key] for p in per if key in p]
-            row[f"{col}_mean"], row[f"{col}_std"] = mean_std([v.value for v in vals])
-            row[f"{col}_lower_bound"] = any(v.lower_bound for v in vals) if vals else None
+    for _, label, _, per in _groups(results, variants):
+        row = {"method": label, "seeds": len(per),
+               "reached": sum(p["to_target"] is not None for p in per)}
+        cols = {"to_target_tflops": [p["to_target"][0] / 1e12 for p in per if p["to_target"]],
+                "tt_speedup_flops": _tt(per, 0)[0], "tt_speedup_wall": _tt(per, 1)[0],
+                "digits_fd": [p["quality"] for p in per], "valid": [p["valid"] for p in per],
+                "eb_epoch": [p["eb_epoch"] for p in per],
+                "train_tflops": [p["flops"] / 1e12 for p in per],
+                "vs_dense_flops": [p["vs_dense_flops"] for p in per],
+                "vs_dense_wall": [p["vs_dense_wall"] for p in per]}
+        for col, vals in cols.items():
+            row[f"{col}_mean"], row[f"{col}_ci95"] = interval(vals)
+        row["tt_speedup_upper_bound"] = _tt(per, 0)[1]
         out.append(row)
     return out
 
 
+def _tt_cell(per, i, reference):
+    if reference:
+        return "1x (reference)"
+    vals, bound = _tt(per, i)
+    if not vals:
+        return "–"
+    return ("< " if bound else "") + fmt_interval(vals, ".2f", "x")
+
+
 def headline_rows(results, variants):
-    """Markdown rows, mean ± std over seeds: results {variant: [per-seed result dicts]}."""
-    lines = ["| Method | digits-FD | EB epoch | equal-quality speed-up vs dense, FLOPs | "
-             "same, wall-clock | fixed budget vs dense, FLOPs / wall | "
-             "vs train-prune-finetune, FLOPs / wall |", "|" + "---|" * 7]
-    for variant, label, kind, per in _headline_groups(results, variants):
+    """Markdown rows: the cost to reach the target first, then final quality and the fixed
+    budget; mean ± 95% half-width over seeds."""
+    lines = ["| Method | reached the target | cost to the target, TFLOPs | speed-up to the "
+             "target vs dense, FLOPs | same, wall-clock | final digits-FD | valid | EB epoch | "
+             "training TFLOPs (fixed budget) | fixed budget vs dense, FLOPs / wall |",
+             "|" + "---|" * 10]
+    for variant, label, kind, per in _groups(results, variants):
         ref = kind == "dense" and variant == "plain"
+        reached = [p["to_target"][0] / 1e12 for p in per if p["to_target"]]
         lines.append(
-            f"| {label} | {fmt_mean_std([p['quality'] for p in per])} | "
-            f"{fmt_mean_std([p['eb_epoch'] for p in per], '.1f')} | "
-            f"{_speedup_cell([p['eq_flops'] for p in per if 'eq_flops' in p], ref)} | "
-            f"{_speedup_cell([p['eq_wall'] for p in per if 'eq_wall' in p], ref)} | "
-            f"{fmt_mean_std([p['vs_dense_flops'] for p in per], '.2f', 'x')} / "
-            f"{fmt_mean_std([p['vs_dense_wall'] for p in per], '.2f', 'x')} | "
-            f"{fmt_mean_std([p['vs_tpf_flops'] for p in per], '.2f', 'x')} / "
-            f"{fmt_mean_std([p['vs_tpf_wall'] for p in per], '.2f', 'x')} |")
+            f"| {label} | {len(reached)} of {len(per)} | {fmt_interval(reached)} | "
+            f"{_tt_cell(per, 0, ref)} | {_tt_cell(per, 1, ref)} | "
+            f"{fmt_interval([p['quality'] for p in per])} | "
+            f"{fmt_interval([p['valid'] for p in per if p['valid'] is not None], '.0%')} | "
+            f"{fmt_interval([p['eb_epoch'] for p in per], '.1f')} | "
+            f"{fmt_interval([p['flops'] / 1e12 for p in per])} | "
+            f"{fmt_interval([p['vs_dense_flops'] for p in per], '.2f', 'x')} / "
+            f"{fmt_interval([p['vs_dense_wall'] for p in per], '.2f', 'x')} |")
     return lines
 
 
-def verdicts(results, noise_floor, dense_epochs):
+def _cost_claim(name, pairs, word_if):
+    """A claim "A costs less than B to reach the target": pairs [(A result, B result)]."""
+    both = [(a, b) for a, b in pairs if a["to_target"] and b["to_target"]]
+    only_a = sum(1 for a, b in pairs if a["to_target"] and not b["to_target"])
+    only_b = sum(1 for a, b in pairs if b["to_target"] and not a["to_target"])
+    ratios = [a["to_target"][0] / b["to_target"][0] for a, b in both]
+    if both:
+        v = verdict([r - 1 for r in ratios], 0.0)
+        word = v.word if not (only_a or only_b) else (
+            "holds" if only_a and not only_b and v.word != "does not hold" else
+            "does not hold" if only_b and not only_a and v.word != "holds" else
+            "inconclusive (mixed)")
+        nums = f"cost to the target {word_if} = {fmt_interval(ratios)} in FLOPs"
+    else:
+        word = "holds" if only_a > only_b else "does not hold" if only_b > only_a else \
+            "inconclusive (neither reached the target)"
+        nums = "no seed where both reached the target"
+    nums += f" ({len(both)} seeds both reached it; only the first: {only_a}, only the " \
+            f"second: {only_b})"
+    return (f"{name}, at equal quality", word, nums)
+
+
+def _quality_claim(name, pairs, noise_floor, label):
+    """The same claim at equal cost: each method's quality at one critical-path FLOPs budget,
+    read off its curve: the smaller of the two final costs, or, when one method has no network
+    by then (train-prune-finetune pays for the whole dense run first), its first evaluation's
+    cost (the other keeps the quality it stopped at)."""
+    d = []
+    for a, b in pairs:
+        cost = max(min(a["curve"][-1][1], b["curve"][-1][1]),
+                   max(a["curve"][0][1], b["curve"][0][1]))
+        qa = quality_at([(f, q) for _, f, q in a["curve"]], cost)
+        qb = quality_at([(f, q) for _, f, q in b["curve"]], cost)
+        if qa is not None and qb is not None:
+            d.append(qa - qb)
+    if not d:
+        return (f"{name}, at equal cost", "inconclusive (no common cost)", "–")
+    v = verdict(d, noise_floor)
+    return (f"{name}, at equal cost", v.word,
+            f"digits-FD {label} at the same training FLOPs = {fmt_interval(d)} "
+            f"(margin {v.margin:.2f})")
+
+
+def verdicts(results, noise_floor):
     """The paper's claims, each with its numbers and a word: holds / does not hold /
     inconclusive (within noise)."""
     plain = results.get("plain", [])
-    out = []
-    fr = [s["eb"]["eb_epoch"] / dense_epochs if s.get("eb", {}).get("eb_epoch") is not None
-          else None for s in plain]
-    if any(f is None for f in fr) or not fr:
-        out.append(("(a) the EB epoch comes early", "does not hold",
-                    "no EB epoch was found for every seed"))
-    else:
-        v = verdict([f - 0.5 for f in fr], 0.0)
-        out.append(("(a) the EB epoch comes early (in the first half of the dense run)",
-                    v.word, f"EB epoch at {fmt_mean_std(fr, '.2f')} of the dense run"))
-    pairs = [(s["eb"], s["tpf"]) for s in plain if "eb" in s and "tpf" in s]
-    if pairs:
-        v = verdict([e["quality"] - t["quality"] for e, t in pairs], noise_floor)
-        cost = [e["flops"] / t["flops"] for e, t in pairs]
-        word = "does not hold" if v.word == "does not hold" else (
-            "holds" if all(c < 1 for c in cost) else "does not hold")
-        out.append(("(b) the EB ticket reaches train-prune-finetune's quality at a fraction "
-                     "of its cost", word,
-                     f"digits-FD EB - TPF = {fmt_mean_std([e['quality'] - t['quality'] for e, t in pairs])} "
-                     f"(margin {v.margin:.2f}); cost EB / TPF = {fmt_mean_std(cost, '.2f')} "
-                     f"in FLOPs"))
-    pairs = [(s["taeb"], s["eqflops"]) for s in plain if "taeb" in s and "eqflops" in s]
-    if pairs:
-        d = [a["quality"] - b["quality"] for a, b in pairs]
-        v = verdict(d, noise_floor)
-        macs = fmt_mean_std([a["macs"] / b["macs"] for a, b in pairs], ".2f")
-        out.append(("(c) TA-EB beats a uniform EB ticket of equal cost", v.word,
-                    f"digits-FD TA-EB - uniform = {fmt_mean_std(d)} (margin {v.margin:.2f}); "
-                    f"sampling MACs TA-EB / uniform = {macs}; equal fine-tuning FLOPs"))
+    out = [_earlybird_claim(plain)]
+    for a_kind, b_kind, name, ratio_name in (
+            ("eb", "tpf", "(b) the EB ticket reaches train-prune-finetune's quality at a "
+             "fraction of its cost", "EB / TPF"),
+            ("taeb", "eb", "(c) TA-EB (hand-set regions) beats the uniform EB ticket",
+             "TA-EB / EB"),
+            ("taeb_plan", "eb", "(c') TA-EB with planned regions beats the uniform EB ticket",
+             "planned TA-EB / EB")):
+        pairs = [(s[a_kind], s[b_kind]) for s in plain if a_kind in s and b_kind in s]
+        if pairs:
+            out.append(_cost_claim(name, pairs, ratio_name))
+            out.append(_quality_claim(name, pairs, noise_floor,
+                                      ratio_name.replace(" / ", " - ")))
     out += _speed_verdicts(plain, results.get("speed", []), noise_floor)
     return out
+
+
+def _earlybird_claim(plain):
+    fr = [s["eb"]["eb_epoch"] / s["dense"]["epochs"] if s.get("eb", {}).get("eb_epoch")
+          is not None and "dense" in s else None for s in plain]
+    if not fr or any(f is None for f in fr):
+        return ("(a) the EB epoch comes early", "does not hold",
+                "no EB epoch was found for every seed")
+    v = verdict([f - 0.5 for f in fr], 0.0)
+    return ("(a) the EB epoch comes early (in the first half of the dense run)", v.word,
+            f"EB epoch at {fmt_interval(fr)} of the dense run's epochs")
 
 
 def _speed_verdicts(plain, speed, noise_floor):
@@ -206,7 +239,6 @@ def _speed_verdicts(plain, speed, noise_floor):
         v = verdict(d, noise_floor)
         name = LABELS[kind]
         out.append((f"(SpeeD) {name} + SpeeD trains better than {name} alone at the same "
-                    f"budget", v.word, f"digits-FD with SpeeD - without = {fmt_mean_std(d)} "
+                    f"budget", v.word, f"digits-FD with SpeeD - without = {fmt_interval(d)} "
                     f"(margin {v.margin:.2f})"))
     return out
-

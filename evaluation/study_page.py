@@ -1,14 +1,18 @@
-"""The study's results page: headline table (mean ± std over seeds), verdicts, the metric's
-noise floor, and quality-against-cost figures."""
+"""The study's results page: how the dense reference converged, the headline (cost to reach
+its quality, mean ± 95% interval over seeds), verdicts, stitch diagnostics, the planned regions,
+the metric's noise floor, and quality-against-cost figures."""
 import os
+import shutil
 from dataclasses import replace
 
-from evaluation.curves import digits_quality, sample_fixed
 from core.layout import Layout, eb_doc
+from evaluation.curves import digits_quality, sample_fixed
+from evaluation.evidence import fmt_interval
 from evaluation.study import (HEADLINE_COLUMNS, LABELS, headline_data, headline_rows,
                               seed_result, verdicts)
 from evaluation.tables import write_data
-from utils.io import atomic_write_text
+from evaluation.targets import read_record
+from utils.io import atomic_write_text, load_yaml
 
 NOISE_SEED_SHIFT = 7919  # a second, disjoint set of per-image seeds for the noise floor
 
@@ -35,11 +39,13 @@ def noise_floor(cfg, a, doc):
 
 
 def plot_curves(results, out_png, unit):
-    """Quality against training cost (FLOPs on a log axis, or wall-clock) of seed 0."""
+    """Quality against training cost (FLOPs on a log axis, or wall-clock) of seed 0, with the
+    target (the dense reference's plateau level) as a line."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    fig, ax = plt.subplots(figsize=(6, 3.6))
+    fig, ax = plt.subplots(figsize=(6.5, 3.8))
+    target = None
     for variant, style in (("plain", "-"), ("speed", "--")):
         seeds = results.get(variant) or []
         if not seeds:
@@ -49,16 +55,119 @@ def plot_curves(results, out_png, unit):
             ys = [q for _, _, q in res["curve"]]
             ax.plot(xs, ys, style, marker="o", ms=3,
                     label=LABELS[kind] + (" + SpeeD" if variant == "speed" else ""))
+            target = res.get("target") if target is None else target
+    if target is not None:
+        ax.axhline(target, color="k", lw=0.8, ls=":", label=f"target {target:.1f}")
     if unit == "flops":
         ax.set_xscale("log")
         ax.set_xlabel("training TFLOPs (critical path)")
     else:
         ax.set_xlabel("training wall-clock, s (critical path, this machine)")
     ax.set_ylabel("digits-FD (lower is better)")
+    ax.set_yscale("log")
     ax.legend(fontsize=6)
     fig.tight_layout()
     fig.savefig(out_png, dpi=80)
     plt.close(fig)
+
+
+def dense_lines(a, docs):
+    """How each seed's dense reference stopped (evaluation/targets.py's plateau rule)."""
+    L = Layout(a.exp)
+    recs = [(d, read_record(L.target_record(d))) for d in docs]
+    recs = [(d, r) for d, r in recs if r and r.get("kind") == "plateau"]
+    if not recs:
+        return []
+    r0 = recs[0][1]
+    lines = ["## The dense reference", "",
+             f"Dense training ran in steps of {r0['eval_epochs'][0] + 1} epochs, scored after "
+             f"each, until {r0['patience']} evaluations in a row improved on the best before "
+             f"them by no more than {r0['delta']:g} digits-FD (at most {r0['cap']} epochs). Its "
+             f"level, the mean of the last {r0['patience'] + 1} evaluations, is the target "
+             "every other method trains to.", "",
+             "| seed run | epochs | plateaued | level (target) | evaluations |", "|---|---|---|---|---|"]
+    for d, r in recs:
+        vals = ", ".join(f"{v:.1f}" for v in r["values"])
+        lines.append(f"| {d} | {r['epochs']} | {'yes' if r['plateaued'] else 'no (cap)'} | "
+                     f"{r['level']:.2f} | {vals} |")
+    return lines + [""]
+
+
+def plan_lines(a, docs, out_dir, stem):
+    """The planned regions of each seed, and seed 0's gap plot copied beside the page."""
+    L = Layout(a.exp)
+    rows = []
+    for d in docs:
+        path = L.plan_file(d)
+        if os.path.isfile(path):
+            p = load_yaml(path, "plan")
+            regs = ", ".join(f"[{r['range'][0]},{r['range'][1]}):{r['pruning_ratio']:g}"
+                             for r in p["regions"])
+            rows.append(f"| {d} | {regs} | {p['plan_macs'] / 1e6:.2f} / "
+                        f"{p['budget_macs'] / 1e6:.2f} | {p['plan_gap']:.2f} / "
+                        f"{p['uniform_gap']:.2f} |")
+    if not rows:
+        return []
+    png = os.path.join(out_dir, f"{stem}_plan.png")
+    shutil.copyfile(os.path.join(L.plan_dir(docs[0]), "plan.png"), png)
+    return ["## Planned regions", "",
+            "`plan_regions.py` at the EB epoch: each candidate ratio's ticket, pruned and not "
+            "fine-tuned, against the dense network of that epoch, per timestep bin, weighted by "
+            "the sampler's visits; an interval DP picks at most `taeb.max_regions` regions "
+            "under the uniform ticket's sampling MACs.", "",
+            "| seed run | regions | sampling MACs (M), plan / budget | weighted loss gap, "
+            "plan / uniform |", "|---|---|---|---|"] + rows + [
+            "", f"![loss gaps and plan, seed 0]({os.path.basename(png)})", ""]
+
+
+def diagnostics_lines(cfg, a, docs, cache_path):
+    from evaluation.diagnostics import stitch_diagnostics
+    per_seed = [stitch_diagnostics(cfg, a.exp, d, pruning_ratio=a.pruning_ratio,
+                                   n=a.eval_samples, timesteps=a.eval_timesteps,
+                                   cache_path=cache_path) for d in docs]
+    if not any(per_seed):
+        return []
+    lines = ["## Stitch diagnostics", "",
+             "Evaluation only, from the finished tickets, on the same noise as the curves: each "
+             "region served by the uniform EB ticket instead, and the ticket order inverted. A "
+             "swap that lowers digits-FD marks the region where the plan loses quality.", "",
+             "| set | variant | digits-FD | change vs as trained | valid |", "|---|---|---|---|---|"]
+    for label in per_seed[0]:
+        names = [v[0] for v in per_seed[0][label]]
+        for i, name in enumerate(names):
+            vals = [s[label][i][1] for s in per_seed if label in s]
+            base = [s[label][0][1] for s in per_seed if label in s]
+            valid = [s[label][i][2] for s in per_seed if label in s and s[label][i][2] is not None]
+            change = "–" if i == 0 else fmt_interval([v - b for v, b in zip(vals, base)])
+            lines.append(f"| {label} | {name} | {fmt_interval(vals)} | {change} | "
+                         f"{fmt_interval(valid, '.0%')} |")
+    return lines + [""]
+
+
+def _protocol(cfg, a, study_s):
+    s = cfg.sampling
+    return [
+        "Generated by `python earlybird_scripts/study.py " + " ".join(_argv(a)) + "` in "
+        f"{study_s / 60:.0f} min of wall-clock in all on a 2-core CPU (every invocation "
+        "counted, the one that wrote this page included).", "",
+        "Quality is digits-FD (the Fréchet distance in a digit classifier's features, not "
+        "Inception FID; lower is better) and 'valid', the share of samples that classifier "
+        "calls one digit with confidence >= 0.9, measured along training on "
+        f"{a.eval_samples} images of {a.eval_timesteps} {s.skip_type} DDIM steps, the same "
+        "per-image noise for every evaluation and every method. Costs are training FLOPs (a "
+        "forward pass's FLOPs as `torch.utils.flop_counter` counts them, attention included, "
+        "x 3 for forward + backward x images; machine-independent) and wall-clock, both on "
+        "the critical path: the EB ticket and TA-EB pay for dense training up to their EB "
+        "epoch, train-prune-finetune for the whole converged dense run (Diff-Pruning's "
+        "protocol: prune the final weights), TA-EB for its slowest ticket (the tickets ran "
+        "one at a time, each with the whole machine). Each fine-tune stops at its first "
+        "evaluation at or below the dense reference's level, or at its cap; the cost to the "
+        "target is where its curve first crosses that level (interpolated between "
+        "evaluations; `<` marks an upper bound on the speed-up: the method never got there, "
+        "its whole cost counts). Spreads are the half-width of the 95% Student-t interval of "
+        f"the mean over {a.seeds} seeds. Float kernels differ between CPU types, so these "
+        "numbers move on another machine by about the seed-to-seed spread; compare methods "
+        "within one page.", ""]
 
 
 def write_page(cfg, a, docs, *, out, study_s):
@@ -70,7 +179,6 @@ def write_page(cfg, a, docs, *, out, study_s):
                         dense_curve_doc=docs["plain"][i] if variant != "plain" else None)
             for i, doc in enumerate(names)]
     noise = noise_floor(cfg, a, docs["plain"][0])
-    dense_epochs = cfg.training.n_epochs
     out_dir = os.path.dirname(os.path.abspath(out))
     os.makedirs(out_dir, exist_ok=True)
     stem = os.path.splitext(os.path.basename(out))[0]
@@ -79,37 +187,21 @@ def write_page(cfg, a, docs, *, out, study_s):
         figs[unit] = os.path.join(out_dir, f"{stem}_quality_{unit}.png")
         plot_curves(results, figs[unit], unit)
     variants = [("plain", "")] + ([("speed", " + SpeeD")] if "speed" in results else [])
-    lines = [f"# Evidence: {cfg.data.dataset.lower()} ({a.seeds} seeds)", "",
-             "Generated by `python earlybird_scripts/study.py " + " ".join(_argv(a)) + "` "
-             f"in {study_s / 60:.0f} min of wall-clock in all on a 2-core CPU (every invocation "
-             "counted, the one that wrote this page included). Dense "
-             f"training: {dense_epochs} epochs; every ticket is fine-tuned "
-             f"{a.finetune_epochs or max(1, dense_epochs // 2)} epochs (the uniform ticket of "
-             "TA-EB's fine-tuning FLOPs as many as give it those FLOPs).", "",
-             "Quality is digits-FD (the Fréchet distance in a digit classifier's features, "
-             "not Inception FID; lower is better), measured along training every "
-             f"{a.eval_every} epochs on {a.eval_samples} images of {a.eval_timesteps} "
-             f"{s.skip_type} DDIM steps, the same per-image noise for every evaluation and "
-             "every method. Costs are training FLOPs (2 FLOPs per MAC x 3 for forward + "
-             "backward x MACs per image x images; machine-independent) and wall-clock on the "
-             "critical path (TA-EB: its slowest ticket, the tickets trained one at a time, "
-             "each with the whole machine). The equal-quality speed-up is the dense run's "
-             "cost to first reach a method's final quality (interpolated between "
-             "evaluations) over the method's cost, always against the plain dense run; `>` marks "
-             "a lower bound (dense never got there). Fixed budget: each method's own epochs, "
-             "against the dense run of the same variant (+ SpeeD rows: dense + SpeeD). "
-             "Mean ± std over seeds.", ""]
+    lines = [f"# Evidence: {cfg.data.dataset.lower()} ({a.seeds} seeds)", ""]
+    lines += _protocol(cfg, a, study_s) + dense_lines(a, docs["plain"])
+    lines += ["## Headline: the cost to reach the dense reference's quality", ""]
     lines += headline_rows(results, variants) + [""]
     write_data(out, HEADLINE_COLUMNS, headline_data(results, variants))
     lines += [f"Noise floor of the metric: two sets of {a.eval_samples} images from the same "
-              f"models differ by up to {noise:.2f} digits-FD. N = {a.eval_samples} keeps one "
-              "evaluation to seconds on a CPU, so the dense run can be evaluated often enough "
-              "to interpolate; differences within the larger of this floor and two standard "
-              "errors over seeds are called within noise.", ""]
-    lines += ["## Verdicts", ""]
-    for claim, word, numbers in verdicts(results, noise, dense_epochs):
+              f"models differ by up to {noise:.2f} digits-FD. A difference is called within "
+              "noise unless it exceeds the larger of this floor and the 95% interval's "
+              "half-width over seeds.", "", "## Verdicts", ""]
+    for claim, word, numbers in verdicts(results, noise):
         lines.append(f"- {claim}: **{word}** — {numbers}.")
-    lines += ["", "## Quality against training cost (seed 0)", "",
+    lines += [""] + diagnostics_lines(cfg, a, docs["plain"], os.path.join(
+        Layout(a.exp).report_dir("study"), "diagnostics.json"))
+    lines += plan_lines(a, docs["plain"], out_dir, stem)
+    lines += ["## Quality against training cost (seed 0)", "",
               f"![quality vs FLOPs]({os.path.basename(figs['flops'])})", "",
               f"![quality vs wall-clock]({os.path.basename(figs['wall'])})", ""]
     atomic_write_text(out, "\n".join(lines) + "\n")
@@ -120,6 +212,7 @@ def _argv(a):
     from core.config import flatten_overrides
     args = [f"--config {a.config}", f"--exp {a.exp}", f"--seeds {a.seeds}"]
     args += ["--speed"] if a.speed else []
+    args += ["--fixed_epochs"] if getattr(a, "fixed_epochs", False) else []
     args += [f"--finetune_epochs {a.finetune_epochs}"] if a.finetune_epochs else []
     for flag in ("eval_every", "eval_samples", "eval_timesteps"):
         args.append(f"--{flag} {getattr(a, flag)}")

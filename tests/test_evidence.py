@@ -8,7 +8,8 @@ import pytest
 from conftest import pipeline_config, run_py
 from core.runlog import critical_and_total
 from evaluation.evidence import (Speedup, best_equal_ratio, cost_to_reach,
-                              equal_quality_speedup, mean_std, sampling_average_macs, verdict)
+                              equal_quality_speedup, fmt_interval, interval, mean_std,
+                              quality_at, sampling_average_macs, verdict)
 
 
 def test_cost_records_carry_training_flops_by_hand_count(trained):
@@ -75,44 +76,102 @@ def test_verdicts():
     wide = verdict([-10.0, 8.0, -7.0], noise_floor=0.5)
     assert wide.word == "inconclusive (within noise)" and wide.margin > 0.5
     assert mean_std([1.0, 3.0]) == (2.0, pytest.approx(2 ** 0.5))
+    # the margin is the 95% Student-t half-width: 3 seeds, sd 1 -> 4.303 / sqrt(3) = 2.484
+    m, h = interval([1.0, 2.0, 3.0])
+    assert m == 2.0 and h == pytest.approx(4.302653 / 3 ** 0.5, rel=1e-5)
+    assert verdict([-2.0, -3.0, -4.0], noise_floor=0.1).margin == pytest.approx(h)
+    assert verdict([-2.0, -3.0, -4.0], noise_floor=0.1).word == "holds"        # 3 > 2.48
+    assert verdict([-1.0, -2.0, -3.0], noise_floor=0.1).word.startswith("inconclusive")
+    assert interval([5.0]) == (5.0, None) and fmt_interval([5.0]) == "5.00"
+    assert fmt_interval([1.0, 2.0, 3.0]) == "2.00 ± 2.48"
+
+
+def test_quality_at_a_cost():
+    curve = [(10, 100.0), (20, 80.0), (30, 60.0)]
+    assert quality_at(curve, 15) == pytest.approx(90.0)
+    assert quality_at(curve, 30) == 60.0 and quality_at(curve, 50) == 60.0  # stopped early
+    assert quality_at(curve, 5) is None
 
 
 @pytest.mark.slow
 def test_study_on_tiny_settings(tmp_path):
+    """The study's protocol end to end: dense to a plateau, every method to its level,
+    planned TA-EB beside the hand-set one, stitch diagnostics, data beside the page."""
     path = pipeline_config(tmp_path / "s.yml", 2)
     out = tmp_path / "page" / "tiny.md"
     res = run_py(["earlybird_scripts/study.py", "--config", path, "--exp", str(tmp_path / "e"),
-                  "--doc", "t", "--seeds", "2", "--speed", "--finetune_epochs", "1",
-                  "--eval_every", "1", "--eval_samples", "16", "--eval_timesteps", "3",
-                  "--out", str(out)], timeout=900)
+                  "--doc", "t", "--seeds", "2", "--eval_samples", "16", "--eval_timesteps", "3",
+                  "--out", str(out), "--override", "target.every=1", "target.max_epochs=2",
+                  "target.plateau_max_epochs=3", "target.plateau_patience=1",
+                  "taeb.plan_images=8", "taeb.plan_bins=4"], timeout=900)
     assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
     page = out.read_text()
-    for column in ("digits-FD", "EB epoch", "equal-quality speed-up vs dense, FLOPs",
-                   "same, wall-clock", "fixed budget vs dense, FLOPs / wall",
-                   "vs train-prune-finetune, FLOPs / wall"):
+    for column in ("reached the target", "cost to the target, TFLOPs",
+                   "speed-up to the target vs dense, FLOPs", "final digits-FD", "valid",
+                   "fixed budget vs dense, FLOPs / wall"):
         assert column in page
     for row in ("| Dense |", "| EB ticket (p=0.5) |", "| Train-prune-finetune (p=0.5) |",
-                "| TA-EB ([0,40):0.3, [40,100):0.5) |", "| Dense + SpeeD |",
-                "| EB ticket (p=0.5) + SpeeD |", "| TA-EB ([0,40):0.3, [40,100):0.5) + SpeeD |",
-                "Uniform EB ticket, TA-EB's fine-tuning FLOPs"):
+                "| TA-EB ([0,40):0.3, [40,100):0.5) |", "| TA-EB planned (", "| t_s0 |",
+                "## The dense reference", "## Stitch diagnostics", "## Planned regions",
+                "inverted order", "-> uniform EB ticket"):
         assert row in page, row
     for claim in ("(a) the EB epoch comes early", "(b) the EB ticket reaches",
-                  "(c) TA-EB beats a uniform EB ticket of equal cost", "(SpeeD)"):
-        line = next(line for line in page.splitlines() if claim in line)
-        assert any(w in line for w in ("**holds**", "**does not hold**",
-                                       "**inconclusive (within noise)**")), line
-    # dense + SpeeD is measured against plain dense, not its own reference
-    cells = next(line for line in page.splitlines() if line.startswith("| Dense + SpeeD |"))
-    assert cells.split("|")[4].strip().rstrip("x").split()[-1].replace(".", "").isdigit()
-    assert sum(line.startswith("- (SpeeD)") for line in page.splitlines()) == 3
-    assert "Noise floor of the metric" in page and "± " in page
-    for fig in ("tiny_quality_flops.png", "tiny_quality_wall.png"):
+                  "(c) TA-EB (hand-set regions)", "(c') TA-EB with planned regions"):
+        lines = [line for line in page.splitlines() if claim in line]
+        assert len(lines) == (1 if claim.startswith("(a)") else 2), claim
+        for line in lines:
+            assert any(w in line for w in ("**holds**", "**does not hold**",
+                                           "**inconclusive")), line
+    # every fine-tune stopped at the target or at its cap of 2 epochs, and says which
+    import glob
+    recs = [json.load(open(f)) for f in glob.glob(str(tmp_path / "e" / "targets" / "*.json"))]
+    assert {r["kind"] for r in recs} == {"plateau", "target"}
+    for r in recs:
+        if r["kind"] == "target":
+            assert r["reached"] == any(v <= r["target"] for v in r["values"])
+            assert r["reached"] or r["epochs"] == 2
+        else:
+            assert r["epochs"] <= 3 and r["level"] == pytest.approx(
+                sum(r["values"][-2:]) / 2)
+    assert "95% Student-t interval" in page and "Noise floor of the metric" in page
+    for fig in ("tiny_quality_flops.png", "tiny_quality_wall.png", "tiny_plan.png"):
         assert (out.parent / fig).stat().st_size > 2000 and f"({fig})" in page
     # the headline as data beside the page: one row per table row, the same numbers
     data = json.load(open(out.with_suffix(".json")))
-    methods = [line.split("|")[1].strip() for line in page.splitlines()
+    head = page[page.index("## Headline"):page.index("Noise floor")]
+    methods = [line.split("|")[1].strip() for line in head.splitlines()
                if line.startswith("| ") and not line.startswith("| Method")]
     assert [r["method"] for r in data["rows"]] == methods
     dense = next(r for r in data["rows"] if r["method"] == "Dense")
-    assert f"| Dense | {dense['digits_fd_mean']:.2f} ± {dense['digits_fd_std']:.2f} |" in page
-    assert (out.parent / "tiny.csv").read_text().startswith("method,seeds,")
+    assert f"| {dense['digits_fd_mean']:.2f} ± {dense['digits_fd_ci95']:.2f} |" in page
+    assert (out.parent / "tiny.csv").read_text().startswith("method,seeds,reached,")
+
+
+def _fake(kind, to_target, quality, curve, flops=10.0):
+    return {"method": kind, "kind": kind, "quality": quality, "valid": 0.5, "eb_epoch": 2,
+            "flops": flops, "wall": flops, "to_target": to_target, "curve": curve,
+            "epochs": 10}
+
+
+def test_claims_at_equal_quality_and_equal_cost():
+    from evaluation.study import verdicts
+    seeds = []
+    for k in range(3):
+        seeds.append({
+            "dense": _fake("dense", (9.0, 9.0), 50.0, [(0, 0, 90.0), (9, 9, 50.0)]),
+            # EB reaches the target at ~1/3 of train-prune-finetune's cost
+            "eb": _fake("eb", (3.0 + 0.1 * k, 3.0), 49.0, [(2, 2, 80.0), (3, 3, 49.0)]),
+            "tpf": _fake("tpf", (9.5, 9.5), 49.5, [(9, 9, 60.0), (9.5, 9.5, 49.5)]),
+            # TA-EB never gets there; at equal cost it is 30 worse than the EB ticket
+            "taeb": _fake("taeb", None, 79.0, [(2, 2, 110.0), (3, 3, 79.0)]),
+        })
+    v = {claim: (word, nums) for claim, word, nums in verdicts({"plain": seeds}, 5.0)}
+    eq_q = next(k for k in v if k.startswith("(b)") and "equal quality" in k)
+    assert v[eq_q][0] == "holds" and "EB / TPF = 0.33" in v[eq_q][1]
+    eq_c = next(k for k in v if k.startswith("(b)") and "equal cost" in k)
+    # at TPF's first evaluation (cost 9) the EB ticket has stopped at 49, TPF is at 60
+    assert v[eq_c][0] == "holds" and "= -11.00 ± 0.00" in v[eq_c][1]
+    c_q = next(k for k in v if k.startswith("(c)") and "equal quality" in k)
+    assert v[c_q][0] == "does not hold" and "only the second: 3" in v[c_q][1]
+    c_c = next(k for k in v if k.startswith("(c)") and "equal cost" in k)
+    assert v[c_c][0] == "does not hold" and "= 30.00" in v[c_c][1]
