@@ -100,7 +100,7 @@ def test_training_range_overlap_and_visited_only():
     assert training_range(cfg, Region(240, 440, 0.6)) == (220, 460, None)
     lo, hi, unvisited = training_range(cfg, Region(440, 1000, 0.8))
     assert (lo, hi) == (420, 821) and unvisited == (801, 821)   # only the overlap is unvisited
-    full = load_config("digits.yml", ["taeb.visited_only=false"])
+    full = load_config("digits.yml", ["taeb.visited_only=false", "taeb.overlap=0"])
     assert training_range(full, Region(440, 1000, 0.8)) == (440, 1000, (801, 1000))
 
 
