@@ -150,7 +150,8 @@ def test_two_tickets_with_two_gloo_processes_each(trained, tmp_path):
         assert [c["world_size"] for c in costs] == [2]
         assert "torch.distributed.run" in open(L.region_log("tiny", rng)).read()
         c = torch.load(L.latest_checkpoint(doc), weights_only=True)
-        assert c["ts_range"] == rng and c["epochs_done"] == 1
+        # taeb.visited_only: the 5-step quad sampler never goes above t = 80 of 100
+        assert c["ts_range"] == [rng[0], min(rng[1], 81)] and c["epochs_done"] == 1
     man = yaml.safe_load(open(L.manifest("tiny")))
     assert "2 DDP processes per ticket" in man["schedule"]
     assert [t["range"] for t in man["tickets"]] == [[0, 40], [40, 100]]
