@@ -28,6 +28,12 @@ def build_parser():
     p.add_argument("--doc", default="digits",
                    help="run name stem: seed s runs as {doc}_s{s} (default: %(default)s)")
     p.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1 (default: %(default)s)")
+    p.add_argument("--seed_ids", type=int, nargs="+", default=None,
+                   help="these seeds instead of 0..N-1 (default: 0..N-1)")
+    p.add_argument("--page_only", action="store_true",
+                   help="write the page from the seeds' finished pipelines, running none (a "
+                        "page after a change to the page's code) (default: run what is "
+                        "unfinished)")
     p.add_argument("--speed", action="store_true",
                    help="also every seed with the SpeeD timestep sampler: dense, EB ticket "
                         "and TA-EB (default: off)")
@@ -45,6 +51,9 @@ def build_parser():
                    help="images per quality evaluation (default: %(default)s)")
     p.add_argument("--eval_timesteps", type=int, default=25,
                    help="sampling steps per quality evaluation (default: %(default)s)")
+    p.add_argument("--note", action="append", default=[],
+                   help="a sentence for the page, e.g. what else shared the machine (repeatable; "
+                        "default: none)")
     p.add_argument("--out", default=None,
                    help="the results page (default: {exp}/report/study/results.md)")
     add_override_flag(p)
@@ -89,10 +98,14 @@ def main(argv=None):
         variants.append(("speed", "_speed", ["--skip_tpf"] + protocol +
                          ["--override", "training.timestep_sampler=speed"]))
     docs = {}
-    for seed in range(a.seeds):
+    seeds = a.seed_ids or list(range(a.seeds))
+    a.seeds = len(seeds)
+    for seed in seeds:
         for name, suffix, extra in variants:
             doc = f"{a.doc}{suffix}_s{seed}"
             docs.setdefault(name, []).append(doc)
+            if a.page_only:
+                continue
             cmd = pipeline_cmd(a, doc, seed, extra)
             print(f"\n##### seed {seed}{' (SpeeD)' if name == 'speed' else ''}\n$ "
                   f"{' '.join(cmd)}", flush=True)
@@ -101,7 +114,8 @@ def main(argv=None):
     from core.layout import Layout
     layout = Layout(a.exp)
     out = a.out or layout.study_page()
-    total_s = record_wall_time(layout.study_wall(), time.perf_counter() - t0)
+    total_s = record_wall_time(layout.study_wall(), 0.0 if a.page_only else
+                               time.perf_counter() - t0)
     write_page(cfg, a, docs, out=out, study_s=total_s)
     print(f"\nstudy page: {out} ({time.perf_counter() - t0:.0f}s now, {total_s:.0f}s in all)")
     return 0

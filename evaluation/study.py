@@ -83,6 +83,8 @@ def _groups(results, variants):
             per = [s[kind] for s in seeds if kind in s]
             if per:
                 name = per[0]["method"] if kind != "dense" else "Dense"
+                if kind == "taeb_plan":  # each seed plans its own regions
+                    name = "TA-EB planned (regions per seed below)"
                 yield variant, name + label_suffix, kind, per
 
 
