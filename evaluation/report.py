@@ -26,8 +26,9 @@ def _metric_json(layout, method):
         return json.load(f)
 
 
-def _metric(layout, method):
-    m = _metric_json(layout, method)
+def _metric(layout, method, m=None):
+    """(name, value) of a method's sample metric file (already read: ``m``), or None."""
+    m = _metric_json(layout, method) if m is None else m
     if "fid" in m:
         return ("FID", m["fid"])
     if "digits_fd" in m:
@@ -59,10 +60,11 @@ def _cost(costs, upto=None):
 
 def _row(method, *, kind, key, params, macs, eb, epochs, critical, total, layout):
     """critical / total: (wall s, FLOPs) pairs."""
+    m = _metric_json(layout, key)  # read once: the metric and the valid share
     return {"method": method, "kind": kind, "key": key, "params": params, "macs": macs,
             "eb_epoch": eb, "epochs": epochs, "critical_s": critical[0], "total_s": total[0],
             "critical_flops": critical[1], "total_flops": total[1],
-            "metric": _metric(layout, key), "valid": _metric_json(layout, key).get("valid")}
+            "metric": _metric(layout, key, m), "valid": m.get("valid")}
 
 
 def _finetune_row(layout, kind, *, ratio, name, dense_costs, notes):

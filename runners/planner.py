@@ -94,7 +94,7 @@ def plan_dp(gaps, weights, macs, budget, max_regions):
 
 
 def plan_cost(regions, weights, macs):
-    """(gap is not needed here) sampling-averaged MACs of ((i, j, ratio), ...)."""
+    """Sampling-averaged MACs per image of a plan ((first bin, end bin, ratio), ...)."""
     return sum(sum(weights[i:j]) * macs[r] for i, j, r in regions)
 
 
