@@ -34,6 +34,20 @@ def cost_to_reach(curve, target):
     return None
 
 
+def reach_bounds(curve, target):
+    """(lo, hi): the evaluation interval in which ``curve`` [(cost, quality)] first reaches
+    ``target``, the resolution of cost_to_reach (between two evaluations the curve is unknown);
+    None if it never does. A crossing at the first evaluation gets an interval as long as the
+    one after it (evaluations are evenly spaced in epochs), not below zero."""
+    for i, (cost, q) in enumerate(curve):
+        if q <= target:
+            if i:
+                return float(curve[i - 1][0]), float(cost)
+            step = curve[1][0] - cost if len(curve) > 1 else 0.0
+            return float(max(cost - step, 0.0)), float(cost)
+    return None
+
+
 def equal_quality_speedup(dense_curve, target, method_cost):
     """Speedup of a method of final quality ``target`` and cost ``method_cost`` over dense."""
     if method_cost <= 0:

@@ -9,7 +9,7 @@ finished stages are reused, so an interrupted study continues where it stopped.
 """
 from evaluation.costs import cost_to_target, method_curves
 from evaluation.evidence import (equal_quality_speedup, fmt_interval, interval, quality_at,
-                                 verdict)
+                                 reach_bounds, verdict)
 from evaluation.report import collect
 
 PLAIN_KINDS = ("dense", "tpf", "eb", "eqflops", "taeb", "taeb_plan")
@@ -160,13 +160,22 @@ def _cost_claim(name, pairs, word_if):
     only_a = sum(1 for a, b in pairs if a["to_target"] and not b["to_target"])
     only_b = sum(1 for a, b in pairs if b["to_target"] and not a["to_target"])
     ratios = [a["to_target"][0] / b["to_target"][0] for a, b in both]
+    # each crossing is known only to within one evaluation interval: a ratio's resolution is
+    # half the range those intervals allow, and no smaller difference decides
+    resolution = []
+    for a, b in both:
+        (alo, ahi), (blo, bhi) = (reach_bounds([(f, q) for _, f, q in m["curve"]],
+                                               m["target"]) for m in (a, b))
+        resolution.append((ahi / blo - alo / bhi) / 2 if blo > 0 else float("inf"))
     if both:
-        v = verdict([r - 1 for r in ratios], 0.0)
+        v = verdict([r - 1 for r in ratios], sum(resolution) / len(resolution))
         word = v.word if not (only_a or only_b) else (
             "holds" if only_a and not only_b and v.word != "does not hold" else
             "does not hold" if only_b and not only_a and v.word != "holds" else
             "inconclusive (mixed)")
-        nums = f"cost to the target {word_if} = {fmt_interval(ratios)} in FLOPs"
+        nums = (f"cost to the target {word_if} = {fmt_interval(ratios)} in FLOPs (margin "
+                f"{v.margin:.2f}; one evaluation interval alone allows ± "
+                f"{sum(resolution) / len(resolution):.2f})")
     else:
         word = "holds" if only_a > only_b else "does not hold" if only_b > only_a else \
             "inconclusive (neither reached the target)"

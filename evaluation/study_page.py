@@ -202,7 +202,9 @@ def write_page(cfg, a, docs, *, out, study_s):
     lines += [f"Noise floor of the metric: two sets of {a.eval_samples} images from the same "
               f"models differ by up to {noise:.2f} digits-FD. A difference is called within "
               "noise unless it exceeds the larger of this floor and the 95% interval's "
-              "half-width over seeds.", "", "## Verdicts", ""]
+              "half-width over seeds; a ratio of costs to the target, unless it exceeds the "
+              "larger of that half-width and the evaluation grid's resolution (each crossing "
+              "is known to within one evaluation interval).", "", "## Verdicts", ""]
     for claim, word, numbers in verdicts(results, noise):
         lines.append(f"- {claim}: **{word}** — {numbers}.")
     lines += [""] + diagnostics_lines(cfg, a, docs["plain"], os.path.join(

@@ -150,7 +150,30 @@ def test_study_on_tiny_settings(tmp_path):
 def _fake(kind, to_target, quality, curve, flops=10.0):
     return {"method": kind, "kind": kind, "quality": quality, "valid": 0.5, "eb_epoch": 2,
             "flops": flops, "wall": flops, "to_target": to_target, "curve": curve,
-            "epochs": 10}
+            "epochs": 10, "target": 50.0}
+
+
+def test_reach_bounds_are_the_evaluation_interval_of_the_crossing():
+    from evaluation.evidence import reach_bounds
+    curve = [(10, 100.0), (20, 80.0), (30, 60.0), (40, 40.0)]
+    assert reach_bounds(curve, 70.0) == (20.0, 30.0)
+    assert reach_bounds(curve, 100.0) == (0.0, 10.0)      # first point: one interval back
+    assert reach_bounds(curve, 30.0) is None
+
+
+def test_a_cost_ratio_within_one_evaluation_interval_does_not_decide():
+    from evaluation.study import verdicts
+    # A and B cross the target in the same evaluation interval [8, 12]; the interpolated
+    # costs differ by 6%, less than the interval allows
+    seeds = [{"dense": _fake("dense", (9.0, 9.0), 50.0, [(0, 0, 90.0), (9, 9, 50.0)]),
+              "eb": _fake("eb", (10.6, 10.6), 45.0, [(8, 8, 60.0), (12, 12, 45.0)]),
+              "tpf": _fake("tpf", (10.0, 10.0), 40.0, [(8, 8, 60.0), (12, 12, 40.0)])}
+             for _ in range(3)]
+    v = {claim: (word, nums) for claim, word, nums in verdicts({"plain": seeds}, 5.0)}
+    eq_q = next(k for k in v if k.startswith("(b)") and "equal quality" in k)
+    assert v[eq_q][0] == "inconclusive (within noise)"
+    # (12/8 - 8/12) / 2 = 0.42
+    assert "allows ± 0.42" in v[eq_q][1]
 
 
 def test_claims_at_equal_quality_and_equal_cost():
