@@ -8,8 +8,8 @@ Each seed is one pipeline run (``{doc}_s{seed}``; with SpeeD also ``{doc}_speed_
 finished stages are reused, so an interrupted study continues where it stopped.
 """
 from evaluation.costs import cost_to_target, method_curves
-from evaluation.evidence import (equal_quality_speedup, fmt_interval, interval, quality_at,
-                                 reach_bounds, verdict)
+from evaluation.evidence import (cost_to_reach, equal_quality_speedup, fmt_interval,
+                                 interval, quality_at, reach_bounds, verdict)
 from evaluation.report import collect
 
 PLAIN_KINDS = ("dense", "tpf", "eb", "eqflops", "taeb", "taeb_plan")
@@ -154,35 +154,59 @@ def headline_rows(results, variants):
     return lines
 
 
+def _flops_curve(res):
+    return [(f, q) for _, f, q in res["curve"]]
+
+
+def _ratio_verdict(both, word_if, what):
+    """Cost ratios A / B at given levels: both [(A result, B result, level)]. Each crossing is
+    known only to within one evaluation interval, so a ratio's resolution is half the range
+    those two intervals allow; no smaller difference decides."""
+    ratios, resolution = [], []
+    for a, b, level in both:
+        ca, cb = (cost_to_reach(_flops_curve(m), level) for m in (a, b))
+        (alo, ahi), (blo, bhi) = (reach_bounds(_flops_curve(m), level) for m in (a, b))
+        ratios.append(ca / cb)
+        resolution.append((ahi / blo - alo / bhi) / 2 if blo > 0 else float("inf"))
+    res = sum(resolution) / len(resolution)
+    v = verdict([r - 1 for r in ratios], res)
+    return v, (f"cost to {what} {word_if} = {fmt_interval(ratios)} in FLOPs (margin "
+               f"{v.margin:.2f}; one evaluation interval alone allows ± {res:.2f})")
+
+
 def _cost_claim(name, pairs, word_if):
     """A claim "A costs less than B to reach the target": pairs [(A result, B result)]."""
-    both = [(a, b) for a, b in pairs if a["to_target"] and b["to_target"]]
+    both = [(a, b, a["target"]) for a, b in pairs if a["to_target"] and b["to_target"]]
     only_a = sum(1 for a, b in pairs if a["to_target"] and not b["to_target"])
     only_b = sum(1 for a, b in pairs if b["to_target"] and not a["to_target"])
-    ratios = [a["to_target"][0] / b["to_target"][0] for a, b in both]
-    # each crossing is known only to within one evaluation interval: a ratio's resolution is
-    # half the range those intervals allow, and no smaller difference decides
-    resolution = []
-    for a, b in both:
-        (alo, ahi), (blo, bhi) = (reach_bounds([(f, q) for _, f, q in m["curve"]],
-                                               m["target"]) for m in (a, b))
-        resolution.append((ahi / blo - alo / bhi) / 2 if blo > 0 else float("inf"))
     if both:
-        v = verdict([r - 1 for r in ratios], sum(resolution) / len(resolution))
+        v, nums = _ratio_verdict(both, word_if, "the target")
         word = v.word if not (only_a or only_b) else (
             "holds" if only_a and not only_b and v.word != "does not hold" else
             "does not hold" if only_b and not only_a and v.word != "holds" else
             "inconclusive (mixed)")
-        nums = (f"cost to the target {word_if} = {fmt_interval(ratios)} in FLOPs (margin "
-                f"{v.margin:.2f}; one evaluation interval alone allows ± "
-                f"{sum(resolution) / len(resolution):.2f})")
     else:
         word = "holds" if only_a > only_b else "does not hold" if only_b > only_a else \
             "inconclusive (neither reached the target)"
         nums = "no seed where both reached the target"
     nums += f" ({len(both)} seeds both reached it; only the first: {only_a}, only the " \
             f"second: {only_b})"
-    return (f"{name}, at equal quality", word, nums)
+    return (f"{name}, at equal quality (the dense target)", word, nums)
+
+
+def common_level(a, b):
+    """The best quality both curves reached: the worse of the two methods' best scores."""
+    return max(min(q for _, _, q in a["curve"]), min(q for _, _, q in b["curve"]))
+
+
+def _level_claim(name, pairs, word_if):
+    """The claim at equal quality where the dense target is out of reach: the cost of each
+    method to reach the best level both reached (per seed)."""
+    both = [(a, b, common_level(a, b)) for a, b in pairs]
+    v, nums = _ratio_verdict(both, word_if, "that level")
+    levels = fmt_interval([lv for _, _, lv in both])
+    return (f"{name}, at equal quality (the best level both reached, digits-FD {levels})",
+            v.word, nums)
 
 
 def _quality_claim(name, pairs, noise_floor, label):
@@ -221,6 +245,7 @@ def verdicts(results, noise_floor):
         pairs = [(s[a_kind], s[b_kind]) for s in plain if a_kind in s and b_kind in s]
         if pairs:
             out.append(_cost_claim(name, pairs, ratio_name))
+            out.append(_level_claim(name, pairs, ratio_name))
             out.append(_quality_claim(name, pairs, noise_floor,
                                       ratio_name.replace(" / ", " - ")))
     out += _speed_verdicts(plain, results.get("speed", []), noise_floor)

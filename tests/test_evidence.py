@@ -170,7 +170,7 @@ def test_a_cost_ratio_within_one_evaluation_interval_does_not_decide():
               "tpf": _fake("tpf", (10.0, 10.0), 40.0, [(8, 8, 60.0), (12, 12, 40.0)])}
              for _ in range(3)]
     v = {claim: (word, nums) for claim, word, nums in verdicts({"plain": seeds}, 5.0)}
-    eq_q = next(k for k in v if k.startswith("(b)") and "equal quality" in k)
+    eq_q = next(k for k in v if k.startswith("(b)") and "dense target" in k)
     assert v[eq_q][0] == "inconclusive (within noise)"
     # (12/8 - 8/12) / 2 = 0.42
     assert "allows ± 0.42" in v[eq_q][1]
@@ -189,12 +189,21 @@ def test_claims_at_equal_quality_and_equal_cost():
             "taeb": _fake("taeb", None, 79.0, [(2, 2, 110.0), (3, 3, 79.0)]),
         })
     v = {claim: (word, nums) for claim, word, nums in verdicts({"plain": seeds}, 5.0)}
-    eq_q = next(k for k in v if k.startswith("(b)") and "equal quality" in k)
-    assert v[eq_q][0] == "holds" and "EB / TPF = 0.33" in v[eq_q][1]
+    eq_q = next(k for k in v if k.startswith("(b)") and "dense target" in k)
+    # read off the curves at the target 50: EB 2.97, TPF 9.48
+    assert v[eq_q][0] == "holds" and "EB / TPF = 0.31" in v[eq_q][1]
     eq_c = next(k for k in v if k.startswith("(b)") and "equal cost" in k)
     # at TPF's first evaluation (cost 9) the EB ticket has stopped at 49, TPF is at 60
     assert v[eq_c][0] == "holds" and "= -11.00 ± 0.00" in v[eq_c][1]
-    c_q = next(k for k in v if k.startswith("(c)") and "equal quality" in k)
+    c_q = next(k for k in v if k.startswith("(c)") and "dense target" in k)
     assert v[c_q][0] == "does not hold" and "only the second: 3" in v[c_q][1]
     c_c = next(k for k in v if k.startswith("(c)") and "equal cost" in k)
     assert v[c_c][0] == "does not hold" and "= 30.00" in v[c_c][1]
+    # at the best level both reached: (b) EB gets to TPF's 49.5 at 2.98, TPF at 9.5
+    b_l = next(k for k in v if k.startswith("(b)") and "both reached" in k)
+    assert "digits-FD 49.50" in b_l and v[b_l][0] == "holds" and "= 0.31" in v[b_l][1]
+    # (c) TA-EB's best, 79, is reached by the EB ticket at 2.03, by TA-EB at 3: 1.48x, more
+    # than one evaluation interval allows ((3/2 - 2/3) / 2 = 0.42)
+    c_l = next(k for k in v if k.startswith("(c)") and "both reached" in k)
+    assert "digits-FD 79.00" in c_l and v[c_l][0] == "does not hold"
+    assert "= 1.48" in v[c_l][1] and "allows ± 0.42" in v[c_l][1]
