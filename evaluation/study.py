@@ -170,8 +170,22 @@ def _ratio_verdict(both, word_if, what):
         resolution.append((ahi / blo - alo / bhi) / 2 if blo > 0 else float("inf"))
     res = sum(resolution) / len(resolution)
     v = verdict([r - 1 for r in ratios], res)
-    return v, (f"cost to {what} {word_if} = {fmt_interval(ratios)} in FLOPs (margin "
-               f"{v.margin:.2f}; one evaluation interval alone allows ± {res:.2f})")
+    # per seed: A cheaper (+1) or dearer (-1) beyond that seed's resolution, else 0
+    sides = [(r < 1 - e) - (r > 1 + e) for r, e in zip(ratios, resolution)]
+    return v, sides, (f"cost to {what} {word_if} = {fmt_interval(ratios)} in FLOPs (margin "
+                      f"{v.margin:.2f}; one evaluation interval alone allows ± {res:.2f})")
+
+
+def _majority(pro, con, n):
+    """A claim decided seed by seed: it holds when more than half the seeds are for it and
+    none against, fails in the mirror case; otherwise it is inconclusive."""
+    if pro and con:
+        return "inconclusive (mixed)"
+    if pro > n / 2:
+        return "holds"
+    if con > n / 2:
+        return "does not hold"
+    return "inconclusive (too few seeds decide)"
 
 
 def _cost_claim(name, pairs, word_if):
@@ -180,17 +194,17 @@ def _cost_claim(name, pairs, word_if):
     only_a = sum(1 for a, b in pairs if a["to_target"] and not b["to_target"])
     only_b = sum(1 for a, b in pairs if b["to_target"] and not a["to_target"])
     if both:
-        v, nums = _ratio_verdict(both, word_if, "the target")
-        word = v.word if not (only_a or only_b) else (
-            "holds" if only_a and not only_b and v.word != "does not hold" else
-            "does not hold" if only_b and not only_a and v.word != "holds" else
-            "inconclusive (mixed)")
+        v, sides, nums = _ratio_verdict(both, word_if, "the target")
+        # every seed reached it with both: the interval over seeds decides; otherwise the
+        # seeds where only one got there count for or against it, seed by seed
+        word = v.word if len(both) == len(pairs) else _majority(
+            only_a + sides.count(1), only_b + sides.count(-1), len(pairs))
     else:
-        word = "holds" if only_a > only_b else "does not hold" if only_b > only_a else \
+        word = _majority(only_a, only_b, len(pairs)) if only_a or only_b else \
             "inconclusive (neither reached the target)"
         nums = "no seed where both reached the target"
-    nums += f" ({len(both)} seeds both reached it; only the first: {only_a}, only the " \
-            f"second: {only_b})"
+    nums += f" ({len(both)} seed{'s' if len(both) != 1 else ''} where both reached it; only " \
+            f"the first: {only_a}, only the second: {only_b})"
     return (f"{name}, at equal quality (the dense target)", word, nums)
 
 
@@ -203,7 +217,7 @@ def _level_claim(name, pairs, word_if):
     """The claim at equal quality where the dense target is out of reach: the cost of each
     method to reach the best level both reached (per seed)."""
     both = [(a, b, common_level(a, b)) for a, b in pairs]
-    v, nums = _ratio_verdict(both, word_if, "that level")
+    v, _, nums = _ratio_verdict(both, word_if, "that level")
     levels = fmt_interval([lv for _, _, lv in both])
     return (f"{name}, at equal quality (the best level both reached, digits-FD {levels})",
             v.word, nums)

@@ -207,3 +207,29 @@ def test_claims_at_equal_quality_and_equal_cost():
     c_l = next(k for k in v if k.startswith("(c)") and "both reached" in k)
     assert "digits-FD 79.00" in c_l and v[c_l][0] == "does not hold"
     assert "= 1.48" in v[c_l][1] and "allows ± 0.42" in v[c_l][1]
+
+
+def test_a_claim_at_the_target_is_decided_seed_by_seed_when_some_seeds_miss_it():
+    from evaluation.study import verdicts
+    dense = _fake("dense", (9.0, 9.0), 50.0, [(0, 0, 90.0), (9, 9, 50.0)])
+    reach = lambda k: _fake(k, (10.6, 10.6), 45.0, [(8, 8, 60.0), (12, 12, 45.0)])  # noqa
+    miss = lambda k: _fake(k, None, 70.0, [(8, 8, 90.0), (12, 12, 70.0)])           # noqa
+    early = lambda k: _fake(k, (5.0, 5.0), 45.0, [(4, 4, 60.0), (6, 6, 45.0)])      # noqa
+
+    def word(seeds):
+        v = {c: w for c, w, _ in verdicts({"plain": seeds}, 5.0)}
+        return next(w for c, w in v.items() if c.startswith("(b)") and "dense target" in c)
+    # one seed for (only the EB ticket got there), one tie within the grid, one neither
+    assert word([{"dense": dense, "eb": reach("eb"), "tpf": miss("tpf")},
+                 {"dense": dense, "eb": reach("eb"), "tpf": reach("tpf")},
+                 {"dense": dense, "eb": miss("eb"), "tpf": miss("tpf")}]) \
+        == "inconclusive (too few seeds decide)"
+    # two seeds for (one where only it got there, one clearly cheaper), one tie
+    assert word([{"dense": dense, "eb": reach("eb"), "tpf": miss("tpf")},
+                 {"dense": dense, "eb": early("eb"), "tpf": reach("tpf")},
+                 {"dense": dense, "eb": reach("eb"), "tpf": reach("tpf")}]) == "holds"
+    # one for, one against
+    assert word([{"dense": dense, "eb": reach("eb"), "tpf": miss("tpf")},
+                 {"dense": dense, "eb": miss("eb"), "tpf": reach("tpf")},
+                 {"dense": dense, "eb": reach("eb"), "tpf": reach("tpf")}]) \
+        == "inconclusive (mixed)"
