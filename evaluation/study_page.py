@@ -65,6 +65,11 @@ def plot_curves(results, out_png, unit):
         ax.set_xlabel("training wall-clock, s (critical path, this machine)")
     ax.set_ylabel("digits-FD (lower is better)")
     ax.set_yscale("log")
+    from matplotlib.ticker import LogLocator, NullFormatter, ScalarFormatter
+    for axis in ((ax.xaxis, ax.yaxis) if unit == "flops" else (ax.yaxis,)):
+        axis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))  # 10, 20, 50, ...
+        axis.set_major_formatter(ScalarFormatter())   # plain numbers, not 2 x 10^1
+        axis.set_minor_formatter(NullFormatter())     # minor ticks unlabelled: no overlaps
     ax.legend(fontsize=6)
     fig.tight_layout()
     fig.savefig(out_png, dpi=80)
