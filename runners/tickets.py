@@ -102,11 +102,13 @@ def _region_args(xp, job, *, resume, until_epoch=None):
 
 
 def warn_unvisited(cfg, jobs):
-    """One line per ticket that trains timesteps the configured sampler never visits."""
+    """One line per ticket that trains timesteps the configured sampler never visits, beyond
+    the ``taeb.overlap`` margin every ticket trains past its ends on purpose."""
     s = cfg.sampling
+    margin_end = visited_top(cfg) + 1 + cfg.taeb.overlap
     for j in jobs:
         lo, hi, unvisited = training_range(cfg, j.region)
-        if unvisited:
+        if unvisited and unvisited[1] > margin_end:
             print(f"warning: the ticket for {j.label} trains timesteps [{unvisited[0]}, "
                   f"{unvisited[1]}), which the {s.timesteps}-step {s.skip_type} sampler never "
                   f"visits (its highest is {visited_top(cfg)}); taeb.visited_only: true trains "

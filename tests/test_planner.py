@@ -104,6 +104,20 @@ def test_training_range_overlap_and_visited_only():
     assert training_range(full, Region(440, 1000, 0.8)) == (440, 1000, (801, 1000))
 
 
+def test_a_warning_only_for_training_beyond_the_overlap_margin(capsys):
+    from types import SimpleNamespace
+    from core.config import load_config
+    from core.regions import Region
+    from runners.tickets import warn_unvisited
+    jobs = [SimpleNamespace(region=Region(*r), label=f"[{r[0]}, {r[1]})")
+            for r in ((0, 240, 0.4), (240, 440, 0.6), (440, 1000, 0.8))]
+    warn_unvisited(load_config("digits.yml", ["taeb.overlap=20"]), jobs)   # [801, 821): margin
+    assert capsys.readouterr().err == ""
+    warn_unvisited(load_config("digits.yml", ["taeb.visited_only=false"]), jobs)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "[440, 1000)" in err[0] and "[801, 1000)" in err[0]
+
+
 def test_plan_regions_script_on_a_trained_run(trained, tmp_path):
     exp = str(tmp_path / "exp")
     shutil.copytree(trained["exp"], exp)
