@@ -274,7 +274,8 @@ def _earlybird_claim(plain):
                 "no EB epoch was found for every seed")
     v = verdict([f - 0.5 for f in fr], 0.0)
     return ("(a) the EB epoch comes early (in the first half of the dense run)", v.word,
-            f"EB epoch at {fmt_interval(fr)} of the dense run's epochs")
+            f"EB epoch at {fmt_interval(fr)} of the dense run's epochs (margin to one half: "
+            f"{v.margin:.2f})")
 
 
 def _speed_verdicts(plain, speed, noise_floor):
