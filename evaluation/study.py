@@ -188,6 +188,30 @@ def _majority(pro, con, n):
     return "inconclusive (too few seeds decide)"
 
 
+def per_seed_rows(results, names):
+    """Markdown rows, one per seed run (``names``: their docs): the dense target and, for
+    every method, its final digits-FD and whether (at what cost) it reached the target."""
+    seeds = results.get("plain", [])
+    kinds = [k for k in PLAIN_KINDS if any(k in s for s in seeds)]
+    lines = ["| seed run | " + " | ".join(LABELS[k] for k in kinds) + " |",
+             "|---|" + "---|" * len(kinds)]
+    for i, s in enumerate(seeds):
+        cells = []
+        for k in kinds:
+            r = s.get(k)
+            if r is None:
+                cells.append("–")
+            elif k == "dense":
+                cells.append(f"target {r['target']:.2f} ({r['epochs']} epochs)")
+            elif r["to_target"]:
+                cells.append(f"{r['quality']:.2f}, reached at {r['to_target'][0] / 1e12:.2f} "
+                             f"TFLOPs")
+            else:
+                cells.append(f"{r['quality']:.2f}, not reached")
+        lines.append(f"| {names[i]} | " + " | ".join(cells) + " |")
+    return lines
+
+
 def _cost_claim(name, pairs, word_if):
     """A claim "A costs less than B to reach the target": pairs [(A result, B result)]."""
     both = [(a, b, a["target"]) for a, b in pairs if a["to_target"] and b["to_target"]]

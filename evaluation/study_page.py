@@ -9,7 +9,7 @@ from core.layout import Layout, eb_doc
 from evaluation.curves import digits_quality, sample_fixed
 from evaluation.evidence import fmt_interval
 from evaluation.study import (HEADLINE_COLUMNS, LABELS, headline_data, headline_rows,
-                              seed_result, verdicts)
+                              per_seed_rows, seed_result, verdicts)
 from evaluation.tables import write_data
 from evaluation.targets import read_record
 from utils.io import atomic_write_text, load_yaml
@@ -203,6 +203,8 @@ def write_page(cfg, a, docs, *, out, study_s):
     lines += _protocol(cfg, a, study_s) + dense_lines(a, docs["plain"])
     lines += ["## Headline: the cost to reach the dense reference's quality", ""]
     lines += headline_rows(results, variants) + [""]
+    lines += ["Per seed (the seed's target, each method's final digits-FD, and whether it got "
+              "there):", ""] + per_seed_rows(results, docs["plain"]) + [""]
     write_data(out, HEADLINE_COLUMNS, headline_data(results, variants))
     lines += [f"Noise floor of the metric: two sets of {a.eval_samples} images from the same "
               f"models differ by up to {noise:.2f} digits-FD. A difference is called within "

@@ -113,7 +113,8 @@ def test_study_on_tiny_settings(tmp_path):
     for row in ("| Dense |", "| EB ticket (p=0.5) |", "| Train-prune-finetune (p=0.5) |",
                 "| TA-EB ([0,40):0.3, [40,100):0.5) |", "| TA-EB planned (", "| t_s0 |",
                 "## The dense reference", "## Stitch diagnostics", "## Planned regions",
-                "inverted order", "-> uniform EB ticket"):
+                "inverted order", "-> uniform EB ticket",
+                "| seed run | Dense | Train-prune-finetune | EB ticket | TA-EB | TA-EB planned |"):
         assert row in page, row
     for claim in ("(a) the EB epoch comes early", "(b) the EB ticket reaches",
                   "(c) TA-EB (hand-set regions)", "(c') TA-EB with planned regions"):
@@ -126,6 +127,9 @@ def test_study_on_tiny_settings(tmp_path):
         for line in lines:
             assert any(w in line for w in ("**holds**", "**does not hold**",
                                            "**inconclusive")), line
+    # the per-seed table says, for every method, reached or not, as the target records do
+    seed_row = next(line for line in page.splitlines() if line.startswith("| t_s0 | target "))
+    assert seed_row.count("reached") == 4
     # every fine-tune stopped at the target or at its cap of 2 epochs, and says which
     import glob
     recs = [json.load(open(f)) for f in glob.glob(str(tmp_path / "e" / "targets" / "*.json"))]
@@ -142,7 +146,7 @@ def test_study_on_tiny_settings(tmp_path):
         assert (out.parent / fig).stat().st_size > 2000 and f"({fig})" in page
     # the headline as data beside the page: one row per table row, the same numbers
     data = json.load(open(out.with_suffix(".json")))
-    head = page[page.index("## Headline"):page.index("Noise floor")]
+    head = page[page.index("## Headline"):page.index("Per seed")]
     methods = [line.split("|")[1].strip() for line in head.splitlines()
                if line.startswith("| ") and not line.startswith("| Method")]
     assert [r["method"] for r in data["rows"]] == methods
