@@ -19,19 +19,23 @@ class Speedup:
         return f"{'> ' if self.lower_bound else ''}{self.value:.{digits}f}x"
 
 
+def _first_reach(curve, target):
+    """Index of the first evaluation of ``curve`` [(cost, quality)] at or below ``target``."""
+    return next((i for i, (_, q) in enumerate(curve) if q <= target), None)
+
+
 def cost_to_reach(curve, target):
     """curve: [(cost, quality)] in training order. The cost at which quality first reaches
     ``target`` (<=), linearly interpolated between evaluations; None if it never does. A curve
     that dips below and rises again counts its first crossing."""
-    prev = None
-    for cost, q in curve:
-        if q <= target:
-            if prev is None or prev[1] == q:
-                return float(cost)
-            c0, q0 = prev
-            return float(c0 + (cost - c0) * (q0 - target) / (q0 - q))
-        prev = (cost, q)
-    return None
+    i = _first_reach(curve, target)
+    if i is None:
+        return None
+    cost, q = curve[i]
+    if not i or curve[i - 1][1] == q:
+        return float(cost)
+    c0, q0 = curve[i - 1]
+    return float(c0 + (cost - c0) * (q0 - target) / (q0 - q))
 
 
 def reach_bounds(curve, target):
@@ -39,13 +43,14 @@ def reach_bounds(curve, target):
     ``target``, the resolution of cost_to_reach (between two evaluations the curve is unknown);
     None if it never does. A crossing at the first evaluation gets an interval as long as the
     one after it (evaluations are evenly spaced in epochs), not below zero."""
-    for i, (cost, q) in enumerate(curve):
-        if q <= target:
-            if i:
-                return float(curve[i - 1][0]), float(cost)
-            step = curve[1][0] - cost if len(curve) > 1 else 0.0
-            return float(max(cost - step, 0.0)), float(cost)
-    return None
+    i = _first_reach(curve, target)
+    if i is None:
+        return None
+    cost = curve[i][0]
+    if i:
+        return float(curve[i - 1][0]), float(cost)
+    step = curve[1][0] - cost if len(curve) > 1 else 0.0
+    return float(max(cost - step, 0.0)), float(cost)
 
 
 def equal_quality_speedup(dense_curve, target, method_cost):

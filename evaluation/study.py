@@ -154,19 +154,15 @@ def headline_rows(results, variants):
     return lines
 
 
-def _flops_curve(res):
-    return [(f, q) for _, f, q in res["curve"]]
-
-
 def _ratio_verdict(both, word_if, what):
     """Cost ratios A / B at given levels: both [(A result, B result, level)]. Each crossing is
     known only to within one evaluation interval, so a ratio's resolution is half the range
     those two intervals allow; no smaller difference decides."""
     ratios, resolution = [], []
     for a, b, level in both:
-        ca, cb = (cost_to_reach(_flops_curve(m), level) for m in (a, b))
-        (alo, ahi), (blo, bhi) = (reach_bounds(_flops_curve(m), level) for m in (a, b))
-        ratios.append(ca / cb)
+        fa, fb = ([(f, q) for _, f, q in m["curve"]] for m in (a, b))
+        (alo, ahi), (blo, bhi) = reach_bounds(fa, level), reach_bounds(fb, level)
+        ratios.append(cost_to_reach(fa, level) / cost_to_reach(fb, level))
         resolution.append((ahi / blo - alo / bhi) / 2 if blo > 0 else float("inf"))
     res = sum(resolution) / len(resolution)
     v = verdict([r - 1 for r in ratios], res)
@@ -195,7 +191,7 @@ def per_seed_rows(results, names):
     kinds = [k for k in PLAIN_KINDS if any(k in s for s in seeds)]
     lines = ["| seed run | " + " | ".join(LABELS[k] for k in kinds) + " |",
              "|---|" + "---|" * len(kinds)]
-    for i, s in enumerate(seeds):
+    for name, s in zip(names, seeds):
         cells = []
         for k in kinds:
             r = s.get(k)
@@ -208,7 +204,7 @@ def per_seed_rows(results, names):
                              f"TFLOPs")
             else:
                 cells.append(f"{r['quality']:.2f}, not reached")
-        lines.append(f"| {names[i]} | " + " | ".join(cells) + " |")
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return lines
 
 

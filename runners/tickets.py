@@ -105,13 +105,14 @@ def warn_unvisited(cfg, jobs):
     """One line per ticket that trains timesteps the configured sampler never visits, beyond
     the ``taeb.overlap`` margin every ticket trains past its ends on purpose."""
     s = cfg.sampling
-    margin_end = visited_top(cfg) + 1 + cfg.taeb.overlap
+    top = visited_top(cfg)
+    margin_end = top + 1 + cfg.taeb.overlap
     for j in jobs:
         lo, hi, unvisited = training_range(cfg, j.region)
         if unvisited and unvisited[1] > margin_end:
             print(f"warning: the ticket for {j.label} trains timesteps [{unvisited[0]}, "
                   f"{unvisited[1]}), which the {s.timesteps}-step {s.skip_type} sampler never "
-                  f"visits (its highest is {visited_top(cfg)}); taeb.visited_only: true trains "
+                  f"visits (its highest is {top}); taeb.visited_only: true trains "
                   f"only where samples are drawn", file=sys.stderr)
 
 
