@@ -80,6 +80,11 @@ def load_checkpoint(path, map_location="cpu"):
     raise UserError(f"{path}: not a checkpoint of this project (no 'model'/'model_args')")
 
 
+def epochs_done(path):
+    """Epochs a run has finished, read from its latest checkpoint (0 when there is none)."""
+    return load_checkpoint(path)["epochs_done"] if os.path.isfile(path) else 0
+
+
 def build_model(model_args, pruning=None):
     """A fresh network (random weights) of the stored architecture."""
     if pruning:

@@ -155,6 +155,9 @@ class EarlyBirdSettings:
     window: int = 5                 # masks in the FIFO (the paper's and the release's 5)
     threshold: float = 0.1          # largest Hamming distance inside the window (d <= eta)
     stop: bool = False              # stop dense training once every ratio has its EB epoch
+    fallback: str = "error"         # a ratio whose masks never settle: error | last (its
+                                    # ticket is drawn at the dense run's last epoch; the
+                                    # pipeline's choice, said in a note)
 
 
 @dataclass(frozen=True)
@@ -195,6 +198,24 @@ class TargetSettings:
 
 
 @dataclass(frozen=True)
+class PipelineSettings:
+    """What earlybird_scripts/run_pipeline.py runs beyond the stages' own settings (its flags
+    override these; every stage reads them from the resolved {exp}/pipeline/{doc}.yml)."""
+    pruning_ratio: float = 0.5      # the EB ticket's and train-prune-finetune's ratio (and the
+                                    # planner's budget: the uniform ticket of this ratio)
+    tpf: bool = True                # train the train-prune-finetune baseline
+    plan: bool = False              # also TA-EB on regions planned from measured loss gaps
+    equal_flops: bool = False       # also a uniform EB ticket given TA-EB's fine-tuning FLOPs
+    final_samples: bool = True      # sample sampling.n_samples images per method and score them
+    eval_every: int = 0             # quality along training: every K-th epoch (0: final only)
+    eval_samples: int = 300         # images per quality evaluation along training
+    eval_timesteps: int = 25        # sampling steps per quality evaluation
+    max_parallel: int = 0           # TA-EB tickets trained at once (0: train_tickets' default)
+    fid_ref: str = ""               # other data than digits: real images (folder / .npz) for FID
+    inception_weights: str = ""     # local pt_inception-2015-12-05 weights ("": download)
+
+
+@dataclass(frozen=True)
 class Settings:
     """A validated config: one frozen record per section, every derived default resolved."""
     data: DataSettings
@@ -209,6 +230,7 @@ class Settings:
     earlybird: EarlyBirdSettings
     taeb: TaebSettings
     target: TargetSettings = TargetSettings()
+    pipeline: PipelineSettings = PipelineSettings()
 
     def as_dict(self):
         """Plain nested dict (lists, not tuples): checkpoints, config.yml, ``validate`` again."""
@@ -223,6 +245,12 @@ class Settings:
                     attn_resolutions=list(m.attn_resolutions), dropout=m.dropout,
                     resolution=d.image_size, resamp_with_conv=m.resamp_with_conv,
                     gn_groups=m.gn_groups)
+
+    def pruning_ratios(self):
+        """Every ratio a pipeline of these settings prunes at: earlybird.ratios, the EB
+        ticket's (pipeline.pruning_ratio) and each hand-set region's."""
+        return tuple(sorted(set(self.earlybird.ratios) | {self.pipeline.pruning_ratio} |
+                            {r.pruning_ratio for r in self.taeb.regions}))
 
     def with_overrides(self, overrides, source="config"):
         """A new Settings with 'section.key=value' overrides applied and checked."""
@@ -255,6 +283,7 @@ CHOICES = {
     ("fast", "amp"): ["auto", "bf16", "bf16_weights", "off"],
     ("fast", "channels_last"): ["auto", "on", "off"],
     ("earlybird", "pruner"): list(PRUNERS),
+    ("earlybird", "fallback"): ["error", "last"],
 }
 
 
@@ -296,8 +325,6 @@ def _check_type(where, value, kind):
             raise UserError(f"{where}: expected a string, got {value!r}")
         return value
     if kind is tuple:
-        if value == "auto" and where.endswith("taeb.regions"):
-            return ("auto",)
         if not isinstance(value, (list, tuple)):
             raise UserError(f"{where}: expected a list, got {value!r}")
         return tuple(value)
@@ -321,8 +348,10 @@ def validate(raw, source="config"):
             if key not in DEFAULTS[section]:
                 raise UserError(f"{source}: unknown key '{section}.{key}' "
                                 f"(known: {', '.join(DEFAULTS[section])})")
-            cfg[section][key] = _check_type(f"{source}: {section}.{key}", value,
-                                            TYPES[section][key])
+            # taeb.regions: auto stands for a list the planner fills in
+            cfg[section][key] = ("auto",) if (section, key) == ("taeb", "regions") and \
+                value == "auto" else _check_type(f"{source}: {section}.{key}", value,
+                                                 TYPES[section][key])
     for section, values in cfg.items():
         for key, value in values.items():
             if value is REQUIRED:
@@ -391,6 +420,9 @@ RANGES = {
     ("target", "max_epochs"): NON_NEGATIVE, ("target", "max_flops"): NON_NEGATIVE,
     ("target", "plateau_patience"): NON_NEGATIVE, ("target", "plateau_delta"): NON_NEGATIVE,
     ("target", "plateau_max_epochs"): NON_NEGATIVE,
+    ("pipeline", "pruning_ratio"): FRACTION, ("pipeline", "eval_every"): NON_NEGATIVE,
+    ("pipeline", "eval_samples"): AT_LEAST_ONE, ("pipeline", "eval_timesteps"): AT_LEAST_ONE,
+    ("pipeline", "max_parallel"): NON_NEGATIVE,
     ("speed", "k"): POSITIVE, ("speed", "lam"): (0, 1, True, True), ("speed", "tau"): NON_NEGATIVE,
 }
 
@@ -405,6 +437,15 @@ def in_range(value, lo, hi, lo_in, hi_in):
     above = value >= lo if lo_in else value > lo
     below = hi is None or (value <= hi if hi_in else value < hi)
     return above and below
+
+
+def check_setting(section, key, value, flag):
+    """A script's flag that stands for ``section.key``, checked against that setting's range
+    (scripts that take no config re-declare no rule of their own)."""
+    spec = RANGES[(section, key)]
+    if not in_range(value, *spec):
+        raise UserError(f"{flag} {value!r}: must be {_range_text(*spec)} (as {section}.{key})")
+    return value
 
 
 def _check_values(cfg, source):

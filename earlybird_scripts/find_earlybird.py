@@ -26,13 +26,11 @@ def main(argv=None):
     from models.earlybird import find_earlybird
     from core.layout import earlybird_result_in
     from runners.masks import load_mask_series, pruner_arg
+    from core.config import check_setting
     from utils.io import atomic_write_json
-    if not 0 < a.pruning_ratio < 1:
-        raise UserError(f"--pruning_ratio {a.pruning_ratio}: must be in (0, 1)")
-    if a.window < 2:
-        raise UserError("--window must be at least 2")
-    if not 0 < a.threshold < 1:
-        raise UserError(f"--threshold {a.threshold}: must be in (0, 1)")
+    check_setting("pipeline", "pruning_ratio", a.pruning_ratio, "--pruning_ratio")
+    check_setting("earlybird", "window", a.window, "--window")
+    check_setting("earlybird", "threshold", a.threshold, "--threshold")
     pruner = pruner_arg(a.pruner)
     series = load_mask_series(a.mask_dir, a.pruning_ratio, pruner, start_epoch=a.start_epoch,
                               end_epoch=a.end_epoch, doc=a.doc)

@@ -27,8 +27,9 @@ def build_parser():
     p.add_argument("--doc", default="run",
                    help="the dense run with per-epoch checkpoints and masks (default: "
                         "%(default)s)")
-    p.add_argument("--pruning_ratio", type=float, default=0.5,
-                   help="the uniform ticket whose MACs are the budget (default: %(default)s)")
+    p.add_argument("--pruning_ratio", type=float, default=None,
+                   help="the uniform ticket whose MACs are the budget (default: "
+                        "pipeline.pruning_ratio)")
     p.add_argument("--ratios", type=float, nargs="+", default=None,
                    help="candidate ratios (default: earlybird.ratios)")
     p.add_argument("--budget_macs", type=float, default=None,
@@ -48,29 +49,32 @@ def build_parser():
     return p
 
 
+# flags that name a config value: given, they override it (its range check is the config's)
+CONFIG_FLAGS = {"pruning_ratio": "pipeline.pruning_ratio", "bins": "taeb.plan_bins",
+                "images": "taeb.plan_images", "max_regions": "taeb.max_regions"}
+
+
 def main(argv=None):
     a = build_parser().parse_args(argv)
     import yaml
 
     from core.config import dump_config
-    from core.options import Experiment
+    from core.config import check_setting
+    from core.options import Experiment, flag_overrides
     from core.regions import parse_regions
     from evaluation.plots import plot_plan
     from runners.planner import make_plan
     from utils.io import atomic_write_text
     t0 = time.perf_counter()
-    xp = Experiment.load(a.config, a.exp, a.doc, flatten_overrides(a.override))
-    tb = xp.cfg.taeb
-    bins, images = a.bins or tb.plan_bins, a.images or tb.plan_images
-    max_regions = a.max_regions or tb.max_regions
-    if bins < 2 or images < 1 or max_regions < 1:
-        raise UserError("--bins must be at least 2, --images and --max_regions at least 1")
-    if not 0 < a.pruning_ratio < 1 or any(not 0 < r < 1 for r in a.ratios or []):
-        raise UserError("pruning ratios must be in (0, 1)")
+    xp = Experiment.load(a.config, a.exp, a.doc, flatten_overrides(a.override) +
+                         flag_overrides(a, CONFIG_FLAGS))
+    tb, ratio = xp.cfg.taeb, xp.cfg.pipeline.pruning_ratio
+    for r in a.ratios or []:
+        check_setting("pipeline", "pruning_ratio", r, "--ratios")
     if not os.path.isfile(xp.layout.latest_checkpoint(a.doc)):
         raise UserError(f"no dense run {a.doc} in {a.exp} (train it first)")
-    rec = make_plan(xp, budget_ratio=a.pruning_ratio, ratios=a.ratios or xp.cfg.earlybird.ratios,
-                    bins=bins, n_images=images, max_regions=max_regions,
+    rec = make_plan(xp, budget_ratio=ratio, ratios=a.ratios or xp.cfg.earlybird.ratios,
+                    bins=tb.plan_bins, n_images=tb.plan_images, max_regions=tb.max_regions,
                     budget_macs=a.budget_macs)
     out_dir = a.out_dir or xp.layout.plan_dir(a.doc)
     os.makedirs(out_dir, exist_ok=True)
@@ -81,7 +85,7 @@ def main(argv=None):
     print("plan: " + ", ".join(f"[{r.lo}, {r.hi}): p={r.pruning_ratio:g}" for r in regions))
     print(f"sampling-averaged MACs {rec['plan_macs'] / 1e6:.2f}M (budget "
           f"{rec['budget_macs'] / 1e6:.2f}M); weighted loss gap {rec['plan_gap']:.3f} (uniform "
-          f"p={a.pruning_ratio:g}: {rec['uniform_gap']:.3f}); {out_dir}/plan.yml, plan.png "
+          f"p={ratio:g}: {rec['uniform_gap']:.3f}); {out_dir}/plan.yml, plan.png "
           f"({rec['seconds']:.0f}s)")
     if a.write:
         from dataclasses import replace

@@ -149,16 +149,8 @@ def measure_gaps(xp, ratio_epochs, ticket_files, *, edges, n_images, log=print):
 
 def eb_epochs_or_last(xp, ratios, log=print):
     """{ratio: EB epoch}; a ratio without one is planned from the dense run's last epoch."""
-    from runners.tickets import eb_epoch_for
-    last = ck.load_checkpoint(xp.layout.latest_checkpoint(xp.doc))["epochs_done"] - 1
-    out = {}
-    for r in ratios:
-        e = eb_epoch_for(xp, r)
-        if e is None:
-            log(f"note: no early-bird epoch for p={r:g}; its ticket is taken at epoch {last}")
-            e = last
-        out[r] = e
-    return out
+    from runners.tickets import ticket_epoch
+    return {r: ticket_epoch(xp, r, fallback="last", log=log) for r in ratios}
 
 
 def make_plan(xp, *, budget_ratio, ratios, bins, n_images, max_regions, budget_macs=None,

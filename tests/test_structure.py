@@ -1,6 +1,7 @@
 """The shape of the source (checked on the source text with ``ast``): no import cycles; the
-layers import only downward (utils < models, datasets < core < runners (the pipeline's stages) <
-evaluation < entry points), so the stages never import the evaluation package; short functions
+layers import only downward (utils < models, datasets < core < runners (the training, pruning and
+sampling stages) < evaluation < pipeline (the stages in order) < entry points), so the stages
+never import the evaluation package; short functions
 in the packages that orchestrate; one module for the experiment layout; settings read as typed
 attributes, never re-looked-up in a config dict, and models/ taking plain keyword arguments."""
 import ast
@@ -8,7 +9,7 @@ import os
 
 from conftest import ROOT
 
-PACKAGES = ("models", "datasets", "core", "runners", "evaluation", "utils")
+PACKAGES = ("models", "datasets", "core", "runners", "evaluation", "pipeline", "utils")
 LAYOUT_NAMES = {"logs", "pruned", "tickets", "samples", "report", "curves", "metric",
                 "tensorboard", "pipeline"}
 # what each package may import of ours (entry points: main, earlybird_scripts/, bench/: anything)
@@ -16,7 +17,9 @@ ALLOWED = {"utils": {"utils"}, "models": {"models", "utils"},
            "datasets": {"datasets", "utils"},
            "core": {"core", "models", "datasets", "utils"},
            "runners": {"runners", "core", "models", "datasets", "utils"},
-           "evaluation": {"evaluation", "runners", "core", "models", "datasets", "utils"}}
+           "evaluation": {"evaluation", "runners", "core", "models", "datasets", "utils"},
+           "pipeline": {"pipeline", "evaluation", "runners", "core", "models", "datasets",
+                        "utils"}}
 
 
 def _modules():
@@ -90,27 +93,34 @@ def test_no_import_cycle():
     assert _cycle(_graph()) is None
 
 
-def test_packages_import_only_downward():
+def _upward_imports(graph):
+    """{module: [the project modules it imports from a higher layer]}."""
     wrong = {}
-    for m, deps in _graph().items():
+    for m, deps in graph.items():
         base = m.split(".")[0]
         if base in ALLOWED:
             bad = sorted(d for d in deps if d.split(".")[0] not in ALLOWED[base])
             if bad:
                 wrong[m] = bad
-    assert not wrong  # e.g. a stage (runners/) importing the evaluation package
+    return wrong
 
 
-def test_the_rule_catches_a_stage_importing_evaluation():
-    graph = {"runners.sample": {"evaluation.plots"}, "evaluation.plots": set()}
-    bad = [m for m, deps in graph.items()
-           if any(d.split(".")[0] not in ALLOWED[m.split(".")[0]] for d in deps)]
-    assert bad == ["runners.sample"]
+def test_packages_import_only_downward():
+    # e.g. a stage (runners/) importing the evaluation package, or anything the pipeline
+    assert not _upward_imports(_graph())
+
+
+def test_the_rule_catches_a_stage_importing_evaluation_or_the_pipeline():
+    graph = _graph()
+    graph["runners.sample"] = graph["runners.sample"] | {"evaluation.plots"}
+    graph["evaluation.report"] = graph["evaluation.report"] | {"pipeline.stages"}
+    assert _upward_imports(graph) == {"runners.sample": ["evaluation.plots"],
+                                      "evaluation.report": ["pipeline.stages"]}
 
 
 def test_functions_of_the_orchestrating_packages_are_short():
     long = []
-    for pkg in ("core", "runners", "evaluation"):
+    for pkg in ("core", "runners", "evaluation", "pipeline"):
         for f in sorted(os.listdir(os.path.join(ROOT, pkg))):
             if f.endswith(".py"):
                 tree = ast.parse(open(os.path.join(ROOT, pkg, f)).read())
