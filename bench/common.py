@@ -20,7 +20,7 @@ from models.unet import UNet  # noqa: E402
 from core.config import load_config  # noqa: E402
 from core.device import autocast_for, use_channels_last  # noqa: E402
 from runners.step import train_step  # noqa: E402
-from runners.train import make_optimizer  # noqa: E402
+from runners.optim import make_optimizer  # noqa: E402
 
 
 def sync(device):
@@ -78,13 +78,13 @@ def our_step_fn(cfg, model, batch, device):
     """A closure running one step of our training loop (fast path per cfg['fast']).
     batch: a tensor used every step, or a callable returning the next batch."""
     from core.device import precision
-    from runners.graph_step import GraphStep, graph_safe_optimizer
+    from runners.graph_step import GraphStep
     from runners.step import MasterWeights
     model = model.to(device).train()
     if use_channels_last(cfg, device):
         model = model.to(memory_format=torch.channels_last)
     graph = cfg.fast.cuda_graph
-    opt = (graph_safe_optimizer if graph else make_optimizer)(cfg, model.parameters(), device)
+    opt = make_optimizer(cfg, model.parameters(), device, graph_safe=graph)
     ema = EMA(model, cfg.model.ema_rate, foreach=cfg.fast.foreach_ema,
               warmup=cfg.model.ema_warmup)
     diffusion = Diffusion(**vars(cfg.diffusion), device=device)

@@ -115,8 +115,35 @@ def training_range(cfg, region):
     return lo, hi, unvisited
 
 
-def load_manifest(path, num_timesteps=None):
-    """tickets.yml -> list of ticket dicts with resolved checkpoint paths."""
+@dataclass(frozen=True)
+class ManifestTicket:
+    """One fine-tuned ticket of a manifest; ``checkpoint`` resolved to a path that exists."""
+    range: tuple
+    checkpoint: str
+    pruning_ratio: Optional[float] = None
+    eb_epoch: Optional[int] = None      # the dense epoch it was pruned at (None: a given file)
+    params: int = 0
+    macs: int = 0                       # per image (torch-pruning's count)
+    epochs: int = 0
+    wall_s: float = 0.0
+    train_flops: float = 0
+    slot: Optional[str] = None          # where it ran, when tickets shared a GPU group
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """tickets.yml, read once: the tickets of one TA-EB set in timestep order."""
+    path: str
+    tickets: tuple
+    doc: str = ""
+    ticket_set: str = ""
+    num_timesteps: Optional[int] = None
+    schedule: Optional[str] = None
+
+
+def read_manifest(path, num_timesteps=None):
+    """tickets.yml -> Manifest (every ticket's checkpoint found, the ranges tiling [0, T)):
+    the one reader of the file, for stitched sampling, the report and the diagnostics."""
     man = load_yaml(path, "ticket manifest")
     if not isinstance(man, dict) or not isinstance(man.get("tickets"), list) or \
             not man["tickets"]:
@@ -126,13 +153,20 @@ def load_manifest(path, num_timesteps=None):
     for i, t in enumerate(man["tickets"]):
         if not isinstance(t, dict) or "range" not in t or "checkpoint" not in t:
             raise UserError(f"{path}: ticket {i} needs 'range' and 'checkpoint'")
-        r = list(parse_range(t["range"], f"{path}: ticket {i}"))
+        r = parse_range(t["range"], f"{path}: ticket {i}")
         cp = t["checkpoint"]
         cand = cp if os.path.isabs(cp) else os.path.join(base, cp)
         if not os.path.isfile(cand) and os.path.isfile(cp):
             cand = cp
         if not os.path.isfile(cand):
             raise UserError(f"{path}: ticket {i} [{r[0]}, {r[1]}): checkpoint {cp} not found")
-        out.append(dict(t, range=r, checkpoint=cand))
-    check_tiling([t["range"] for t in out], num_timesteps or man.get("num_timesteps"), path)
-    return out
+        out.append(ManifestTicket(
+            range=r, checkpoint=cand, pruning_ratio=t.get("pruning_ratio"),
+            eb_epoch=t.get("eb_epoch"), params=t.get("params") or 0, macs=t.get("macs") or 0,
+            epochs=t.get("epochs") or 0, wall_s=t.get("wall_s") or 0.0,
+            train_flops=t.get("train_flops") or 0,
+            slot=(t.get("placement") or {}).get("slot")))
+    T = num_timesteps or man.get("num_timesteps")
+    check_tiling([t.range for t in out], T, path)
+    return Manifest(path, tuple(out), man.get("doc", ""), man.get("ticket_set") or
+                    man.get("doc", ""), T, man.get("schedule"))

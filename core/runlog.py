@@ -115,6 +115,18 @@ def training_flops(flops_per_image, images):
     return 3 * flops_per_image * images
 
 
+def record_cost(record):
+    """(wall-clock s, training FLOPs) of one costs.jsonl record; the online early-bird masks
+    are part of the wall-clock, FLOPs count training steps only."""
+    return record["wall_s"] + record.get("earlybird_s", 0.0), record.get("train_flops", 0)
+
+
+def summed_cost(costs, upto=None):
+    """(wall-clock s, training FLOPs) of a run's cost records of epochs <= ``upto`` (all)."""
+    sel = [record_cost(c) for c in costs if upto is None or c["epoch"] <= upto]
+    return sum(w for w, _ in sel), sum(f for _, f in sel)
+
+
 def critical_and_total(pre_cost, ticket_costs, slots=None):
     """Cost of tickets trained after a shared prefix: (critical path, total). Tickets on a
     device of their own run side by side: the critical path is the prefix + the slowest one.

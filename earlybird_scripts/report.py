@@ -15,18 +15,18 @@ def build_parser():
     p.add_argument("--exp", required=True, help="experiment root (default: required)")
     p.add_argument("--doc", required=True, help="the dense run's name (default: required)")
     p.add_argument("--out_dir", default=None, help="(default: {exp}/report/{doc})")
-    p.add_argument("--timesteps", type=int, default=100,
-                   help="sampling steps, for the TA-EB MACs average (default: %(default)s)")
-    p.add_argument("--skip_type", default="quad", choices=["uniform", "quad"],
-                   help="sampling schedule, for the TA-EB MACs average (default: %(default)s)")
+    p.add_argument("--config", default=None,
+                   help="the settings the runs were made with: their ratios, regions and "
+                        "sampler (default: {exp}/pipeline/{doc}.yml, else the dense run's "
+                        "config.yml)")
     return p
 
 
 def main(argv=None):
     a = build_parser().parse_args(argv)
-    from evaluation.report import table, write_report
-    path, rows, notes = write_report(a.exp, a.doc, a.out_dir, sampling_steps=a.timesteps,
-                                     skip_type=a.skip_type)
+    from evaluation.report import report_config, table, write_report
+    path, rows, notes = write_report(a.exp, a.doc, report_config(a.exp, a.doc, a.config),
+                                     a.out_dir)
     print(table(rows))
     for n in notes:
         print(f"missing: {n}")

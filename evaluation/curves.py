@@ -9,12 +9,10 @@ import os
 
 import torch
 
-from datasets import inverse_data_transform
-from models.diffusion import Diffusion, sample_images
 from models.stitched import StitchedTickets
 from core import checkpoint as ck
-from core.device import autocast_for
 from core.runlog import append_jsonl
+from runners.sample import sample_indexed
 from utils.io import read_jsonl
 
 
@@ -25,22 +23,11 @@ def eval_epochs(n_epochs, every):
 
 
 def sample_fixed(model, cfg, *, n, timesteps, device, batch_size=250):
-    """n images [N, C, H, W] in [0, 1], quantised like a PNG, from the fixed per-image noise."""
-    from runners.sample import image_noise, per_image_step_noise
-    d, s = cfg.data, cfg.sampling
-    device = torch.device(device)
-    shape = (d.channels, d.image_size, d.image_size)
-    diffusion = Diffusion(**vars(cfg.diffusion), device=device)
-    out = []
-    for b in range(0, n, batch_size):
-        idx = list(range(b, min(n, b + batch_size)))
-        noise = torch.stack([image_noise(i, shape, s.seed) for i in idx]).to(device)
-        x = sample_images(model, diffusion, noise, timesteps=timesteps,
-                          skip_type=s.skip_type, sample_type=s.sample_type, eta=s.eta,
-                          autocast=autocast_for(cfg, device),
-                          step_noise=per_image_step_noise(idx, s.seed, device))
-        out.append((inverse_data_transform(x.float().cpu()) * 255).round() / 255)
-    return torch.cat(out)
+    """n images [N, C, H, W] in [0, 1], quantised like a PNG, from the fixed per-image noise
+    (runners/sample.py's one sampling routine, as the sample folders)."""
+    out = [sample_indexed(model, cfg, list(range(b, min(n, b + batch_size))), device=device,
+                          timesteps=timesteps) for b in range(0, n, batch_size)]
+    return (torch.cat(out) * 255).round() / 255
 
 
 def digits_quality(cache_dir):

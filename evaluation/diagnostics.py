@@ -13,14 +13,14 @@ import os
 import torch
 
 from core.layout import Layout, eb_doc, plan_set, taeb_name
-from core.regions import load_manifest
+from core.regions import read_manifest
 from evaluation.curves import digits_quality, network_of, sample_fixed
 from utils.io import atomic_write_json, read_json
 
 
 def variants(tickets, uniform_ckpt):
     """[(label, [(range, checkpoint)])] of one ticket set (manifest tickets, in order)."""
-    own = [(tuple(t["range"]), t["checkpoint"]) for t in tickets]
+    own = [(t.range, t.checkpoint) for t in tickets]
     out = [("as trained", own)]
     for i, (rng, _) in enumerate(own):
         if uniform_ckpt:
@@ -37,7 +37,7 @@ def ticket_sets(layout, doc):
     for label, tset in (("TA-EB", doc), ("TA-EB planned", plan_set(doc))):
         path = layout.manifest(tset)
         if os.path.isfile(path):
-            out.append((label, tset, load_manifest(path)))
+            out.append((label, tset, read_manifest(path).tickets))
     return out
 
 

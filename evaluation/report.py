@@ -6,193 +6,149 @@ dense run {doc}, EB tickets {doc}_eb_{p} (fine-tuned from ckpt_ep{EB}), train-pr
 runs {doc}_tpf_{p} (fine-tuned from the last epoch), the TA-EB manifest, and each method's
 sample metric.
 """
-import json
 import os
+from dataclasses import replace
 
-import yaml
-
-from core.checkpoint import load_checkpoint
-from core.layout import Layout, plan_set, region_doc, sample_grid_of, taeb_name
-from core.runlog import read_costs
+from core.checkpoint import build_model, load_checkpoint
+from core.layout import Layout, region_doc, sample_grid_of, taeb_name
+from core.regions import read_manifest
+from core.runlog import critical_and_total, read_costs, summed_cost
+from evaluation.costs import cost_to_target, method_curves
+from evaluation.evidence import fraction, sampling_average_macs
+from evaluation.methods import BY_KIND, DATA_COLUMNS, FINETUNED, TICKET_SETS, Cost, Row
+from evaluation.plots import integer_epochs, plot_mask_series
+from evaluation.tables import write_data
+from evaluation.targets import read_record
+from models.diffusion import timestep_sequence
+from models.pruning import count_params_macs
 from utils.errors import UserError
-from utils.io import atomic_write_text
+from utils.io import atomic_write_text, read_json
 
 
-def _metric_json(layout, method):
-    path = layout.metric_file(method)
-    if not os.path.isfile(path):
-        return {}
-    with open(path) as f:
-        return json.load(f)
-
-
-def _metric(layout, method, m=None):
-    """(name, value) of a method's sample metric file (already read: ``m``), or None."""
-    m = _metric_json(layout, method) if m is None else m
-    if "fid" in m:
-        return ("FID", m["fid"])
-    if "digits_fd" in m:
-        return ("digits-FD", m["digits_fd"])
-    return None
+def read_metric(layout, key):
+    """(metric name, value, valid share, real digits' valid share) of a method's sample
+    metric file; Nones where there is none."""
+    m = read_json(layout.metric_file(key), {})
+    name = "FID" if "fid" in m else "digits-FD" if "digits_fd" in m else None
+    value = m.get("fid", m.get("digits_fd"))
+    return name, value, m.get("valid"), m.get("real_valid")
 
 
 def _arch_cost(ckpt_path):
-    """(params, MACs per image, EB epoch or None, pruning ratio or None) of a checkpoint's
-    network (from its pruning metadata when present)."""
+    """(params, MACs per image, EB epoch or None) of a checkpoint's network (from its pruning
+    metadata when present)."""
     c = load_checkpoint(ckpt_path)
     p = c.get("pruning") or {}
     if p.get("params") is not None:
-        return p["params"], p["macs"], p.get("epoch"), p.get("ratio")
-    from models.pruning import count_params_macs
-    from core.checkpoint import build_model
-    model = build_model(c["model_args"], c.get("pruning"))
-    params, macs = count_params_macs(model, c["model_args"])
-    return params, macs, None, None
+        return p["params"], p["macs"], p.get("epoch")
+    params, macs = count_params_macs(build_model(c["model_args"], c.get("pruning")),
+                                     c["model_args"])
+    return params, macs, None
 
 
-def _cost(costs, upto=None):
-    """(wall-clock seconds, training FLOPs) of the epochs <= upto (online early-bird time is
-    part of the wall-clock; FLOPs count training steps only)."""
-    sel = [c for c in costs if upto is None or c["epoch"] <= upto]
-    return (sum(c["wall_s"] + c.get("earlybird_s", 0.0) for c in sel),
-            sum(c.get("train_flops", 0) for c in sel))
+def _row(layout, method, name, key, *, critical, total, **kw):
+    metric, value, valid, _ = read_metric(layout, key)
+    return Row(method=method, name=name, key=key, critical=Cost(*critical),
+               total=Cost(*total), metric=metric, value=value, valid=valid, **kw)
 
 
-def _row(method, *, kind, key, params, macs, eb, epochs, critical, total, layout):
-    """critical / total: (wall s, FLOPs) pairs."""
-    m = _metric_json(layout, key)  # read once: the metric and the valid share
-    return {"method": method, "kind": kind, "key": key, "params": params, "macs": macs,
-            "eb_epoch": eb, "epochs": epochs, "critical_s": critical[0], "total_s": total[0],
-            "critical_flops": critical[1], "total_flops": total[1],
-            "metric": _metric(layout, key, m), "valid": m.get("valid")}
-
-
-def _finetune_row(layout, kind, *, ratio, name, dense_costs, notes):
-    from core.layout import RUN_KINDS
-    label = RUN_KINDS[kind]
-    ckpt = layout.latest_checkpoint(name)
-    costs = read_costs(layout.costs(name))
-    if not os.path.isfile(ckpt) or not costs:
-        notes.append(f"{label} at p={ratio:g}: fine-tuning has not run "
-                     f"({layout.run_dir(name)})")
-        return None
-    params, macs, eb, _ = _arch_cost(ckpt)
-    ft = _cost(costs)
-    pre = _cost(dense_costs) if kind == "tpf" else _cost(dense_costs, upto=eb)
+def _finetune_row(layout, method, *, ratio, name, dense_costs):
+    params, macs, eb = _arch_cost(layout.latest_checkpoint(name))
+    ft, pre = summed_cost(read_costs(layout.costs(name))), method.prefix_cost(dense_costs, eb)
     both = (pre[0] + ft[0], pre[1] + ft[1])
-    return _row(f"{label} (p={ratio:g})", kind=kind, key=name, params=params, macs=macs,
-                eb=None if kind == "tpf" else eb, epochs=len(costs), critical=both,
-                total=both, layout=layout)
+    return _row(layout, method, f"{method.label} (p={ratio:g})", name, params=params,
+                macs=macs, eb_epoch=eb if method.prefix == "eb" else None,
+                epochs=len(read_costs(layout.costs(name))), critical=both, total=both)
 
 
-def _taeb_row(layout, doc, man, *, dense_costs, sampling_steps, skip_type, notes,
-              kind="taeb", label="TA-EB"):
-    from models.diffusion import timestep_sequence
-    from core.runlog import critical_and_total
-    from evaluation.evidence import sampling_average_macs
-    tickets = man["tickets"]
-    seq = timestep_sequence(skip_type, sampling_steps, man["num_timesteps"])
-    avg_macs = sampling_average_macs([(*k["range"], k["macs"]) for k in tickets], seq)
-    ebs = [k["eb_epoch"] for k in tickets if k.get("eb_epoch") is not None]
+def _taeb_row(layout, method, man, *, dense_costs, sampling):
+    tickets = man.tickets
+    seq = timestep_sequence(sampling.skip_type, sampling.timesteps, man.num_timesteps)
+    ebs = [k.eb_epoch for k in tickets if k.eb_epoch is not None]
     eb_max = max(ebs) if ebs else None
-    if len(ebs) < len(tickets):
-        notes.append("TA-EB: some tickets were given as files; their dense training time "
-                     "before pruning is not counted")
-    pre = _cost(dense_costs, upto=eb_max) if eb_max is not None else (0.0, 0)
-    wall = critical_and_total(pre[0], [k["wall_s"] for k in tickets],
-                              [(k.get("placement") or {}).get("slot") for k in tickets])
-    flops = critical_and_total(pre[1], [k.get("train_flops", 0) for k in tickets])
-    regions = ", ".join(f"[{k['range'][0]},{k['range'][1]}):{k['pruning_ratio']:g}"
-                        for k in tickets)
-    tset = man.get("ticket_set") or doc
-    row = _row(f"{label} ({regions})", kind=kind, key=taeb_name(tset),
-               params=sum(k["params"] for k in tickets), macs=avg_macs, eb=eb_max,
-               epochs=max(k["epochs"] for k in tickets), critical=(wall[0], flops[0]),
-               total=(wall[1], flops[1]), layout=layout)
-    row["regions"] = [k["range"] for k in tickets]
-    row["set"] = tset
-    row["schedule"] = man.get("schedule")
-    return row
+    pre = method.prefix_cost(dense_costs, eb_max)
+    wall = critical_and_total(pre[0], [k.wall_s for k in tickets], [k.slot for k in tickets])
+    flops = critical_and_total(pre[1], [k.train_flops for k in tickets])
+    regions = ", ".join(f"[{k.range[0]},{k.range[1]}):{k.pruning_ratio:g}" for k in tickets)
+    return _row(layout, method, f"{method.label} ({regions})", taeb_name(man.ticket_set),
+                params=sum(k.params for k in tickets),
+                macs=sampling_average_macs([(*k.range, k.macs) for k in tickets], seq),
+                eb_epoch=eb_max, epochs=max(k.epochs for k in tickets),
+                critical=(wall[0], flops[0]), total=(wall[1], flops[1]),
+                regions=tuple(k.range for k in tickets), ticket_set=man.ticket_set,
+                schedule=man.schedule)
 
 
-def collect(exp, doc, *, sampling_steps=100, skip_type="quad"):
-    """Rows of the results table (dicts) and notes on what is missing."""
+def collect(exp, doc, cfg):
+    """Rows of the results table (Row records) and notes on what is missing. ``cfg``: the
+    settings the runs were made with (their ratios, regions and sampler)."""
     layout = Layout(exp)
     rows, notes = [], []
     dense_costs = read_costs(layout.costs(doc))
     if not dense_costs:
         raise UserError(f"{layout.run_dir(doc)}: no dense training run here (no costs.jsonl)")
-    params0, macs0, _, _ = _arch_cost(layout.latest_checkpoint(doc))
-    dense = _cost(dense_costs)
-    rows.append(_row("Dense", kind="dense", key=doc, params=params0, macs=macs0, eb=None,
-                     epochs=len(dense_costs), critical=dense, total=dense, layout=layout))
-    for kind in ("tpf", "eb", "eqflops"):
-        for ratio, name in layout.derived_runs(doc, kind):
-            row = _finetune_row(layout, kind, ratio=ratio, name=name, dense_costs=dense_costs,
-                                notes=notes)
-            if row:
-                rows.append(row)
-    if not any(r["kind"] == "tpf" for r in rows):
-        notes.append("train-prune-finetune: missing")
-    if not any(r["kind"] == "eb" for r in rows):
-        notes.append("EB ticket: missing")
-    for tset, kind, label in ((doc, "taeb", "TA-EB"), (plan_set(doc), "taeb_plan",
-                                                       "TA-EB planned")):
-        man_path = layout.manifest(tset)
-        if os.path.isfile(man_path):
-            with open(man_path) as f:
-                man = yaml.safe_load(f)
-            rows.append(_taeb_row(layout, doc, man, dense_costs=dense_costs,
-                                  sampling_steps=sampling_steps, skip_type=skip_type,
-                                  notes=notes, kind=kind, label=label))
-        elif kind == "taeb" and not os.path.isfile(layout.manifest(plan_set(doc))):
-            notes.append(f"TA-EB tickets: missing ({man_path})")
-    _speedups(rows)
-    _to_target(layout, doc, rows)
-    for r in rows:
-        if r["metric"] is None:
-            notes.append(f"{r['method']}: no sample metric yet ({layout.metric_file(r['key'])})")
+    params0, macs0, _ = _arch_cost(layout.latest_checkpoint(doc))
+    dense = summed_cost(dense_costs)
+    rows.append(_row(layout, BY_KIND["dense"], "Dense", doc, params=params0, macs=macs0,
+                     eb_epoch=None, epochs=len(dense_costs), critical=dense, total=dense))
+    for method in FINETUNED:
+        for ratio in cfg.pruning_ratios():
+            name = method.run_name(doc, ratio)
+            if not read_costs(layout.costs(name)) or \
+                    not os.path.isfile(layout.latest_checkpoint(name)):
+                continue
+            rows.append(_finetune_row(layout, method, ratio=ratio, name=name,
+                                      dense_costs=dense_costs))
+    notes += [f"{BY_KIND[k].label}: missing" for k in ("tpf", "eb")
+              if not any(r.kind == k for r in rows)]
+    for method in TICKET_SETS:
+        path = layout.manifest(method.set_name(doc))
+        if os.path.isfile(path):
+            man = read_manifest(path)
+            rows.append(_taeb_row(layout, method, man, dense_costs=dense_costs,
+                                  sampling=cfg.sampling))
+            if any(k.eb_epoch is None for k in man.tickets):
+                notes.append(f"{method.label}: some tickets were given as files; their dense "
+                             f"training time before pruning is not counted")
+    if not any(r.method.tickets for r in rows):
+        notes.append(f"TA-EB tickets: missing ({layout.manifest(doc)})")
+    rows = _to_target(layout, doc, _speedups(rows))
+    notes += [f"{r.name}: no sample metric yet ({layout.metric_file(r.key)})"
+              for r in rows if r.metric is None]
     return rows, notes
 
 
 def _speedups(rows):
     """Fixed-budget speed-ups of each row's critical path, in FLOPs and in wall-clock."""
-    from evaluation.evidence import fraction
-    dense = rows[0]
-    tpf = next((r for r in rows if r["kind"] == "tpf"), None)
-    for r in rows:
-        for unit, key in (("flops", "critical_flops"), ("wall", "critical_s")):
-            r[f"vs_dense_{unit}"] = fraction(dense[key], r[key])
-            r[f"vs_tpf_{unit}"] = fraction(tpf[key], r[key]) if tpf else None
+    dense = rows[0].critical
+    tpf = next((r.critical for r in rows if r.kind == "tpf"), None)
+    return [replace(r, vs_dense=(fraction(dense.flops, r.critical.flops),
+                                 fraction(dense.wall_s, r.critical.wall_s)),
+                    vs_tpf=(fraction(tpf.flops, r.critical.flops),
+                            fraction(tpf.wall_s, r.critical.wall_s)) if tpf else None)
+            for r in rows]
 
 
 def _to_target(layout, doc, rows):
     """Cost to reach the target (when the pipeline trained to one): each row's curve, on its
     critical path, first at or below the target (interpolated), and the speed-up over dense's
-    own cost to get there. Sets row["target"], row["to_target"] = (FLOPs, wall) or None."""
-    from evaluation.costs import cost_to_target, method_curves
-    from evaluation.targets import read_record
-    recs = {r["key"]: read_record(layout.target_record(r["key"])) for r in rows}
+    own cost to get there."""
+    recs = {r.key: read_record(layout.target_record(r.key)) for r in rows}
     target = next((x["target"] for x in recs.values() if x and x.get("kind") == "target"),
                   None)
     curves = method_curves(layout.exp, doc, rows) if target is not None else {}
-    dense = None
-    for r in rows:
-        r["target"] = target
-        r["to_target"] = cost_to_target(curves[r["key"]], target) \
-            if r["key"] in curves and target is not None else None
-        r["target_record"] = recs[r["key"]]
-        if r["kind"] == "dense":
-            dense = r["to_target"]
-    for r in rows:
-        ok = dense and r["to_target"]
-        r["to_target_vs_dense"] = (dense[0] / r["to_target"][0], dense[1] / r["to_target"][1]) \
-            if ok else None
+    reach = {r.key: cost_to_target(curves[r.key], target) if r.key in curves else None
+             for r in rows}
+    dense = reach[rows[0].key]
+    return [replace(r, target=target, to_target=reach[r.key], target_record=recs[r.key],
+                    to_target_vs_dense=(dense.flops / reach[r.key].flops,
+                                        dense.wall_s / reach[r.key].wall_s)
+                    if dense and reach[r.key] else None) for r in rows]
 
 
 def _valid_note(layout, rows):
-    real = next((m["real_valid"] for m in (_metric_json(layout, r["key"]) for r in rows)
-                 if "real_valid" in m), None)
+    real = next((v for v in (read_metric(layout, r.key)[3] for r in rows) if v is not None),
+                None)
     if real is None:
         return ""
     return (" 'valid' is the share of samples the digit classifier calls one digit with "
@@ -207,44 +163,22 @@ def _x(v):
     return "–" if v is None else f"{v:.2f}x"
 
 
-# results.json / .csv: the columns of the table, at full precision
-DATA_COLUMNS = ("method", "params", "macs", "eb_epoch", "train_flops_critical",
-                "train_flops_total", "train_s_critical", "train_s_total", "vs_dense_flops",
-                "vs_dense_wall", "vs_tpf_flops", "vs_tpf_wall", "metric", "metric_value",
-                "valid", "target", "to_target_flops", "to_target_s",
-                "to_target_vs_dense_flops", "to_target_vs_dense_wall")
-
-
-def data_rows(rows):
-    """The table's rows as plain values (DATA_COLUMNS)."""
-    return [{"method": r["method"], "params": r["params"], "macs": r["macs"],
-             "eb_epoch": r["eb_epoch"], "train_flops_critical": r["critical_flops"],
-             "train_flops_total": r["total_flops"], "train_s_critical": r["critical_s"],
-             "train_s_total": r["total_s"], "vs_dense_flops": r["vs_dense_flops"],
-             "vs_dense_wall": r["vs_dense_wall"], "vs_tpf_flops": r["vs_tpf_flops"],
-             "vs_tpf_wall": r["vs_tpf_wall"],
-             "metric": r["metric"][0] if r["metric"] else None,
-             "metric_value": r["metric"][1] if r["metric"] else None,
-             "valid": r.get("valid"), "target": r.get("target"),
-             "to_target_flops": (r.get("to_target") or (None, None))[0],
-             "to_target_s": (r.get("to_target") or (None, None))[1],
-             "to_target_vs_dense_flops": (r.get("to_target_vs_dense") or (None, None))[0],
-             "to_target_vs_dense_wall": (r.get("to_target_vs_dense") or (None, None))[1]}
-            for r in rows]
+def _pair(v, i):
+    return v[i] if v else None
 
 
 def _target_cells(r):
-    t = r.get("to_target")
+    t = r.to_target
     if t is None:
         return "not reached | –"
-    v = r.get("to_target_vs_dense")
-    return (f"{t[0] / 1e12:.2f} / {t[1]:.0f} | " +
+    v = r.to_target_vs_dense
+    return (f"{t.flops / 1e12:.2f} / {t.wall_s:.0f} | " +
             (f"{_x(v[0])} / {_x(v[1])}" if v else "–"))
 
 
 def table(rows):
-    metric_name = next((r["metric"][0] for r in rows if r["metric"]), "metric")
-    target = next((r["target"] for r in rows if r.get("target") is not None), None)
+    metric_name = next((r.metric for r in rows if r.metric), "metric")
+    target = next((r.target for r in rows if r.target is not None), None)
     head = "| Method | Params (M) | MACs (M) | EB epoch | "
     if target is not None:
         # the target is scored on the quality curves: the digits metric
@@ -256,38 +190,32 @@ def table(rows):
              f"{metric_name} | valid |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for r in rows:
-        valid = r.get("valid")
         lines.append(
-            f"| {r['method']} | {r['params'] / 1e6:.3f} | {r['macs'] / 1e6:.2f} | "
-            f"{_fmt(r['eb_epoch'], 'd')} | " +
+            f"| {r.name} | {r.params / 1e6:.3f} | {r.macs / 1e6:.2f} | "
+            f"{_fmt(r.eb_epoch, 'd')} | " +
             (_target_cells(r) + " | " if target is not None else "") +
-            f"{r['critical_flops'] / 1e12:.2f} / "
-            f"{r['total_flops'] / 1e12:.2f} | {r['critical_s']:.1f} / {r['total_s']:.1f} | "
-            f"{_x(r['vs_dense_flops'])} / {_x(r['vs_dense_wall'])} | "
-            f"{_x(r['vs_tpf_flops'])} / {_x(r['vs_tpf_wall'])} | "
-            f"{_fmt(r['metric'][1] if r['metric'] else None, '.2f')} | "
-            f"{'–' if valid is None else f'{valid:.0%}'} |")
+            f"{r.critical.flops / 1e12:.2f} / {r.total.flops / 1e12:.2f} | "
+            f"{r.critical.wall_s:.1f} / {r.total.wall_s:.1f} | "
+            f"{_x(_pair(r.vs_dense, 0))} / {_x(_pair(r.vs_dense, 1))} | "
+            f"{_x(_pair(r.vs_tpf, 0))} / {_x(_pair(r.vs_tpf, 1))} | "
+            f"{_fmt(r.value, '.2f')} | {'–' if r.valid is None else f'{r.valid:.0%}'} |")
     return "\n".join(lines)
 
 
-def plot_losses(layout, doc, rows, path):
+def plot_losses(layout, rows, path):
+    """Training loss per epoch of every run (each TA-EB ticket on its own, dashed)."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     fig, ax = plt.subplots(figsize=(6, 4))
     for r in rows:
-        if r.get("kind", "").startswith("taeb"):
-            for rng in r["regions"]:
-                name = region_doc(r.get("set") or doc, rng)
-                c = read_costs(layout.costs(name))
-                ax.plot([x["epoch"] for x in c], [x["loss"] for x in c], ls="--", marker="o",
-                        ms=3, label=name)
-            continue
-        c = read_costs(layout.costs(r["key"]))
-        # markers: a run of a single epoch is a point, not an invisible line
-        ax.plot([x["epoch"] for x in c], [x["loss"] for x in c], marker="o", ms=3,
-                label=r["method"])
-    from evaluation.plots import integer_epochs
+        runs = [(region_doc(r.ticket_set, rng), "--") for rng in r.regions] \
+            if r.method.tickets else [(r.key, "-")]
+        for name, ls in runs:
+            c = read_costs(layout.costs(name))
+            # markers: a run of a single epoch is a point, not an invisible line
+            ax.plot([x["epoch"] for x in c], [x["loss"] for x in c], ls=ls, marker="o", ms=3,
+                    label=name if r.method.tickets else r.name)
     integer_epochs(ax)
     ax.set_xlabel("epoch")
     ax.set_ylabel("training loss (epoch mean)")
@@ -298,25 +226,27 @@ def plot_losses(layout, doc, rows, path):
     plt.close(fig)
 
 
-def write_report(exp, doc, out_dir=None, *, sampling_steps=100, skip_type="quad",
-                 metric_note=""):
-    rows, notes = collect(exp, doc, sampling_steps=sampling_steps, skip_type=skip_type)
+def report_config(exp, doc, config=None):
+    """The settings a report reads: ``config`` (a file or configs/ name), else the pipeline's
+    resolved config of ``doc``, else the dense run's own config.yml."""
+    from core.config import load_config
     layout = Layout(exp)
-    out_dir = out_dir or layout.report_dir(doc)
-    os.makedirs(out_dir, exist_ok=True)
+    for path in (config, layout.pipeline_config(doc), layout.run_config(doc)):
+        if path and (path == config or os.path.isfile(path)):
+            return load_config(path)
+    raise UserError(f"{layout.run_dir(doc)}: no dense training run here (no config.yml)")
+
+
+def _figures(layout, doc, rows, out_dir, notes):
     figures = []
     loss_png = os.path.join(out_dir, "loss_curves.png")
-    plot_losses(layout, doc, rows, loss_png)
+    plot_losses(layout, rows, loss_png)
     figures.append(("Training loss", loss_png))
-    mask_dir = layout.masks_dir(doc)
-    eb_json = layout.earlybird_record(doc)
-    if os.path.isdir(mask_dir) and os.path.isfile(eb_json):
-        with open(eb_json) as f:
-            eb = json.load(f)
-        from evaluation.plots import plot_mask_series
+    eb = read_json(layout.earlybird_record(doc), None)
+    if os.path.isdir(layout.masks_dir(doc)) and eb:
         try:
-            paths = plot_mask_series(mask_dir, [float(r) for r in eb["ratios"]], eb["pruner"],
-                                     out_dir, doc=doc, window=eb["window"],
+            paths = plot_mask_series(layout.masks_dir(doc), [float(r) for r in eb["ratios"]],
+                                     eb["pruner"], out_dir, doc=doc, window=eb["window"],
                                      threshold=eb["threshold"])
             if "distances" in paths:
                 figures.append(("Hamming distance to the FIFO window", paths["distances"]))
@@ -324,12 +254,24 @@ def write_report(exp, doc, out_dir=None, *, sampling_steps=100, skip_type="quad"
         except UserError as e:
             notes.append(f"mask plots: {e}")
     for r in rows:
-        grid = sample_grid_of(layout.samples_dir(r["key"]))
+        grid = sample_grid_of(layout.samples_dir(r.key))
         if os.path.isfile(grid):
-            figures.append((f"Samples: {r['method']}", grid))
-    taeb = next((r for r in rows if r["kind"] == "taeb"), None)
-    schedule = (f" The TA-EB tickets were fine-tuned {taeb['schedule']}, so each ticket's time "
-                f"is its time on a device of its own." if taeb and taeb.get("schedule") else "")
+            figures.append((f"Samples: {r.name}", grid))
+    return figures
+
+
+def write_report(exp, doc, cfg, out_dir=None, *, metric_note=""):
+    """results.md (+ .json, .csv) and figures of dense run ``doc``'s experiment; ``cfg``: the
+    settings its runs were made with (report_config)."""
+    rows, notes = collect(exp, doc, cfg)
+    layout = Layout(exp)
+    out_dir = out_dir or layout.report_dir(doc)
+    os.makedirs(out_dir, exist_ok=True)
+    figures = _figures(layout, doc, rows, out_dir, notes)
+    s = cfg.sampling
+    taeb = next((r for r in rows if r.kind == "taeb"), None)
+    schedule = (f" The TA-EB tickets were fine-tuned {taeb.schedule}, so each ticket's time "
+                f"is its time on a device of its own." if taeb and taeb.schedule else "")
     md = [f"# Results: {doc}", "",
           "Training cost from each run's costs.jsonl, as FLOPs (machine-independent: a forward "
           "pass's FLOPs as torch.utils.flop_counter counts them, attention included, x 3 for "
@@ -339,8 +281,8 @@ def write_report(exp, doc, out_dir=None, *, sampling_steps=100, skip_type="quad"
           "ticket) and all tickets in the total; train-prune-finetune counts the whole dense "
           "run plus fine-tuning. Speed-ups compare critical paths at a fixed budget (each "
           f"method's own number of epochs).{schedule} TA-EB MACs are averaged over the "
-          f"{sampling_steps}-step {skip_type} sampling schedule.{_valid_note(layout, rows)}", ""]
-    target = next((r["target"] for r in rows if r.get("target") is not None), None)
+          f"{s.timesteps}-step {s.skip_type} sampling schedule.{_valid_note(layout, rows)}", ""]
+    target = next((r.target for r in rows if r.target is not None), None)
     if target is not None:
         md += [f"Trained to a target: every fine-tune (and TA-EB ticket set) stopped at the "
                f"first evaluation at or below {target:.2f} (the dense reference's final "
@@ -356,6 +298,5 @@ def write_report(exp, doc, out_dir=None, *, sampling_steps=100, skip_type="quad"
         md += [f"## {title}", "", f"![{title}]({os.path.relpath(path, out_dir)})", ""]
     path = os.path.join(out_dir, "results.md")
     atomic_write_text(path, "\n".join(md))
-    from evaluation.tables import write_data
-    write_data(path, DATA_COLUMNS, data_rows(rows))
+    write_data(path, DATA_COLUMNS, [r.data() for r in rows])
     return path, rows, notes

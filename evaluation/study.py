@@ -7,72 +7,88 @@ mean over seeds.
 Each seed is one pipeline run (``{doc}_s{seed}``; with SpeeD also ``{doc}_speed_s{seed}``);
 finished stages are reused, so an interrupted study continues where it stopped.
 """
+from dataclasses import dataclass, replace
+from typing import Optional
+
+from core.layout import Layout
 from evaluation.costs import cost_to_target, method_curves
+from evaluation.curves import read_curve
 from evaluation.evidence import (cost_to_reach, equal_quality_speedup, fmt_interval,
                                  interval, quality_at, reach_bounds, verdict)
+from evaluation.methods import BY_KIND, METHODS
 from evaluation.report import collect
 
-PLAIN_KINDS = ("dense", "tpf", "eb", "eqflops", "taeb", "taeb_plan")
-
-LABELS = {"dense": "Dense", "eb": "EB ticket", "tpf": "Train-prune-finetune",
-          "eqflops": "Uniform EB ticket, TA-EB's fine-tuning FLOPs", "taeb": "TA-EB",
-          "taeb_plan": "TA-EB planned"}
+PLAIN_KINDS = tuple(m.kind for m in METHODS)
 
 
-def _result(r, c, ref, target):
-    """One method's numbers in one seed: r a report row, c its curve, ref the dense curve."""
-    res = {"method": r["method"], "kind": r["kind"], "quality": c[-1][2],
-           "valid": r.get("curve_valid"), "eb_epoch": r["eb_epoch"],
-           "flops": r["critical_flops"], "wall": r["critical_s"],
-           "total_flops": r["total_flops"], "vs_dense_flops": r["vs_dense_flops"],
-           "vs_dense_wall": r["vs_dense_wall"], "vs_tpf_flops": r["vs_tpf_flops"],
-           "vs_tpf_wall": r["vs_tpf_wall"], "macs": r["macs"], "curve": c,
-           "regions": r.get("regions"), "target": target, "epochs": r["epochs"],
-           "to_target": cost_to_target(c, target) if target is not None else None}
-    if ref and r["kind"] != "dense":
-        res["eq_flops"] = equal_quality_speedup([(f, v) for _, f, v in ref], c[-1][2],
-                                                r["critical_flops"])
-        res["eq_wall"] = equal_quality_speedup([(w, v) for w, _, v in ref], c[-1][2],
-                                               r["critical_s"])
+@dataclass(frozen=True)
+class SeedResult:
+    """One method's numbers in one seed run, read off its quality curve and its report row."""
+    kind: str
+    method: str                     # the row's name
+    quality: float                  # the curve's last point
+    valid: Optional[float]
+    eb_epoch: Optional[int]
+    flops: float                    # critical path, at the method's own budget
+    wall: float
+    total_flops: float
+    vs_dense: Optional[tuple]       # fixed-budget speed-ups (FLOPs, wall)
+    macs: float
+    curve: list                     # [(cum wall, cum FLOPs, quality)]
+    regions: tuple
+    target: Optional[float]
+    epochs: int
+    to_target: object = None        # evaluation.methods.Cost, or None
+    eq_flops: Optional[float] = None
+    eq_wall: Optional[float] = None
+    tt_speedup: Optional[tuple] = None  # (FLOPs, wall, '<' when a bound)
+
+
+def _result(r, c, ref, target, valid):
+    """One method's numbers in one seed: r a report Row, c its curve, ref the dense curve."""
+    res = SeedResult(kind=r.kind, method=r.name, quality=c[-1][2], valid=valid,
+                     eb_epoch=r.eb_epoch, flops=r.critical.flops, wall=r.critical.wall_s,
+                     total_flops=r.total.flops, vs_dense=r.vs_dense, macs=r.macs, curve=c,
+                     regions=r.regions, target=target, epochs=r.epochs,
+                     to_target=cost_to_target(c, target) if target is not None else None)
+    if ref and r.kind != "dense":
+        res = replace(res, eq_flops=equal_quality_speedup(
+            [(f, v) for _, f, v in ref], c[-1][2], r.critical.flops), eq_wall=(
+            equal_quality_speedup([(w, v) for w, _, v in ref], c[-1][2], r.critical.wall_s)))
     return res
 
 
-def seed_result(exp, doc, *, sampling_steps, skip_type, dense_curve_doc=None):
-    """Per-method numbers of one pipeline run: final quality (last curve point), cost to the
+def seed_result(exp, doc, cfg, *, dense_curve_doc=None):
+    """{kind: SeedResult} of one pipeline run: final quality (last curve point), cost to the
     target, costs, fixed-budget and equal-quality speed-ups against the plain dense run."""
-    from core.layout import Layout
-    from evaluation.curves import read_curve
-    rows, _ = collect(exp, doc, sampling_steps=sampling_steps, skip_type=skip_type)
+    rows, _ = collect(exp, doc, cfg)
     curves = method_curves(exp, doc, rows)
     ref_doc = dense_curve_doc or doc
     if ref_doc != doc:
-        ref_rows, _ = collect(exp, ref_doc, sampling_steps=sampling_steps, skip_type=skip_type)
+        ref_rows, _ = collect(exp, ref_doc, cfg)
         ref = method_curves(exp, ref_doc, ref_rows[:1])[ref_doc]
-        target = ref_rows[0].get("target")
+        target = ref_rows[0].target
     else:
-        ref, target = curves.get(doc, []), rows[0].get("target")
+        ref, target = curves.get(doc, []), rows[0].target
     out = {}
     for r in rows:
-        c = curves.get(r["key"])
-        if not c:
-            continue
-        last = read_curve(Layout(exp).curve_file(r["key"]))[-1]
-        out[r["kind"]] = _result(dict(r, curve_valid=last.get("valid")), c, ref, target)
+        if curves.get(r.key):
+            last = read_curve(Layout(exp).curve_file(r.key))[-1]
+            out[r.kind] = _result(r, curves[r.key], ref, target, last.get("valid"))
     dense = out.get("dense")
-    for res in out.values():
-        res["tt_speedup"] = _tt_speedup(dense, res) if dense else None
-    return out
+    return {k: replace(res, tt_speedup=_tt_speedup(dense, res) if dense else None)
+            for k, res in out.items()}
 
 
 def _tt_speedup(dense, res):
     """(FLOPs, wall, bound) speed-up to the target vs dense: dense's cost to the target over
     the method's; a method that never got there gives an upper bound (its whole cost)."""
-    d = dense["to_target"]
+    d = dense.to_target
     if d is None:
         return None
-    if res["to_target"] is not None:
-        return (d[0] / res["to_target"][0], d[1] / res["to_target"][1], "")
-    return (d[0] / res["flops"], d[1] / res["wall"], "<")
+    if res.to_target is not None:
+        return (d.flops / res.to_target.flops, d.wall_s / res.to_target.wall_s, "")
+    return (d.flops / res.flops, d.wall_s / res.wall, "<")
 
 
 def _groups(results, variants):
@@ -82,14 +98,14 @@ def _groups(results, variants):
         for kind in PLAIN_KINDS:
             per = [s[kind] for s in seeds if kind in s]
             if per:
-                name = per[0]["method"] if kind != "dense" else "Dense"
+                name = per[0].method if kind != "dense" else "Dense"
                 if kind == "taeb_plan":  # each seed plans its own regions
                     name = "TA-EB planned (regions per seed below)"
                 yield variant, name + label_suffix, kind, per
 
 
 def _tt(per, i):
-    vals = [p["tt_speedup"] for p in per if p.get("tt_speedup")]
+    vals = [p.tt_speedup for p in per if p.tt_speedup]
     return [v[i] for v in vals], any(v[2] for v in vals)
 
 
@@ -108,14 +124,14 @@ def headline_data(results, variants):
     out = []
     for _, label, _, per in _groups(results, variants):
         row = {"method": label, "seeds": len(per),
-               "reached": sum(p["to_target"] is not None for p in per)}
-        cols = {"to_target_tflops": [p["to_target"][0] / 1e12 for p in per if p["to_target"]],
+               "reached": sum(p.to_target is not None for p in per)}
+        cols = {"to_target_tflops": [p.to_target.flops / 1e12 for p in per if p.to_target],
                 "tt_speedup_flops": _tt(per, 0)[0], "tt_speedup_wall": _tt(per, 1)[0],
-                "digits_fd": [p["quality"] for p in per], "valid": [p["valid"] for p in per],
-                "eb_epoch": [p["eb_epoch"] for p in per],
-                "train_tflops": [p["flops"] / 1e12 for p in per],
-                "vs_dense_flops": [p["vs_dense_flops"] for p in per],
-                "vs_dense_wall": [p["vs_dense_wall"] for p in per]}
+                "digits_fd": [p.quality for p in per], "valid": [p.valid for p in per],
+                "eb_epoch": [p.eb_epoch for p in per],
+                "train_tflops": [p.flops / 1e12 for p in per],
+                "vs_dense_flops": [p.vs_dense[0] for p in per],
+                "vs_dense_wall": [p.vs_dense[1] for p in per]}
         for col, vals in cols.items():
             row[f"{col}_mean"], row[f"{col}_ci95"] = interval(vals)
         row["tt_speedup_upper_bound"] = _tt(per, 0)[1]
@@ -141,16 +157,16 @@ def headline_rows(results, variants):
              "|" + "---|" * 10]
     for variant, label, kind, per in _groups(results, variants):
         ref = kind == "dense" and variant == "plain"
-        reached = [p["to_target"][0] / 1e12 for p in per if p["to_target"]]
+        reached = [p.to_target.flops / 1e12 for p in per if p.to_target]
         lines.append(
             f"| {label} | {len(reached)} of {len(per)} | {fmt_interval(reached)} | "
             f"{_tt_cell(per, 0, ref)} | {_tt_cell(per, 1, ref)} | "
-            f"{fmt_interval([p['quality'] for p in per])} | "
-            f"{fmt_interval([p['valid'] for p in per if p['valid'] is not None], '.0%')} | "
-            f"{fmt_interval([p['eb_epoch'] for p in per], '.1f')} | "
-            f"{fmt_interval([p['flops'] / 1e12 for p in per])} | "
-            f"{fmt_interval([p['vs_dense_flops'] for p in per], '.2f', 'x')} / "
-            f"{fmt_interval([p['vs_dense_wall'] for p in per], '.2f', 'x')} |")
+            f"{fmt_interval([p.quality for p in per])} | "
+            f"{fmt_interval([p.valid for p in per if p.valid is not None], '.0%')} | "
+            f"{fmt_interval([p.eb_epoch for p in per], '.1f')} | "
+            f"{fmt_interval([p.flops / 1e12 for p in per])} | "
+            f"{fmt_interval([p.vs_dense[0] for p in per], '.2f', 'x')} / "
+            f"{fmt_interval([p.vs_dense[1] for p in per], '.2f', 'x')} |")
     return lines
 
 
@@ -160,7 +176,7 @@ def _ratio_verdict(both, word_if, what):
     those two intervals allow; no smaller difference decides."""
     ratios, resolution = [], []
     for a, b, level in both:
-        fa, fb = ([(f, q) for _, f, q in m["curve"]] for m in (a, b))
+        fa, fb = ([(f, q) for _, f, q in m.curve] for m in (a, b))
         (alo, ahi), (blo, bhi) = reach_bounds(fa, level), reach_bounds(fb, level)
         ratios.append(cost_to_reach(fa, level) / cost_to_reach(fb, level))
         resolution.append((ahi / blo - alo / bhi) / 2 if blo > 0 else float("inf"))
@@ -189,7 +205,7 @@ def per_seed_rows(results, names):
     every method, its final digits-FD and whether (at what cost) it reached the target."""
     seeds = results.get("plain", [])
     kinds = [k for k in PLAIN_KINDS if any(k in s for s in seeds)]
-    lines = ["| seed run | " + " | ".join(LABELS[k] for k in kinds) + " |",
+    lines = ["| seed run | " + " | ".join(BY_KIND[k].label for k in kinds) + " |",
              "|---|" + "---|" * len(kinds)]
     for name, s in zip(names, seeds):
         cells = []
@@ -198,21 +214,21 @@ def per_seed_rows(results, names):
             if r is None:
                 cells.append("–")
             elif k == "dense":
-                cells.append(f"target {r['target']:.2f} ({r['epochs']} epochs)")
-            elif r["to_target"]:
-                cells.append(f"{r['quality']:.2f}, reached at {r['to_target'][0] / 1e12:.2f} "
+                cells.append(f"target {r.target:.2f} ({r.epochs} epochs)")
+            elif r.to_target:
+                cells.append(f"{r.quality:.2f}, reached at {r.to_target.flops / 1e12:.2f} "
                              f"TFLOPs")
             else:
-                cells.append(f"{r['quality']:.2f}, not reached")
+                cells.append(f"{r.quality:.2f}, not reached")
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return lines
 
 
 def _cost_claim(name, pairs, word_if):
     """A claim "A costs less than B to reach the target": pairs [(A result, B result)]."""
-    both = [(a, b, a["target"]) for a, b in pairs if a["to_target"] and b["to_target"]]
-    only_a = sum(1 for a, b in pairs if a["to_target"] and not b["to_target"])
-    only_b = sum(1 for a, b in pairs if b["to_target"] and not a["to_target"])
+    both = [(a, b, a.target) for a, b in pairs if a.to_target and b.to_target]
+    only_a = sum(1 for a, b in pairs if a.to_target and not b.to_target)
+    only_b = sum(1 for a, b in pairs if b.to_target and not a.to_target)
     if both:
         v, sides, nums = _ratio_verdict(both, word_if, "the target")
         # every seed reached it with both: the interval over seeds decides; otherwise the
@@ -230,7 +246,7 @@ def _cost_claim(name, pairs, word_if):
 
 def common_level(a, b):
     """The best quality both curves reached: the worse of the two methods' best scores."""
-    return max(min(q for _, _, q in a["curve"]), min(q for _, _, q in b["curve"]))
+    return max(min(q for _, _, q in a.curve), min(q for _, _, q in b.curve))
 
 
 def _level_claim(name, pairs, word_if):
@@ -250,10 +266,10 @@ def _quality_claim(name, pairs, noise_floor, label):
     cost (the other keeps the quality it stopped at)."""
     d = []
     for a, b in pairs:
-        cost = max(min(a["curve"][-1][1], b["curve"][-1][1]),
-                   max(a["curve"][0][1], b["curve"][0][1]))
-        qa = quality_at([(f, q) for _, f, q in a["curve"]], cost)
-        qb = quality_at([(f, q) for _, f, q in b["curve"]], cost)
+        cost = max(min(a.curve[-1][1], b.curve[-1][1]),
+                   max(a.curve[0][1], b.curve[0][1]))
+        qa = quality_at([(f, q) for _, f, q in a.curve], cost)
+        qb = quality_at([(f, q) for _, f, q in b.curve], cost)
         if qa is not None and qb is not None:
             d.append(qa - qb)
     if not d:
@@ -287,8 +303,8 @@ def verdicts(results, noise_floor):
 
 
 def _earlybird_claim(plain):
-    fr = [s["eb"]["eb_epoch"] / s["dense"]["epochs"] if s.get("eb", {}).get("eb_epoch")
-          is not None and "dense" in s else None for s in plain]
+    fr = [s["eb"].eb_epoch / s["dense"].epochs if "eb" in s and "dense" in s and
+          s["eb"].eb_epoch is not None else None for s in plain]
     if not fr or any(f is None for f in fr):
         return ("(a) the EB epoch comes early", "does not hold",
                 "no EB epoch was found for every seed")
@@ -306,9 +322,9 @@ def _speed_verdicts(plain, speed, noise_floor):
         pairs = [(a[kind], b[kind]) for a, b in zip(plain, speed) if kind in a and kind in b]
         if not pairs:
             continue
-        d = [b["quality"] - a["quality"] for a, b in pairs]
+        d = [b.quality - a.quality for a, b in pairs]
         v = verdict(d, noise_floor)
-        name = LABELS[kind]
+        name = BY_KIND[kind].label
         out.append((f"(SpeeD) {name} + SpeeD trains better than {name} alone at the same "
                     f"budget", v.word, f"digits-FD with SpeeD - without = {fmt_interval(d)} "
                     f"(margin {v.margin:.2f})"))

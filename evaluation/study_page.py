@@ -8,8 +8,10 @@ from dataclasses import replace
 from core.layout import Layout, eb_doc
 from evaluation.curves import digits_quality, sample_fixed
 from evaluation.evidence import fmt_interval
-from evaluation.study import (HEADLINE_COLUMNS, LABELS, headline_data, headline_rows,
-                              per_seed_rows, seed_result, verdicts)
+from evaluation.methods import BY_KIND
+from evaluation.report import report_config
+from evaluation.study import (HEADLINE_COLUMNS, headline_data, headline_rows, per_seed_rows,
+                              seed_result, verdicts)
 from evaluation.tables import write_data
 from evaluation.targets import read_record
 from utils.io import atomic_write_text, load_yaml
@@ -51,11 +53,11 @@ def plot_curves(results, out_png, unit):
         if not seeds:
             continue
         for kind, res in seeds[0].items():
-            xs = [(f / 1e12 if unit == "flops" else w) for w, f, _ in res["curve"]]
-            ys = [q for _, _, q in res["curve"]]
+            xs = [(f / 1e12 if unit == "flops" else w) for w, f, _ in res.curve]
+            ys = [q for _, _, q in res.curve]
             ax.plot(xs, ys, style, marker="o", ms=3,
-                    label=LABELS[kind] + (" + SpeeD" if variant == "speed" else ""))
-            target = res.get("target") if target is None else target
+                    label=BY_KIND[kind].label + (" + SpeeD" if variant == "speed" else ""))
+            target = res.target if target is None else target
     if target is not None:
         ax.axhline(target, color="k", lw=0.8, ls=":", label=f"target {target:.1f}")
     if unit == "flops":
@@ -183,11 +185,10 @@ def _protocol(cfg, a, study_s):
 
 
 def write_page(cfg, a, docs, *, out, study_s):
-    s = cfg.sampling
     results = {}
     for variant, names in docs.items():
         results[variant] = [
-            seed_result(a.exp, doc, sampling_steps=s.timesteps, skip_type=s.skip_type,
+            seed_result(a.exp, doc, report_config(a.exp, doc),
                         dense_curve_doc=docs["plain"][i] if variant != "plain" else None)
             for i, doc in enumerate(names)]
     noise = noise_floor(cfg, a, docs["plain"][0])

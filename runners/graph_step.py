@@ -33,15 +33,6 @@ def check_graph_settings(cfg, world):
         raise UserError("fast.cuda_graph needs optim.optimizer Adam or AdamW (fused)")
 
 
-def graph_safe_optimizer(cfg, params, device):
-    """Fused Adam / AdamW with a tensor learning rate (capturable on CUDA)."""
-    o = cfg.optim
-    cls = torch.optim.Adam if o.optimizer == "Adam" else torch.optim.AdamW
-    extra = {"capturable": True} if device.type == "cuda" else {}
-    return cls(params, lr=o.lr, weight_decay=o.weight_decay,
-               betas=(o.beta1, 0.999), amsgrad=o.amsgrad, eps=o.eps, fused=True, **extra)
-
-
 class GraphStep:
     """step(x, lr, quartiles) -> (loss, grad norm), as ``train_step``, replayed from a CUDA
     graph on a GPU."""

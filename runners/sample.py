@@ -16,7 +16,7 @@ from models.stitched import StitchedTickets
 from core import checkpoint as ck
 from core.device import autocast_for, dist_setup, select_device, use_channels_last
 from core.layout import Layout, sample_grid_of
-from core.regions import load_manifest
+from core.regions import read_manifest
 from utils.errors import UserError
 from utils.io import atomic_write_json
 
@@ -41,12 +41,12 @@ def load_sampling_model(cfg, opts, device):
     T = cfg.diffusion.num_diffusion_timesteps
     if opts.tickets:
         tickets, regions, sources = [], [], []
-        for t in load_manifest(opts.tickets, T):
-            c = ck.load_checkpoint(t["checkpoint"])
-            tickets.append(ck.model_from_checkpoint(c, t["checkpoint"], opts.use_ema))
-            regions.append(t["range"])
-            sources.append({"checkpoint": os.path.abspath(t["checkpoint"]), "step": c.get("step"),
-                            "range": t["range"]})
+        for t in read_manifest(opts.tickets, T).tickets:
+            c = ck.load_checkpoint(t.checkpoint)
+            tickets.append(ck.model_from_checkpoint(c, t.checkpoint, opts.use_ema))
+            regions.append(list(t.range))
+            sources.append({"checkpoint": os.path.abspath(t.checkpoint), "step": c.get("step"),
+                            "range": list(t.range)})
         model = StitchedTickets(tickets, regions, T)
     else:
         path = opts.restore_from or Layout(opts.exp).latest_checkpoint(opts.doc)
@@ -72,13 +72,6 @@ def load_sampling_model(cfg, opts, device):
     return model, about
 
 
-def sampler_settings(cfg):
-    """The sampler keyword arguments of a config's ``sampling`` section."""
-    s = cfg.sampling
-    return dict(timesteps=s.timesteps, skip_type=s.skip_type,
-                sample_type=s.sample_type, eta=s.eta)
-
-
 def image_noise(index, shape, seed):
     """The initial noise of image ``index``."""
     g = torch.Generator().manual_seed(seed + index)
@@ -95,6 +88,25 @@ def per_image_step_noise(indices, seed, device):
         return torch.stack([torch.randn(x.shape[1:], generator=g, device=x.device)
                             for g in gens])
     return draw
+
+
+def sample_indexed(model, cfg, indices, *, device, timesteps=None, seed=None):
+    """Images ``indices`` [N, C, H, W] in [0, 1] (float, on the CPU), sampled with
+    ``cfg.sampling`` (``timesteps`` / ``seed`` override its own). Image i depends on (seed, i)
+    alone: the one sampling routine of sample folders, training grids and quality curves."""
+    d, s = cfg.data, cfg.sampling
+    seed = s.seed if seed is None else seed
+    device = torch.device(device)
+    shape = (d.channels, d.image_size, d.image_size)
+    noise = torch.stack([image_noise(i, shape, seed) for i in indices]).to(device)
+    was_training = model.training
+    model.eval()
+    x = sample_images(model, Diffusion(**vars(cfg.diffusion), device=device), noise,
+                      timesteps=timesteps or s.timesteps, skip_type=s.skip_type,
+                      sample_type=s.sample_type, eta=s.eta, autocast=autocast_for(cfg, device),
+                      step_noise=per_image_step_noise(indices, seed, device))
+    model.train(was_training)
+    return inverse_data_transform(x.float().cpu())
 
 
 def folder_metadata(folder):
@@ -138,40 +150,30 @@ def save_png(x01, path):
     os.replace(tmp, path)
 
 
-def sample_to_folder(model, cfg, folder, n_samples, *, device, timesteps, skip_type,
-                     sample_type, eta, about=None, start_over=False, batch_size=None,
-                     seed=None, progress=True, rank=0, world=1):
-    """Write images 000000.png .. (n-1) skipping those present; returns the count written.
+def sample_to_folder(model, cfg, folder, *, device, about=None, start_over=False,
+                     progress=True, rank=0, world=1):
+    """Write images 000000.png .. (sampling.n_samples - 1) with ``cfg.sampling``'s sampler,
+    skipping those present; returns the count written.
 
     ``about`` (what the model is) goes into the folder's sampling.json with the sampler
     settings, the seed and the number of network evaluations per image. With ``world``
     processes (torchrun) process ``rank`` draws the images i with i % world == rank; every
     image has its own seeds, so the folder is the same for any number of processes."""
     d, s = cfg.data, cfg.sampling
-    seed = s.seed if seed is None else seed
-    batch_size = batch_size or s.batch_size
-    nfe = len(timestep_sequence(skip_type, timesteps, cfg.diffusion.num_diffusion_timesteps))
-    meta = {"model": about or {}, "timesteps": timesteps, "skip_type": skip_type,
-            "sample_type": sample_type, "eta": eta, "seed": seed, "nfe": nfe,
+    nfe = len(timestep_sequence(s.skip_type, s.timesteps, cfg.diffusion.num_diffusion_timesteps))
+    meta = {"model": about or {}, "timesteps": s.timesteps, "skip_type": s.skip_type,
+            "sample_type": s.sample_type, "eta": s.eta, "seed": s.seed, "nfe": nfe,
             "image_shape": [d.channels, d.image_size, d.image_size]}
     if rank == 0:
         prepare_folder(folder, meta, start_over)
     _barrier(world)
-    todo = [i for i in range(rank, n_samples, world)
+    todo = [i for i in range(rank, s.n_samples, world)
             if not os.path.isfile(os.path.join(folder, f"{i:06d}.png"))]
-    diffusion = Diffusion(**vars(cfg.diffusion), device=device)
-    autocast = autocast_for(cfg, device)
-    shape = (d.channels, d.image_size, d.image_size)
     bar = tqdm(total=len(todo), desc="sampling", disable=None if progress else True,
                dynamic_ncols=True)
-    for b in range(0, len(todo), batch_size):
-        idx = todo[b:b + batch_size]
-        noise = torch.stack([image_noise(i, shape, seed) for i in idx]).to(device)
-        x = sample_images(model, diffusion, noise, timesteps=timesteps, skip_type=skip_type,
-                          sample_type=sample_type, eta=eta, autocast=autocast,
-                          step_noise=per_image_step_noise(idx, seed, device))
-        x = inverse_data_transform(x.float()).cpu()
-        for i, img in zip(idx, x):
+    for b in range(0, len(todo), s.batch_size):
+        idx = todo[b:b + s.batch_size]
+        for i, img in zip(idx, sample_indexed(model, cfg, idx, device=device)):
             save_png(img, os.path.join(folder, f"{i:06d}.png"))
         bar.update(len(idx))
     bar.close()
@@ -224,10 +226,9 @@ def run_sampling(cfg, opts):
 def _sample_locked(cfg, opts, device, rank, world):
     model, about = load_sampling_model(cfg, opts, device)
     n = cfg.sampling.n_samples
-    written = sample_to_folder(model, cfg, opts.image_folder, n, device=device, about=about,
+    written = sample_to_folder(model, cfg, opts.image_folder, device=device, about=about,
                                start_over=opts.ni, rank=rank, world=world,
-                               progress=rank == 0 and opts.verbosity != "quiet",
-                               **sampler_settings(cfg))
+                               progress=rank == 0 and opts.verbosity != "quiet")
     if world > 1:
         import torch.distributed as dist
         counts = torch.tensor([written], device=device if device.type == "cuda" else "cpu")

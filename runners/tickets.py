@@ -9,9 +9,10 @@ from typing import Optional
 
 import yaml
 
+from core.checkpoint import epochs_done
 from core.layout import ratio_key, region_doc
 from core.regions import Region, require_regions, training_range, visited_top
-from core.runlog import critical_and_total, read_costs
+from core.runlog import critical_and_total, read_costs, summed_cost
 from runners.launch import (gpu_groups, read_template, run_local, sbatch_script,
                             slurm_options, submit_slurm, ticket_command)
 from runners.masks import load_mask_series
@@ -58,6 +59,23 @@ def eb_epoch_for(xp, ratio):
     return epoch
 
 
+def ticket_epoch(xp, ratio, *, fallback=None, log=print):
+    """The dense epoch the ticket of ``ratio`` is pruned at: its EB epoch; when the masks never
+    settled, the dense run's last epoch if ``fallback`` (default: earlybird.fallback) is
+    'last' (said in a note: it is no early-bird ticket), else None. The one place that decides
+    it, for the pipeline, train_tickets.py and the planner."""
+    epoch = eb_epoch_for(xp, ratio)
+    if epoch is not None or (fallback or xp.cfg.earlybird.fallback) != "last":
+        return epoch
+    last = epochs_done(xp.layout.latest_checkpoint(xp.doc)) - 1
+    if last < 0:
+        return None
+    if log:
+        log(f"note: no early-bird epoch for p={ratio:g}; its ticket is drawn at the last epoch "
+            f"{last} (not an early-bird ticket)")
+    return last
+
+
 def ticket_stats(ticket_file):
     from core.checkpoint import load_checkpoint
     p = load_checkpoint(ticket_file).get("pruning") or {}
@@ -74,7 +92,7 @@ def resolve_tickets(xp, regions):
                 raise UserError(f"region [{r.lo}, {r.hi}): ticket {ticket} not found")
         else:
             if epoch is None:
-                epoch = eb_epoch_for(xp, r.pruning_ratio)
+                epoch = ticket_epoch(xp, r.pruning_ratio)
             if epoch is None:
                 raise UserError(
                     f"region [{r.lo}, {r.hi}): no early-bird epoch found for ratio "
@@ -125,6 +143,7 @@ def write_manifest(xp, jobs, schedule=None, placement=None):
            "config": xp.config, "schedule": schedule, "tickets": []}
     for job in jobs:
         costs = read_costs(layout.costs(job.run_doc))
+        wall, flops = summed_cost(costs)
         params, macs, _ = ticket_stats(job.ticket_file)
         man["tickets"].append({
             "range": list(job.region.range), "pruning_ratio": job.region.pruning_ratio,
@@ -132,9 +151,9 @@ def write_manifest(xp, jobs, schedule=None, placement=None):
             "checkpoint": os.path.relpath(layout.latest_checkpoint(job.run_doc), out_dir),
             "pruned_from": os.path.relpath(job.ticket_file, out_dir),
             "params": params, "macs": macs, "epochs": len(costs),
-            "wall_s": round(sum(c["wall_s"] for c in costs), 3),
+            "wall_s": round(wall, 3),
             "process_s": round(sum(c["process_s"] for c in costs), 3),
-            "train_flops": sum(c.get("train_flops", 0) for c in costs),
+            "train_flops": flops,
             "placement": (placement or {}).get(job.run_doc)})
     walls = [t["wall_s"] for t in man["tickets"]]
     crit, total = critical_and_total(0.0, walls, [(t["placement"] or {}).get("slot")

@@ -122,7 +122,7 @@ def test_learning_rate_warmup_and_schedules():
     from dataclasses import replace
 
     from core.config import OptimSettings
-    from runners.train import lr_at
+    from runners.optim import lr_at
     base = OptimSettings(lr=1e-3, warmup=10, schedule="constant", min_lr=1e-5)
     assert lr_at(base, 0, 100) == pytest.approx(1e-4)
     assert lr_at(base, 4, 100) == pytest.approx(5e-4)

@@ -212,7 +212,8 @@ def test_graph_safe_step_equals_the_ordinary_step_on_the_cpu(tmp_path):
     from core.config import load_config
     from models.diffusion import Diffusion
     from models.resample import AntitheticSampler
-    from runners.graph_step import GraphStep, graph_safe_optimizer
+    from runners.graph_step import GraphStep
+    from runners.optim import make_optimizer
     from runners.step import NonFinite, QuartileLoss, train_step
     cfg = load_config(write_config(tmp_path / "t.yml"))
     d = Diffusion(beta_schedule="linear", beta_start=1e-4, beta_end=0.02,
@@ -225,7 +226,7 @@ def test_graph_safe_step_equals_the_ordinary_step_on_the_cpu(tmp_path):
     for graph in (False, True):
         torch.manual_seed(0)
         model = UNet(**ARGS)
-        opt = graph_safe_optimizer(cfg, model.parameters(), cpu)  # fused, as on a GPU
+        opt = make_optimizer(cfg, model.parameters(), cpu, graph_safe=True)  # fused, as on a GPU
         run = types.SimpleNamespace(model=model, train_model=model, optimizer=opt,
                                     ema=EMA(model, 0.9), master=None,
                                     nonfinite=NonFinite(cpu, first_step=0, skip=False))

@@ -9,15 +9,15 @@ import time
 import pytest
 
 from conftest import ROOT, pipeline_config, run_py
-from evaluation.report import write_report
+from evaluation.report import report_config, write_report
 
 
 @pytest.mark.slow
 def test_report_marks_missing_stages(trained, tmp_path):
     exp = tmp_path / "exp"
     shutil.copytree(trained["log"], exp / "logs" / "tiny")
-    path, rows, notes = write_report(str(exp), "tiny", sampling_steps=5)
-    assert [r["method"] for r in rows] == ["Dense"]
+    path, rows, notes = write_report(str(exp), "tiny", report_config(str(exp), "tiny"))
+    assert [r.name for r in rows] == ["Dense"]
     text = open(path).read()
     assert "| Dense |" in text and "Missing or incomplete" in text
     assert any("TA-EB tickets: missing" in n for n in notes)
@@ -28,7 +28,7 @@ def test_report_marks_missing_stages(trained, tmp_path):
     import json
     data = json.load(open(exp / "report" / "tiny" / "results.json"))
     assert [r["method"] for r in data["rows"]] == ["Dense"]
-    assert data["rows"][0]["params"] == rows[0]["params"] and "vs_tpf_flops" in data["columns"]
+    assert data["rows"][0]["params"] == rows[0].params and "vs_tpf_flops" in data["columns"]
     with open(exp / "report" / "tiny" / "results.csv") as f:
         table = list(csv.DictReader(f))
     assert list(table[0]) == data["columns"] and table[0]["method"] == "Dense"

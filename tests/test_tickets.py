@@ -12,7 +12,7 @@ from models.diffusion import Diffusion, sample_images, timestep_sequence
 from models.stitched import StitchedTickets
 from core.config import load_config
 from utils.errors import UserError
-from core.regions import Region, load_manifest, require_regions
+from core.regions import Region, read_manifest, require_regions
 
 DIFF = {"beta_schedule": "linear", "beta_start": 1e-4, "beta_end": 0.02,
         "num_diffusion_timesteps": 1000}
@@ -146,22 +146,22 @@ def test_train_tickets_parallel_failure_and_rerun(trained, tmp_path):
 
 def test_bad_manifests(trained, tmp_path):
     with pytest.raises(UserError, match="not found"):
-        load_manifest(str(tmp_path / "none.yml"))
+        read_manifest(str(tmp_path / "none.yml"))
     (tmp_path / "m1.yml").write_text("tickets: [\n")
     with pytest.raises(UserError, match="not valid YAML"):
-        load_manifest(str(tmp_path / "m1.yml"))
+        read_manifest(str(tmp_path / "m1.yml"))
     (tmp_path / "m2.yml").write_text("tickets: 3\n")
     with pytest.raises(UserError, match="non-empty 'tickets' list"):
-        load_manifest(str(tmp_path / "m2.yml"))
+        read_manifest(str(tmp_path / "m2.yml"))
     ck = os.path.join(trained["log"], "ckpt.pth")
     (tmp_path / "m3.yml").write_text(yaml.safe_dump({"num_timesteps": 100, "tickets": [
         {"range": [0, 50], "checkpoint": ck}, {"range": [50, 100], "checkpoint": "nope.pth"}]}))
     with pytest.raises(UserError, match=r"ticket 1 \[50, 100\): checkpoint nope.pth not found"):
-        load_manifest(str(tmp_path / "m3.yml"))
+        read_manifest(str(tmp_path / "m3.yml"))
     (tmp_path / "m4.yml").write_text(yaml.safe_dump({"num_timesteps": 100, "tickets": [
         {"range": [0, 50], "checkpoint": ck}]}))
     with pytest.raises(UserError, match="regions end at 50, expected 100"):
-        load_manifest(str(tmp_path / "m4.yml"))
+        read_manifest(str(tmp_path / "m4.yml"))
 
 
 @pytest.mark.slow
