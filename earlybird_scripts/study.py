@@ -37,20 +37,22 @@ def build_parser():
     p.add_argument("--speed", action="store_true",
                    help="also every seed with the SpeeD timestep sampler: dense, EB ticket "
                         "and TA-EB (default: off)")
-    p.add_argument("--pruning_ratio", type=float, default=0.5,
-                   help="the EB ticket's ratio (default: %(default)s)")
-    p.add_argument("--finetune_epochs", type=int, default=None,
-                   help="(default: the pipeline's: half the dense epochs)")
+    p.add_argument("--pruning_ratio", type=float,
+                   help="the EB ticket's ratio (default: pipeline.pruning_ratio)")
+    p.add_argument("--finetune_epochs", type=int,
+                   help="(default: taeb.finetune_epochs; to the target: target.max_epochs)")
     p.add_argument("--fixed_epochs", action="store_true",
                    help="the earlier protocol: dense for training.n_epochs, every ticket for "
                         "fixed epochs, plus a uniform ticket of TA-EB's fine-tuning FLOPs "
                         "(default: to the target, target.* in the config)")
-    p.add_argument("--eval_every", type=int, default=None,
-                   help="quality every K epochs of every run (default: target.every)")
-    p.add_argument("--eval_samples", type=int, default=300,
-                   help="images per quality evaluation (default: %(default)s)")
-    p.add_argument("--eval_timesteps", type=int, default=25,
-                   help="sampling steps per quality evaluation (default: %(default)s)")
+    p.add_argument("--eval_every", type=int,
+                   help="quality every K epochs of every run (default: pipeline.eval_every, "
+                        "else target.every)")
+    p.add_argument("--eval_samples", type=int,
+                   help="images per quality evaluation (default: pipeline.eval_samples)")
+    p.add_argument("--eval_timesteps", type=int,
+                   help="sampling steps per quality evaluation (default: "
+                        "pipeline.eval_timesteps)")
     p.add_argument("--note", action="append", default=[],
                    help="a sentence for the page, e.g. what else shared the machine (repeatable; "
                         "default: none)")
@@ -60,25 +62,27 @@ def build_parser():
     return p
 
 
-def target_args(cfg, a):
+# flags that name a config value: given, they override it (defaults and ranges: core/config.py)
+CONFIG_FLAGS = {"pruning_ratio": "pipeline.pruning_ratio",
+                "finetune_epochs": "taeb.finetune_epochs", "eval_every": "pipeline.eval_every",
+                "eval_samples": "pipeline.eval_samples",
+                "eval_timesteps": "pipeline.eval_timesteps"}
+
+
+def target_args(cfg, fixed_epochs):
     """The pipeline arguments of the study's protocol (fine-tune to the target, planned
     regions too), or of the fixed-epochs one."""
-    if a.fixed_epochs:
+    if fixed_epochs:
         return ["--equal_flops"]
     t = cfg.target
     return ["--plan", "--override", "target.enabled=true",
             f"target.plateau_patience={t.plateau_patience or 3}"]
 
 
-def pipeline_cmd(a, doc, seed, extra):
-    cmd = [sys.executable, os.path.join(_common.ROOT, "earlybird_scripts", "run_pipeline.py"),
-           "--config", a.config, "--exp", a.exp, "--doc", doc, "--pruning_ratio",
-           f"{a.pruning_ratio:g}", "--eval_every", str(a.eval_every), "--eval_samples",
-           str(a.eval_samples), "--eval_timesteps", str(a.eval_timesteps),
-           "--no_final_samples"] + extra
-    cmd += ["--finetune_epochs", str(a.finetune_epochs)] if a.finetune_epochs else []
-    from core.config import flatten_overrides
-    return cmd + ["--override", f"training.seed={seed}"] + flatten_overrides(a.override)
+def pipeline_cmd(a, overrides, doc, seed, extra):
+    return [sys.executable, os.path.join(_common.ROOT, "earlybird_scripts", "run_pipeline.py"),
+            "--config", a.config, "--exp", a.exp, "--doc", doc, "--no_final_samples"] + \
+        extra + ["--override", f"training.seed={seed}"] + overrides
 
 
 def main(argv=None):
@@ -86,37 +90,41 @@ def main(argv=None):
     if a.seeds < 1:
         raise UserError("--seeds must be at least 1")
     from core.config import flatten_overrides, load_config
-    from core.options import check_name
-    from evaluation.study_page import write_page
+    from core.layout import Layout
+    from core.options import check_name, flag_overrides
+    from evaluation.study_page import StudyOptions, write_page
     check_name(a.doc, "--doc")
-    cfg = load_config(a.config, flatten_overrides(a.override))
-    a.eval_every = a.eval_every or cfg.target.every
+    overrides = flatten_overrides(a.override) + flag_overrides(a, CONFIG_FLAGS)
+    cfg = load_config(a.config, overrides)
+    if not cfg.pipeline.eval_every:
+        overrides.append(f"pipeline.eval_every={cfg.target.every}")
+        cfg = load_config(a.config, overrides)
     t0 = time.perf_counter()
-    protocol = target_args(cfg, a)
+    protocol = target_args(cfg, a.fixed_epochs)
     variants = [("plain", "", protocol)]
     if a.speed:
         variants.append(("speed", "_speed", ["--skip_tpf"] + protocol +
                          ["--override", "training.timestep_sampler=speed"]))
     docs = {}
     seeds = a.seed_ids or list(range(a.seeds))
-    a.seeds = len(seeds)
     for seed in seeds:
         for name, suffix, extra in variants:
             doc = f"{a.doc}{suffix}_s{seed}"
             docs.setdefault(name, []).append(doc)
             if a.page_only:
                 continue
-            cmd = pipeline_cmd(a, doc, seed, extra)
+            cmd = pipeline_cmd(a, overrides, doc, seed, extra)
             print(f"\n##### seed {seed}{' (SpeeD)' if name == 'speed' else ''}\n$ "
                   f"{' '.join(cmd)}", flush=True)
             if subprocess.run(cmd).returncode != 0:
                 raise UserError(f"the pipeline of {doc} failed; rerun the study to continue")
-    from core.layout import Layout
     layout = Layout(a.exp)
     out = a.out or layout.study_page()
     total_s = record_wall_time(layout.study_wall(), 0.0 if a.page_only else
                                time.perf_counter() - t0)
-    write_page(cfg, a, docs, out=out, study_s=total_s)
+    opts = StudyOptions(exp=a.exp, seeds=tuple(seeds), speed=a.speed, notes=tuple(a.note),
+                        command=" ".join(sys.argv[1:] if argv is None else argv))
+    write_page(cfg, opts, docs, out=out, study_s=total_s)
     print(f"\nstudy page: {out} ({time.perf_counter() - t0:.0f}s now, {total_s:.0f}s in all)")
     return 0
 
