@@ -2,13 +2,10 @@
 # FID (pytorch-fid, Inception pool3) of sample folders against the config's training images.
 set -euo pipefail
 cd "$(dirname "$0")"
-# the project's environment when there is one (the README's set-up makes .venv)
-if [ -z "${PYTHON:-}" ]; then
-  if [ -x .venv/bin/python ]; then PYTHON=.venv/bin/python; else PYTHON=$(command -v python3 || echo python); fi
-fi
+# PYTHON (the README's .venv when there is one) and `layout PATH_KIND ...`
+source earlybird_scripts/env.sh
 CONFIG=${CONFIG:-cifar10.yml}
 EXP=${EXP:-checkpoints}
-layout() { "$PYTHON" earlybird_scripts/layout_path.py --exp "$EXP" "$@"; }  # paths: core/layout.py
 DOC=${DOC:-cifar10}
 REAL=${REAL:-}                       # default: the config's data set exported as PNGs
 N_REF=${N_REF:-}                     # use only the first N reference images (default: all)

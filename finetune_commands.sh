@@ -3,13 +3,10 @@
 # (one per timestep region of the config's taeb.regions, trained in parallel).
 set -euo pipefail
 cd "$(dirname "$0")"
-# the project's environment when there is one (the README's set-up makes .venv)
-if [ -z "${PYTHON:-}" ]; then
-  if [ -x .venv/bin/python ]; then PYTHON=.venv/bin/python; else PYTHON=$(command -v python3 || echo python); fi
-fi
+# PYTHON (the README's .venv when there is one) and `layout PATH_KIND ...`
+source earlybird_scripts/env.sh
 CONFIG=${CONFIG:-cifar10.yml}
 EXP=${EXP:-checkpoints}
-layout() { "$PYTHON" earlybird_scripts/layout_path.py --exp "$EXP" "$@"; }  # paths: core/layout.py
 DOC=${DOC:-cifar10}
 PRUNER=${PRUNER:-magnitude}
 RATIO=${RATIO:-0.3}

@@ -2,13 +2,10 @@
 # Masks (and pruned models) of every per-epoch checkpoint, then the early-bird epoch per ratio.
 set -euo pipefail
 cd "$(dirname "$0")"
-# the project's environment when there is one (the README's set-up makes .venv)
-if [ -z "${PYTHON:-}" ]; then
-  if [ -x .venv/bin/python ]; then PYTHON=.venv/bin/python; else PYTHON=$(command -v python3 || echo python); fi
-fi
+# PYTHON (the README's .venv when there is one) and `layout PATH_KIND ...`
+source earlybird_scripts/env.sh
 CONFIG=${CONFIG:-cifar10.yml}
 EXP=${EXP:-checkpoints}
-layout() { "$PYTHON" earlybird_scripts/layout_path.py --exp "$EXP" "$@"; }  # paths: core/layout.py
 DOC=${DOC:-cifar10}
 EXTRA=${EXTRA:-}                     # e.g. "--override pruning.use_ema=false"
 # defaults from the config (earlybird.ratios / pruner / window / threshold); set to override

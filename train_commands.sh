@@ -3,10 +3,8 @@
 # Edit the variables; any config value can be changed with --override section.key=value.
 set -euo pipefail
 cd "$(dirname "$0")"
-# the project's environment when there is one (the README's set-up makes .venv)
-if [ -z "${PYTHON:-}" ]; then
-  if [ -x .venv/bin/python ]; then PYTHON=.venv/bin/python; else PYTHON=$(command -v python3 || echo python); fi
-fi
+# PYTHON (the README's .venv when there is one) and `layout PATH_KIND ...`
+source earlybird_scripts/env.sh
 CONFIG=${CONFIG:-cifar10.yml}
 EXP=${EXP:-checkpoints}
 DOC=${DOC:-cifar10}

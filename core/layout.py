@@ -19,7 +19,9 @@ This module is the only place that knows the layout; everything else asks it.
 
 Runs derived from a dense run ``doc`` are named ``{doc}_eb_{p}`` (EB ticket at ratio p),
 ``{doc}_tpf_{p}`` (train-prune-finetune at p), ``{doc}_eqflops_{p}`` (a uniform EB ticket given
-the TA-EB tickets' fine-tuning FLOPs) and ``{doc}_taeb_{lo}_{hi}`` (TA-EB region).
+the TA-EB tickets' fine-tuning FLOPs) and ``{doc}_taeb_{lo}_{hi}`` (TA-EB region). Names are
+built from the settings, never parsed back: a run's ratio and region come from the config, its
+checkpoint's pruning record and the ticket manifest.
 """
 import os
 import re
@@ -27,8 +29,6 @@ from dataclasses import dataclass
 
 from models.pruner_names import canonical_pruner
 
-RUN_KINDS = {"eb": "EB ticket", "tpf": "Train-prune-finetune",
-             "eqflops": "Uniform EB ticket, TA-EB's fine-tuning FLOPs"}
 _EPOCH_CKPT = re.compile(r"ckpt_ep(\d+)\.pth$")
 _SNAPSHOT = re.compile(r"^snapshot_ep(\d+)\.pth$")
 # {doc}_pruned-{ratio}-{pruner}-{epoch}; the pruner may hold a dash (diff-pruning)
@@ -100,25 +100,6 @@ def taeb_name(doc):
     return f"{doc}_taeb"
 
 
-def parse_run_doc(doc, name):
-    """A run name derived from dense run ``doc`` -> (kind, value), or None.
-
-    ('eb', ratio), ('tpf', ratio), ('eqflops', ratio) or ('taeb', (lo, hi))."""
-    if not name.startswith(doc + "_"):
-        return None
-    rest = name[len(doc) + 1:]
-    m = re.fullmatch(r"(eb|tpf|eqflops)_([0-9.eE+-]+)", rest)
-    if m:
-        try:
-            return m.group(1), float(m.group(2))
-        except ValueError:
-            return None
-    m = re.fullmatch(r"taeb_(\d+)_(\d+)", rest)
-    if m:
-        return "taeb", (int(m.group(1)), int(m.group(2)))
-    return None
-
-
 class Layout:
     """Paths of one experiment root."""
 
@@ -186,18 +167,6 @@ class Layout:
 
     def training_grid(self, doc, epoch):
         return os.path.join(self.run_dir(doc), "samples", f"ep{epoch}.png")
-
-    def derived_runs(self, doc, kind):
-        """[(value, run name)] of the runs of ``kind`` ('eb', 'tpf', 'taeb') derived from doc."""
-        base = os.path.join(self.exp, "logs")
-        if not os.path.isdir(base):
-            return []
-        out = []
-        for name in sorted(os.listdir(base)):
-            parsed = parse_run_doc(doc, name)
-            if parsed and parsed[0] == kind:
-                out.append((parsed[1], name))
-        return out
 
     # --- masks and pruned tickets ----------------------------------------------------------
     def masks_dir(self, doc):

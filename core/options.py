@@ -96,6 +96,16 @@ def flag_overrides(args, mapping):
     return out
 
 
+def add_run_args(parser, doc_help):
+    """--config, --exp and --doc of the scripts that work on one dense run (main.py's
+    defaults), with the override flag."""
+    from core.config import add_override_flag
+    parser.add_argument("--config", required=True, help="configs/NAME or a path to a YAML file")
+    parser.add_argument("--exp", default="exp", help="experiment root (default: %(default)s)")
+    parser.add_argument("--doc", default="run", help=f"{doc_help} (default: %(default)s)")
+    add_override_flag(parser)
+
+
 def add_series_args(parser, *, several_ratios=False):
     """The flags that select mask series (find_earlybird, calculate_overlap, plot_overlap);
     defaults are the config's (core.config.EarlyBirdSettings)."""

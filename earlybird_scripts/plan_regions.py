@@ -15,18 +15,15 @@ import time
 
 import _common  # noqa: F401
 
-from core.config import add_override_flag, flatten_overrides
+from core.config import flatten_overrides
+from core.options import add_run_args
 from utils.errors import UserError, run_cli
 
 
 def build_parser():
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--config", required=True, help="configs/NAME or a path to a YAML file")
-    p.add_argument("--exp", default="exp", help="experiment root (default: %(default)s)")
-    p.add_argument("--doc", default="run",
-                   help="the dense run with per-epoch checkpoints and masks (default: "
-                        "%(default)s)")
+    add_run_args(p, "the dense run with per-epoch checkpoints and masks")
     p.add_argument("--pruning_ratio", type=float, default=None,
                    help="the uniform ticket whose MACs are the budget (default: "
                         "pipeline.pruning_ratio)")
@@ -45,7 +42,6 @@ def build_parser():
     p.add_argument("--write", default=None, metavar="CONFIG",
                    help="also write the config with taeb.regions set to the plan "
                         "(default: none)")
-    add_override_flag(p)
     return p
 
 
@@ -58,8 +54,7 @@ def main(argv=None):
     a = build_parser().parse_args(argv)
     import yaml
 
-    from core.config import dump_config
-    from core.config import check_setting
+    from core.config import check_setting, dump_config
     from core.options import Experiment, flag_overrides
     from core.regions import parse_regions
     from evaluation.plots import plot_plan

@@ -10,8 +10,8 @@ import argparse
 
 import _common  # noqa: F401
 
-from core.config import add_override_flag, flatten_overrides
-from core.options import Experiment, check_name, flag_overrides
+from core.config import flatten_overrides
+from core.options import Experiment, add_run_args, check_name, flag_overrides
 from utils.errors import UserError, run_cli
 
 PRUNERS_HELP = "magnitude | taylor | random | diff-pruning ('ours' = diff-pruning)"
@@ -22,11 +22,7 @@ CONFIG_FLAGS = {"pruner": "earlybird.pruner", "thr": "pruning.thr",
 def build_parser():
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--config", required=True, help="configs/NAME or a path to a YAML file")
-    p.add_argument("--exp", default="exp", help="experiment root (default: %(default)s)")
-    p.add_argument("--doc", default="run",
-                   help="the dense run; masks go to {exp}/pruned/{doc}/masks "
-                        "(default: %(default)s)")
+    add_run_args(p, "the dense run; masks go to {exp}/pruned/{doc}/masks")
     p.add_argument("--ni", action="store_true",
                    help="accepted for the seed's commands: outputs are always replaced "
                         "(default: off)")
@@ -53,7 +49,6 @@ def build_parser():
     p.add_argument("--save_masks", action="store_true", help="save the masks (default: off)")
     p.add_argument("--device", default="cpu", help="(default: %(default)s)")
     p.add_argument("--quiet", action="store_true", help="print nothing (default: off)")
-    add_override_flag(p)
     return p
 
 

@@ -11,18 +11,15 @@ import argparse
 
 import _common  # noqa: F401
 
-from core.config import add_override_flag, flatten_overrides
-from core.options import Experiment, check_name
+from core.config import flatten_overrides
+from core.options import Experiment, add_run_args, check_name
 from utils.errors import UserError, run_cli
 
 
 def build_parser():
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--config", required=True, help="configs/NAME or a path to a YAML file")
-    p.add_argument("--exp", default="exp", help="experiment root (default: %(default)s)")
-    p.add_argument("--doc", default="run",
-                   help="the dense run whose checkpoints are pruned (default: %(default)s)")
+    add_run_args(p, "the dense run whose checkpoints are pruned")
     p.add_argument("--gpus", default=None,
                    help="comma-separated GPU ids (default: all visible GPUs, else the CPU)")
     p.add_argument("--gpus_per_ticket", type=int, default=1,
@@ -67,7 +64,6 @@ def build_parser():
                         "manifest until they finish) (default: taeb.finetune_epochs)")
     p.add_argument("--no_progress", action="store_true",
                    help="no progress bars (default: bars)")
-    add_override_flag(p)
     return p
 
 

@@ -74,13 +74,6 @@ def mean_std(values):
     return m, math.sqrt(sum((v - m) ** 2 for v in vals) / (len(vals) - 1))
 
 
-def fmt_mean_std(values, spec=".2f", suffix=""):
-    m, s = mean_std(values)
-    if m is None:
-        return "–"
-    return f"{m:{spec}}{suffix} ± {s:{spec}}" if len(values) > 1 else f"{m:{spec}}{suffix}"
-
-
 def t_quantile(n):
     """The two-sided 95% Student-t quantile for n seeds (n - 1 degrees of freedom)."""
     from scipy.stats import t

@@ -1,4 +1,5 @@
-"""Figures of the early-bird analysis: overlap heatmaps and distance-to-window curves."""
+"""Figures: overlap heatmaps and distance-to-window curves of the early-bird analysis, training
+loss per epoch, and the planner's loss gaps."""
 import os
 
 import matplotlib
@@ -42,6 +43,17 @@ def window_distances(series, window):
     return out
 
 
+def _epoch_figure(ax, fig, path, ylabel, fontsize):
+    """The shared tail of the per-epoch line figures: whole epochs, labels, legend, PNG."""
+    integer_epochs(ax)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel(ylabel)
+    ax.legend(fontsize=fontsize)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
 def plot_distance_curves(curves, threshold, path):
     """curves: {label: (epochs, max distances, eb_epoch)}."""
     fig, ax = plt.subplots(figsize=(6, 4))
@@ -51,13 +63,17 @@ def plot_distance_curves(curves, threshold, path):
             ax.axvline(eb, color=line.get_color(), ls=":", lw=1,
                        label=f"EB epoch {eb} ({label})")
     ax.axhline(threshold, color="gray", ls="--", lw=1, label=f"threshold {threshold:g}")
-    integer_epochs(ax)
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("max Hamming distance to the window")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    _epoch_figure(ax, fig, path, "max Hamming distance to the window", 8)
+
+
+def plot_loss_curves(runs, path):
+    """runs: [(label, epochs, epoch-mean losses, dashed)] on a log axis (markers: a run of a
+    single epoch is a point, not an invisible line)."""
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for label, epochs, losses, dashed in runs:
+        ax.plot(epochs, losses, ls="--" if dashed else "-", marker="o", ms=3, label=label)
+    ax.set_yscale("log")
+    _epoch_figure(ax, fig, path, "training loss (epoch mean)", 7)
 
 
 def plot_mask_series(mask_dir, ratios, pruner, out_dir, *, window, threshold, doc=None,

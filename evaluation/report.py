@@ -16,7 +16,7 @@ from core.runlog import critical_and_total, read_costs, summed_cost
 from evaluation.costs import cost_to_target, method_curves
 from evaluation.evidence import fraction, sampling_average_macs
 from evaluation.methods import BY_KIND, DATA_COLUMNS, FINETUNED, TICKET_SETS, Cost, Row
-from evaluation.plots import integer_epochs, plot_mask_series
+from evaluation.plots import plot_loss_curves, plot_mask_series
 from evaluation.tables import write_data
 from evaluation.targets import read_record
 from models.diffusion import timestep_sequence
@@ -204,26 +204,15 @@ def table(rows):
 
 def plot_losses(layout, rows, path):
     """Training loss per epoch of every run (each TA-EB ticket on its own, dashed)."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    fig, ax = plt.subplots(figsize=(6, 4))
+    runs = []
     for r in rows:
-        runs = [(region_doc(r.ticket_set, rng), "--") for rng in r.regions] \
-            if r.method.tickets else [(r.key, "-")]
-        for name, ls in runs:
+        names = [region_doc(r.ticket_set, rng) for rng in r.regions] if r.method.tickets \
+            else [r.key]
+        for name in names:
             c = read_costs(layout.costs(name))
-            # markers: a run of a single epoch is a point, not an invisible line
-            ax.plot([x["epoch"] for x in c], [x["loss"] for x in c], ls=ls, marker="o", ms=3,
-                    label=name if r.method.tickets else r.name)
-    integer_epochs(ax)
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("training loss (epoch mean)")
-    ax.set_yscale("log")
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+            runs.append((name if r.method.tickets else r.name, [x["epoch"] for x in c],
+                         [x["loss"] for x in c], r.method.tickets))
+    plot_loss_curves(runs, path)
 
 
 def report_config(exp, doc, config=None):

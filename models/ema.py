@@ -28,7 +28,7 @@ class EMA:
         """From now on the decay is computed on the device from a device counter, so an update
         can be captured in a CUDA graph and replayed (fast.cuda_graph)."""
         self._n = torch.full((), float(self.num_updates), device=device)
-        self._rate = torch.full((), self.rate, device=device)  # made once, not per step
+        self._rate = torch.full((), self.rate, device=device)  # lives on the device, like _n
 
     @torch.no_grad()
     def update(self, model):
