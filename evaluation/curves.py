@@ -9,9 +9,10 @@ import os
 
 import torch
 
-from models.stitched import StitchedTickets
 from core import checkpoint as ck
 from core.runlog import append_jsonl
+from evaluation.digits_metric import evaluate
+from models.stitched import StitchedTickets
 from runners.sample import sample_indexed
 from utils.io import read_jsonl
 
@@ -32,7 +33,6 @@ def sample_fixed(model, cfg, *, n, timesteps, device, batch_size=250):
 
 def digits_quality(cache_dir):
     """images [N, 1, S, S] in [0, 1] -> ('digits-FD', value, {'valid': share})."""
-    from evaluation.digits_metric import evaluate
 
     def score(images):
         res = evaluate(images * 2 - 1, images.shape[-1], cache_dir)

@@ -16,6 +16,7 @@ from PIL import Image
 
 from datasets import IMAGE_EXTS
 from utils.errors import UserError
+from utils.io import atomic_path
 
 
 def frechet_distance(mu1, sigma1, mu2, sigma2):
@@ -120,7 +121,6 @@ def load_stats(path):
 
 
 def save_stats(path, mu, sigma, key=None):
-    from utils.io import atomic_path
     with atomic_path(path) as tmp, open(tmp, "wb") as f:
         np.savez(f, mu=mu, sigma=sigma, key=json.dumps(key, sort_keys=True))
 

@@ -10,6 +10,7 @@ import os
 from dataclasses import replace
 
 from core.checkpoint import build_model, load_checkpoint
+from core.config import load_config
 from core.layout import Layout, region_doc, sample_grid_of, taeb_name
 from core.regions import read_manifest
 from core.runlog import critical_and_total, read_costs, summed_cost
@@ -218,7 +219,6 @@ def plot_losses(layout, rows, path):
 def report_config(exp, doc, config=None):
     """The settings a report reads: ``config`` (a file or configs/ name), else the pipeline's
     resolved config of ``doc``, else the dense run's own config.yml."""
-    from core.config import load_config
     layout = Layout(exp)
     for path in (config, layout.pipeline_config(doc), layout.run_config(doc)):
         if path and (path == config or os.path.isfile(path)):

@@ -5,8 +5,10 @@ import os
 import shutil
 from dataclasses import dataclass, replace
 
+from core import checkpoint as ck
 from core.layout import Layout, eb_doc
 from evaluation.curves import digits_quality, sample_fixed
+from evaluation.diagnostics import stitch_diagnostics
 from evaluation.evidence import fmt_interval
 from evaluation.methods import BY_KIND
 from evaluation.report import report_config
@@ -33,7 +35,6 @@ class StudyOptions:
 def noise_floor(cfg, opts, doc):
     """|digits-FD of two sample sets| from the same models (seed 0's dense run and EB ticket):
     how much the metric moves with the noise alone at this N."""
-    from core import checkpoint as ck
     L, p = Layout(opts.exp), cfg.pipeline
     score = digits_quality(L.metric_cache())
     other = replace(cfg, sampling=replace(cfg.sampling,
@@ -139,7 +140,6 @@ def plan_lines(opts, docs, out_dir, stem):
 
 
 def diagnostics_lines(cfg, opts, docs, cache_path):
-    from evaluation.diagnostics import stitch_diagnostics
     p = cfg.pipeline
     per_seed = [stitch_diagnostics(cfg, opts.exp, d, pruning_ratio=p.pruning_ratio,
                                    n=p.eval_samples, timesteps=p.eval_timesteps,

@@ -3,7 +3,10 @@ its folder (also sent to TensorBoard)."""
 import os
 
 import matplotlib
+
 matplotlib.use("Agg")
+import math
+
 import matplotlib.pyplot as plt  # noqa: E402
 
 
@@ -15,7 +18,6 @@ def upscale_factor(size, target=64):
 def save_sample_grid(images, path, title):
     """images: float [N, C, H, W] in [0, 1] -> a titled PNG grid, small images scaled up
     (nearest) so each is about 64 px. Returns the grid image [C', H', W'] in [0, 1]."""
-    import math
 
     import torch
     import torch.nn.functional as F

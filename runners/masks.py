@@ -7,8 +7,10 @@ import os
 import numpy as np
 import torch
 
-from models.pruner_names import canonical_pruner, needs_gradients
 from core.layout import parse_mask_stem
+from datasets import data_transform
+from models.diffusion import Diffusion
+from models.pruner_names import canonical_pruner, needs_gradients
 from utils.errors import UserError
 from utils.io import atomic_path, atomic_write_json
 
@@ -25,7 +27,6 @@ def pruner_arg(name):
 
 def taylor_batch(dataset, n, seed=TAYLOR_BATCH_SEED):
     """A fixed batch of real images in [-1, 1] for Taylor / Diff-Pruning importance."""
-    from datasets import data_transform
     if dataset is None or len(dataset) == 0:
         raise UserError("the taylor / diff-pruning pruners need real data, and the data set "
                         "is empty or missing")
@@ -38,7 +39,6 @@ def pruning_inputs(cfg, pruner, dataset, device="cpu"):
     """(diffusion, data batch) for gradient-based pruners; (None, None) for the others."""
     if not needs_gradients(pruner):
         return None, None
-    from models.diffusion import Diffusion
     return (Diffusion(**vars(cfg.diffusion), device=device),
             taylor_batch(dataset, cfg.pruning.taylor_batch_size))
 

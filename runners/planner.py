@@ -15,7 +15,11 @@ from dataclasses import dataclass
 import torch
 
 from core import checkpoint as ck
+from datasets import data_transform, get_dataset
 from models.diffusion import Diffusion, timestep_sequence
+from runners.pruning import ticket_for, weights_of_epoch
+from runners.tickets import ticket_epoch, ticket_stats
+from utils.errors import UserError
 
 PLAN_SEED = 20231  # the planner's own images, timesteps and noise: no training RNG is drawn
 
@@ -117,7 +121,6 @@ def bin_losses(model, diffusion, images, edges, *, seed=PLAN_SEED):
 
 def plan_images(cfg, n, seed=PLAN_SEED):
     """n training images in [-1, 1], drawn once with the planner's own generator."""
-    from datasets import data_transform, get_dataset
     data = get_dataset(cfg, train=True)
     idx = torch.randperm(len(data), generator=torch.Generator().manual_seed(seed))[:n]
     return data_transform(torch.stack([torch.as_tensor(data[int(i)]) for i in idx]))
@@ -126,7 +129,6 @@ def plan_images(cfg, n, seed=PLAN_SEED):
 def measure_gaps(xp, ratio_epochs, ticket_files, *, edges, n_images, log=print):
     """{ratio: [loss gap per bin]}: each ratio's ticket (pruned at its EB epoch, not
     fine-tuned) minus the dense network of that epoch, plus {epoch: dense losses}."""
-    from runners.pruning import weights_of_epoch
     cfg, layout = xp.cfg, xp.layout
     diffusion = Diffusion(**vars(cfg.diffusion), device=torch.device("cpu"))
     images = plan_images(cfg, n_images)
@@ -149,7 +151,6 @@ def measure_gaps(xp, ratio_epochs, ticket_files, *, edges, n_images, log=print):
 
 def eb_epochs_or_last(xp, ratios, log=print):
     """{ratio: EB epoch}; a ratio without one is planned from the dense run's last epoch."""
-    from runners.tickets import ticket_epoch
     return {r: ticket_epoch(xp, r, fallback="last", log=log) for r in ratios}
 
 
@@ -157,8 +158,6 @@ def make_plan(xp, *, budget_ratio, ratios, bins, n_images, max_regions, budget_m
               log=print):
     """Measure the gaps of ``ratios`` (plus the budget's ratio) at their EB epochs and plan.
     Returns the plan record (what plan_regions.py writes as plan.yml)."""
-    from runners.pruning import ticket_for
-    from runners.tickets import ticket_stats
     cfg = xp.cfg
     ratios = sorted(set(ratios) | {budget_ratio})
     epochs = eb_epochs_or_last(xp, ratios, log)
@@ -170,7 +169,6 @@ def make_plan(xp, *, budget_ratio, ratios, bins, n_images, max_regions, budget_m
     budget = budget_macs or macs[budget_ratio]
     plan = plan_dp(gaps, weights, macs, budget, max_regions)
     if plan is None:
-        from utils.errors import UserError
         raise UserError(f"no plan fits the budget of {budget / 1e6:.2f}M MACs per image: the "
                         f"sparsest candidate has {min(macs.values()) / 1e6:.2f}M")
     uniform_gap = sum(w * g for w, g in zip(weights, gaps[budget_ratio]))

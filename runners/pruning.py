@@ -2,13 +2,16 @@
 number of ratios with one dependency graph, and pruned tickets saved as state dict + pruning
 history. earlybird_scripts/prune.py, the TA-EB tickets and the pipeline all call this.
 """
+import glob
 import os
 import time
 
+from core import checkpoint as ck
+from core.interop import is_diffusers_folder
+from core.layout import epoch_of_checkpoint
+from datasets import get_dataset
 from models.pruner_names import needs_gradients
 from models.pruning import MaskExtractor, count_params_macs
-from core import checkpoint as ck
-from core.layout import epoch_of_checkpoint
 from runners.masks import compute_masks, mask_meta, pruning_inputs, save_mask
 from utils.errors import UserError
 from utils.io import atomic_save, read_json
@@ -32,7 +35,6 @@ def prune_checkpoints(xp, checkpoints, ratios, *, save_masks=True, save_models=F
     cfg, layout, doc = xp.cfg, xp.layout, xp.doc
     pruner = cfg.earlybird.pruner
     if dataset is None and needs_gradients(pruner):
-        from datasets import get_dataset
         dataset = get_dataset(cfg, train=True)
     diffusion, data = pruning_inputs(cfg, pruner, dataset, device)
     extractor, saved = None, {}
@@ -137,9 +139,7 @@ def weights_of_epoch(layout, doc, epoch):
 
 def expand_checkpoints(items):
     """Paths, folders (their ckpt_ep*.pth) and globs -> [(epoch or None, path)] by epoch."""
-    import glob
     out = []
-    from core.interop import is_diffusers_folder
     for item in items:
         if is_diffusers_folder(item):  # a diffusers UNet folder is one network
             paths = [item]

@@ -10,13 +10,15 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
+from core import checkpoint as ck
+from core.device import autocast_for, dist_setup, select_device, use_channels_last
+from core.layout import Layout, folder_lock, sample_grid_of
+from core.lock import hold_for_job
+from core.regions import read_manifest
 from datasets import inverse_data_transform
 from models.diffusion import Diffusion, sample_images, timestep_sequence
 from models.stitched import StitchedTickets
-from core import checkpoint as ck
-from core.device import autocast_for, dist_setup, select_device, use_channels_last
-from core.layout import Layout, sample_grid_of
-from core.regions import read_manifest
+from runners.grids import save_sample_grid
 from utils.errors import UserError
 from utils.io import atomic_write_json
 
@@ -191,7 +193,6 @@ def _barrier(world):
 
 def write_grid(folder, path, n=64, title=None):
     """A titled grid of the first n images of a sample folder."""
-    from runners.grids import save_sample_grid
     files = _images_in(folder)[:n]
     if not files:
         return None
@@ -211,8 +212,6 @@ def run_sampling(cfg, opts):
     """--sample: one process, or one per GPU under torchrun (the images are split)."""
     if not opts.image_folder:
         raise UserError("--sample needs --image_folder")
-    from core.layout import folder_lock
-    from core.lock import hold_for_job
     device = select_device(opts.device)
     rank, world = dist_setup(device, cfg.training.dist_timeout_s)
     lock = hold_for_job(folder_lock(opts.image_folder), f"sample folder {opts.image_folder}",

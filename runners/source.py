@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from typing import Optional
 
 from core import checkpoint as ck
+from models.pruning import count_flops, count_params_macs
 from utils.errors import UserError
 
 
@@ -88,7 +89,6 @@ def _last_good_checkpoint(layout, doc, why):
 def network_costs(model, source):
     """(MACs, forward FLOPs) per image of a run's network: MACs from its pruning record, else
     counted by torch-pruning; FLOPs by FlopCounterMode (attention included)."""
-    from models.pruning import count_flops, count_params_macs
     if source.pruning and source.pruning.get("macs"):
         macs = int(source.pruning["macs"])
     else:

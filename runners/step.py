@@ -3,6 +3,7 @@ as device work only (no host read unless training.on_nonfinite: skip), and what 
 around it: the non-finite counters, the bf16 compute copy with fp32 master weights
 (fast.amp: bf16_weights) and the per-quartile losses. runners/train.py runs it eagerly;
 runners/graph_step.py captures it."""
+import copy
 from contextlib import nullcontext
 
 import torch
@@ -19,7 +20,6 @@ class MasterWeights:
     the copy refreshed (one foreach op)."""
 
     def __init__(self, model):
-        import copy
         self.compute = copy.deepcopy(model)
         for m in self.compute.modules():  # parameter by parameter (Module.to swaps tensors)
             for k, p in list(m._parameters.items()):

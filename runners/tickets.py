@@ -9,12 +9,14 @@ from typing import Optional
 
 import yaml
 
-from core.checkpoint import epochs_done
+from core.checkpoint import epochs_done, load_checkpoint
 from core.layout import ratio_key, region_doc
+from core.lock import RunLock
 from core.regions import Region, require_regions, training_range, visited_top
 from core.runlog import critical_and_total, read_costs, summed_cost
-from runners.launch import (gpu_groups, read_template, run_local, sbatch_script,
-                            slurm_options, submit_slurm, ticket_command)
+from models.earlybird import find_earlybird
+from runners.launch import (gpu_groups, read_template, run_local, sbatch_script, slurm_options,
+                            submit_slurm, ticket_command)
 from runners.masks import load_mask_series
 from runners.pruning import ticket_for
 from utils.errors import UserError
@@ -39,7 +41,6 @@ class TicketJob:
 def eb_epoch_for(xp, ratio):
     """The EB epoch of ``ratio`` in dense run ``xp.doc``: the online record if any, else the
     FIFO rule on its masks; None when there is none."""
-    from models.earlybird import find_earlybird
     layout, eb = xp.layout, xp.cfg.earlybird
     online = layout.earlybird_record(xp.doc)
     if os.path.isfile(online):
@@ -77,7 +78,6 @@ def ticket_epoch(xp, ratio, *, fallback=None, log=print):
 
 
 def ticket_stats(ticket_file):
-    from core.checkpoint import load_checkpoint
     p = load_checkpoint(ticket_file).get("pruning") or {}
     return p.get("params"), p.get("macs"), p.get("epoch")
 
@@ -187,7 +187,6 @@ def train_tickets(xp, launch=None):
     """Fine-tune every unfinished region's ticket of experiment ``xp`` (each for
     ``taeb.finetune_epochs``), then write the manifest; returns 0, or 1 if a ticket failed
     (local), sbatch failed, or --collect found unfinished tickets."""
-    from core.lock import RunLock
     launch = launch or Launch()
     with RunLock(xp.layout.tickets_lock(xp.tset), f"the TA-EB tickets of {xp.tset}"):
         return _train_tickets(xp, launch)
