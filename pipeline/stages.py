@@ -284,21 +284,29 @@ class Pipeline:
         for tset in self.ticket_sets():
             if os.path.isfile(self.layout.manifest(tset.name)):
                 continue
-            cmd = [PY, script("train_tickets.py"), "--config", tset.config, "--exp", self.exp,
-                   "--doc", self.doc, "--ticket_set", tset.name]
-            mp = self.cfg.pipeline.max_parallel
-            cmd += ["--max_parallel", str(mp)] if mp else []
+            cmd = self.tickets_cmd(tset)
             if not self.cfg.target.enabled:
                 run(cmd, f"{tset.label} tickets")
                 continue
             docs = [region_doc(tset.name, r.range) for r in tset.regions]
-            rec = self.train_to_target(taeb_name(tset.name), self.runs(
-                docs, lambda end, c=cmd, w=tset.label: run(c + ["--until_epoch", str(end)],
-                                                           f"{w} tickets to {end} epochs"),
-                lambda ends, ts=tset: self.score_set(ts, ends)), tset.label)
+            rec = self.train_to_target(taeb_name(tset.name), self.set_runs(tset, docs),
+                                       tset.label)
             self.finish(docs, "target reached" if rec["reached"] else "cap")
             write_record(self.layout.target_record(taeb_name(tset.name)), rec)
             run(cmd + ["--collect"], f"{tset.label} manifest")
+
+    def tickets_cmd(self, tset):
+        cmd = [PY, script("train_tickets.py"), "--config", tset.config, "--exp", self.exp,
+               "--doc", self.doc, "--ticket_set", tset.name]
+        mp = self.cfg.pipeline.max_parallel
+        return cmd + (["--max_parallel", str(mp)] if mp else [])
+
+    def set_runs(self, tset, docs):
+        """A ticket set's region runs, trained together in steps and scored stitched."""
+        def advance(end):
+            run(self.tickets_cmd(tset) + ["--until_epoch", str(end)],
+                f"{tset.label} tickets to {end} epochs")
+        return self.runs(docs, advance, lambda ends: self.score_set(tset, ends))
 
     def equal_flops_doc(self):
         """(run, ratio, epochs) of the uniform EB ticket at the ratio of TA-EB's
