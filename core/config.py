@@ -189,12 +189,18 @@ class TargetSettings:
                                     # reference's final quality (its plateau level)
     every: int = 2                  # epochs between evaluations
     max_epochs: int = 0             # cap per fine-tuning run; 0 resolves to training.n_epochs
-    max_flops: float = 0.0          # cap on a method's fine-tuning FLOPs (0: none)
+    max_flops: float = 0.0          # cap on a method's fine-tuning FLOPs (0: see budget)
+    budget: str = "dense"           # with max_flops 0: dense (a method may spend up to the
+                                    # dense reference's cost to the target, its dense prefix
+                                    # included; pipeline/schedule.py) | none (epochs only)
     plateau_patience: int = 0       # dense: stop once this many evaluations in a row improve
                                     # on the best before them by no more than plateau_delta
                                     # (0: dense trains training.n_epochs)
     plateau_delta: float = 2.0
     plateau_max_epochs: int = 0     # dense cap; 0 resolves to twice training.n_epochs
+    axis: str = "digits_fd"         # the curve the plateau, the target and each crossing are
+                                    # read from: digits_fd (sampled images) | heldout (the
+                                    # held-out denoising loss: fixed images, steps and noise)
 
 
 @dataclass(frozen=True)
@@ -210,6 +216,8 @@ class PipelineSettings:
     eval_every: int = 0             # quality along training: every K-th epoch (0: final only)
     eval_samples: int = 300         # images per quality evaluation along training
     eval_timesteps: int = 25        # sampling steps per quality evaluation
+    heldout_images: int = 128       # test images of the held-out loss beside every evaluation
+    heldout_timesteps: int = 16     # at most this many of the sampler's visited timesteps
     max_parallel: int = 0           # TA-EB tickets trained at once (0: train_tickets' default)
     fid_ref: str = ""               # other data than digits: real images (folder / .npz) for FID
     inception_weights: str = ""     # local pt_inception-2015-12-05 weights ("": download)
@@ -284,6 +292,8 @@ CHOICES = {
     ("fast", "channels_last"): ["auto", "on", "off"],
     ("earlybird", "pruner"): list(PRUNERS),
     ("earlybird", "fallback"): ["error", "last"],
+    ("target", "axis"): ["digits_fd", "heldout"],
+    ("target", "budget"): ["dense", "none"],
 }
 
 
@@ -422,7 +432,8 @@ RANGES = {
     ("target", "plateau_max_epochs"): NON_NEGATIVE,
     ("pipeline", "pruning_ratio"): FRACTION, ("pipeline", "eval_every"): NON_NEGATIVE,
     ("pipeline", "eval_samples"): AT_LEAST_ONE, ("pipeline", "eval_timesteps"): AT_LEAST_ONE,
-    ("pipeline", "max_parallel"): NON_NEGATIVE,
+    ("pipeline", "max_parallel"): NON_NEGATIVE, ("pipeline", "heldout_images"): AT_LEAST_ONE,
+    ("pipeline", "heldout_timesteps"): AT_LEAST_ONE,
     ("speed", "k"): POSITIVE, ("speed", "lam"): (0, 1, True, True), ("speed", "tau"): NON_NEGATIVE,
 }
 

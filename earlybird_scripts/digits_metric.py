@@ -32,7 +32,8 @@ def main(argv=None):
     print(f"digits-FD {res['digits_fd']:.3f} over {res['n']} samples (classifier accuracy on "
           f"held-out real digits {res['classifier_acc']:.3f}; not Inception FID); valid "
           f"{res['valid']:.1%} (classifier confidence >= {res['valid_confidence']:g}; held-out "
-          f"real digits {res['real_valid']:.1%})")
+          f"real digits {res['real_valid']:.1%}); noise-like {res['noise_like']:.1%} (rougher "
+          f"than every real digit)")
     if a.output:
         atomic_write_json(a.output, dict(res, sampled_with=folder_metadata(a.samples)))
     return 0

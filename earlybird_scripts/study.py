@@ -79,10 +79,16 @@ def target_args(cfg, fixed_epochs):
             f"target.plateau_patience={t.plateau_patience or 3}"]
 
 
+# each seed samples its own noise set (image i of seed s: sampling seed s * stride + i), shared
+# by every method of that seed: differences between methods are paired within a seed
+SAMPLING_SEED_STRIDE = 10_007
+
+
 def pipeline_cmd(a, overrides, doc, seed, extra):
     return [sys.executable, os.path.join(_common.ROOT, "earlybird_scripts", "run_pipeline.py"),
             "--config", a.config, "--exp", a.exp, "--doc", doc, "--no_final_samples"] + \
-        extra + ["--override", f"training.seed={seed}"] + overrides
+        extra + ["--override", f"training.seed={seed}",
+                 f"sampling.seed={seed * SAMPLING_SEED_STRIDE}"] + overrides
 
 
 def main(argv=None):

@@ -32,14 +32,15 @@ def _cumulative_of(L, row, dense_costs):
             for e in per[0] if all(e in p for p in per)}
 
 
-def method_curves(exp, doc, rows):
+def method_curves(exp, doc, rows, axis="digits_fd"):
     """{row key: [(cum wall, cum FLOPs, quality)]} along training, on each method's critical
-    path (TA-EB: the dense prefix plus its slowest ticket's cost so far)."""
+    path (TA-EB: the dense prefix plus its slowest ticket's cost so far); quality read from
+    ``axis`` (evaluation/curves.py's AXES)."""
     L = Layout(exp)
     dense_costs = read_costs(L.costs(doc))
     out = {}
     for r in rows:
-        curve = read_curve(L.curve_file(r.key))
+        curve = read_curve(L.curve_file(r.key), axis)
         if curve:
             cum = _cumulative_of(L, r, dense_costs)
             out[r.key] = [(*cum[p["epoch"]], p["value"]) for p in curve if p["epoch"] in cum]

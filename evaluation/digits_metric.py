@@ -122,9 +122,21 @@ def valid_share(model, x, confidence=VALID_CONFIDENCE):
     return float((probs.max(1).values >= confidence).float().mean())
 
 
+def roughness(x):
+    """Mean |discrete Laplacian| of each image [N, 1, S, S] in [-1, 1]: [N]. Speckled noise that
+    never became a digit is far rougher than any pen stroke."""
+    kernel = torch.tensor([[0.0, 1.0, 0.0], [1.0, -4.0, 1.0], [0.0, 1.0, 0.0]]).view(1, 1, 3, 3)
+    return F.conv2d(x.float(), kernel).abs().mean(dim=(1, 2, 3))
+
+
+def noise_like_share(samples, real):
+    """Share of samples rougher than every real digit (``real``: the held-out digits)."""
+    return float((roughness(samples) > roughness(real).max()).float().mean())
+
+
 def evaluate(samples, image_size, cache_dir):
-    """samples: [N, 1, S, S] in [-1, 1] -> dict(digits_fd, valid, real_valid, classifier_acc,
-    n, class_histogram)."""
+    """samples: [N, 1, S, S] in [-1, 1] -> dict(digits_fd, valid, real_valid, noise_like,
+    classifier_acc, n, class_histogram)."""
     model, _ = load_or_train_classifier(image_size, cache_dir)
     x_test, y_test = real_digits(image_size, train=False)
     with torch.no_grad():
@@ -136,6 +148,7 @@ def evaluate(samples, image_size, cache_dir):
     class_hist = torch.bincount(pred, minlength=10).tolist()
     return {"digits_fd": frechet_distance(mu_g, s_g, mu_r, s_r), "classifier_acc": acc,
             "valid": valid_share(model, samples), "real_valid": valid_share(model, x_test),
+            "noise_like": noise_like_share(samples, x_test),
             "valid_confidence": VALID_CONFIDENCE,
             "n": int(samples.shape[0]), "class_histogram": class_hist,
             "metric": "digits-FD: Fréchet distance in a digit classifier's 64-d features vs "

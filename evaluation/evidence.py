@@ -92,12 +92,47 @@ def interval(values):
     return m, t_quantile(len(vals)) * s / math.sqrt(len(vals))
 
 
+MIN_SEEDS = 3  # no interval, and no verdict, from fewer values
+
+
+def fmt_values(values, spec=".2f", suffix="", bounds=None):
+    """Per-seed values as they are, 'a / b / c' (``bounds``: per value, '<' marks an upper
+    bound, '' a value)."""
+    bounds = bounds or [""] * len(values)
+    return " / ".join(f"{b}{v:{spec}}{suffix}".replace("< ", "<") for v, b in
+                      zip(values, bounds) if v is not None)
+
+
 def fmt_interval(values, spec=".2f", suffix=""):
-    """'mean ± half-width' of the 95% interval over seeds (the mean alone for one seed)."""
-    m, h = interval(values)
-    if m is None:
+    """'mean ± half-width' of the 95% interval over seeds; with fewer than MIN_SEEDS values,
+    the values themselves (an interval from one or two seeds would say nothing)."""
+    vals = [v for v in values if v is not None]
+    if not vals:
         return "–"
-    return f"{m:{spec}}{suffix}" if h is None else f"{m:{spec}}{suffix} ± {h:{spec}}"
+    if len(vals) < MIN_SEEDS:
+        return fmt_values(vals, spec, suffix)
+    m, h = interval(vals)
+    return f"{m:{spec}}{suffix} ± {h:{spec}}"
+
+
+def geometric_interval(ratios):
+    """(geometric mean, low, high) of ratios over seeds: the 95% Student-t interval of the
+    mean log ratio, exponentiated (cost ratios multiply, so they are averaged in logs)."""
+    m, h = interval([math.log(r) for r in ratios])
+    return math.exp(m), math.exp(m - h), math.exp(m + h)
+
+
+def fmt_ratios(ratios, spec=".2f", suffix="x", bounds=None):
+    """Cost ratios over seeds: the geometric mean with its 95% interval; the per-seed values
+    where there are fewer than MIN_SEEDS or any of them is a bound (never one number made of
+    values and bounds)."""
+    vals = [r for r in ratios if r is not None]
+    if not vals:
+        return "–"
+    if len(vals) < MIN_SEEDS or any(bounds or []):
+        return fmt_values(vals, spec, suffix, bounds)
+    g, lo, hi = geometric_interval(vals)
+    return f"{g:{spec}}{suffix} [{lo:{spec}}, {hi:{spec}}]"
 
 
 def quality_at(curve, cost):
@@ -122,6 +157,7 @@ class Verdict:
     word: str            # holds | does not hold | inconclusive (within noise)
     mean: float
     margin: float
+    n: int = 0           # the values it was decided from
 
     def text(self):
         return f"**{self.word}**"
@@ -131,16 +167,20 @@ def verdict(diffs, noise_floor):
     """diffs: per-seed differences, negative where the claim holds (e.g. quality of A minus
     quality of B for "A beats B"). The margin is the larger of the metric's noise floor and
     the half-width of the mean's 95% Student-t interval over seeds; a mean beyond it decides,
-    otherwise it is within noise."""
-    m, h = interval(diffs)
+    otherwise it is within noise. Fewer than MIN_SEEDS values decide nothing."""
+    vals = [d for d in diffs if d is not None]
+    m, h = interval(vals)
     if m is None:
         return Verdict("inconclusive (no data)", float("nan"), float("nan"))
+    if len(vals) < MIN_SEEDS:
+        return Verdict(f"inconclusive ({len(vals)} seed{'s' if len(vals) != 1 else ''}; "
+                       f"{MIN_SEEDS} or more decide)", m, float("nan"))
     margin = max(noise_floor, h or 0.0)
     if m < -margin:
-        return Verdict("holds", m, margin)
+        return Verdict("holds", m, margin, len(vals))
     if m > margin:
-        return Verdict("does not hold", m, margin)
-    return Verdict("inconclusive (within noise)", m, margin)
+        return Verdict("does not hold", m, margin, len(vals))
+    return Verdict("inconclusive (within noise)", m, margin, len(vals))
 
 
 def best_equal_ratio(ratio_macs, target_macs):
@@ -160,3 +200,9 @@ def sampling_average_macs(tickets, sequence):
 
 def fraction(a, b) -> Optional[float]:
     return a / b if a is not None and b else None
+
+
+def rank_agreement(xs, ys):
+    """Spearman's rank correlation of two paired lists (1: the same order)."""
+    from scipy.stats import spearmanr
+    return float(spearmanr(xs, ys).statistic)

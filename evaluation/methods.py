@@ -70,6 +70,7 @@ class Row:
     metric: Optional[str] = None    # 'digits-FD' | 'FID'
     value: Optional[float] = None
     valid: Optional[float] = None
+    noise_like: Optional[float] = None  # share of samples rougher than every real digit
     regions: tuple = ()             # ticket sets: their ranges
     ticket_set: str = ""
     schedule: Optional[str] = None
@@ -95,7 +96,8 @@ class Row:
                 "train_s_total": self.total.wall_s, "vs_dense_flops": pick(self.vs_dense, 0),
                 "vs_dense_wall": pick(self.vs_dense, 1), "vs_tpf_flops": pick(self.vs_tpf, 0),
                 "vs_tpf_wall": pick(self.vs_tpf, 1), "metric": self.metric,
-                "metric_value": self.value, "valid": self.valid, "target": self.target,
+                "metric_value": self.value, "valid": self.valid,
+                "noise_like": self.noise_like, "target": self.target,
                 "to_target_flops": tt.flops if tt else None,
                 "to_target_s": tt.wall_s if tt else None,
                 "to_target_vs_dense_flops": pick(self.to_target_vs_dense, 0),
@@ -105,6 +107,6 @@ class Row:
 DATA_COLUMNS = ("method", "params", "macs", "eb_epoch", "train_flops_critical",
                 "train_flops_total", "train_s_critical", "train_s_total", "vs_dense_flops",
                 "vs_dense_wall", "vs_tpf_flops", "vs_tpf_wall", "metric", "metric_value",
-                "valid", "target", "to_target_flops", "to_target_s",
+                "valid", "noise_like", "target", "to_target_flops", "to_target_s",
                 "to_target_vs_dense_flops", "to_target_vs_dense_wall")
 

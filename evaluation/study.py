@@ -7,14 +7,16 @@ mean over seeds.
 Each seed is one pipeline run (``{doc}_s{seed}``; with SpeeD also ``{doc}_speed_s{seed}``);
 finished stages are reused, so an interrupted study continues where it stopped.
 """
+import math
 from dataclasses import dataclass, replace
 from typing import Optional
 
 from core.layout import Layout
 from evaluation.costs import cost_to_target, method_curves
 from evaluation.curves import read_curve
-from evaluation.evidence import (cost_to_reach, equal_quality_speedup, fmt_interval,
-                                 interval, quality_at, reach_bounds, verdict)
+from evaluation.evidence import (MIN_SEEDS, cost_to_reach, equal_quality_speedup,
+                                 fmt_interval, fmt_ratios, fmt_values, interval, quality_at,
+                                 reach_bounds, verdict)
 from evaluation.methods import BY_KIND, METHODS
 from evaluation.report import collect
 
@@ -34,7 +36,7 @@ class SeedResult:
     total_flops: float
     vs_dense: Optional[tuple]       # fixed-budget speed-ups (FLOPs, wall)
     macs: float
-    curve: list                     # [(cum wall, cum FLOPs, quality)]
+    curve: list                     # [(cum wall, cum FLOPs, quality on target.axis)]
     regions: tuple
     target: Optional[float]
     epochs: int
@@ -42,14 +44,21 @@ class SeedResult:
     eq_flops: Optional[float] = None
     eq_wall: Optional[float] = None
     tt_speedup: Optional[tuple] = None  # (FLOPs, wall, '<' when a bound)
+    fd_curve: Optional[list] = None     # [(cum wall, cum FLOPs, digits-FD)] (default: curve)
+    axis: str = "digits_fd"             # the axis of ``curve`` and ``target`` (target.axis)
+
+    @property
+    def fd(self):
+        return self.fd_curve or self.curve
 
 
-def _result(r, c, ref, target, valid):
-    """One method's numbers in one seed: r a report Row, c its curve, ref the dense curve."""
-    res = SeedResult(kind=r.kind, method=r.name, quality=c[-1][2], valid=valid,
+def _result(r, c, fd, ref, target, valid, axis):
+    """One method's numbers in one seed: r a report Row, c its curve on the target's axis, fd
+    its digits-FD curve, ref the dense curve (target's axis)."""
+    res = SeedResult(kind=r.kind, method=r.name, quality=fd[-1][2], valid=valid,
                      eb_epoch=r.eb_epoch, flops=r.critical.flops, wall=r.critical.wall_s,
                      total_flops=r.total.flops, vs_dense=r.vs_dense, macs=r.macs, curve=c,
-                     regions=r.regions, target=target, epochs=r.epochs,
+                     regions=r.regions, target=target, epochs=r.epochs, fd_curve=fd, axis=axis,
                      to_target=cost_to_target(c, target) if target is not None else None)
     if ref and r.kind != "dense":
         res = replace(res, eq_flops=equal_quality_speedup(
@@ -58,23 +67,31 @@ def _result(r, c, ref, target, valid):
     return res
 
 
+def target_axis(rows):
+    """The axis the run's targets were read on (its target records say; digits_fd before)."""
+    return next((r.target_record["axis"] for r in rows
+                 if r.target_record and "axis" in r.target_record), "digits_fd")
+
+
 def seed_result(exp, doc, cfg, *, dense_curve_doc=None):
     """{kind: SeedResult} of one pipeline run: final quality (last curve point), cost to the
     target, costs, fixed-budget and equal-quality speed-ups against the plain dense run."""
     rows, _ = collect(exp, doc, cfg)
-    curves = method_curves(exp, doc, rows)
+    axis = target_axis(rows)
+    curves, fds = method_curves(exp, doc, rows, axis), method_curves(exp, doc, rows)
     ref_doc = dense_curve_doc or doc
     if ref_doc != doc:
         ref_rows, _ = collect(exp, ref_doc, cfg)
-        ref = method_curves(exp, ref_doc, ref_rows[:1])[ref_doc]
+        ref = method_curves(exp, ref_doc, ref_rows[:1], axis)[ref_doc]
         target = ref_rows[0].target
     else:
         ref, target = curves.get(doc, []), rows[0].target
     out = {}
     for r in rows:
-        if curves.get(r.key):
+        if curves.get(r.key) and fds.get(r.key):
             last = read_curve(Layout(exp).curve_file(r.key))[-1]
-            out[r.kind] = _result(r, curves[r.key], ref, target, last.get("valid"))
+            out[r.kind] = _result(r, curves[r.key], fds[r.key], ref, target,
+                                  last.get("valid"), axis)
     dense = out.get("dense")
     return {k: replace(res, tt_speedup=_tt_speedup(dense, res) if dense else None)
             for k, res in out.items()}
@@ -105,8 +122,9 @@ def _groups(results, variants):
 
 
 def _tt(per, i):
+    """Speed-ups to the target (FLOPs: i = 0, wall: 1) over seeds, and which are bounds."""
     vals = [p.tt_speedup for p in per if p.tt_speedup]
-    return [v[i] for v in vals], any(v[2] for v in vals)
+    return [v[i] for v in vals], [v[2] for v in vals]
 
 
 HEADLINE_COLUMNS = ("method", "seeds", "reached", "to_target_tflops_mean",
@@ -134,7 +152,10 @@ def headline_data(results, variants):
                 "vs_dense_wall": [p.vs_dense[1] for p in per]}
         for col, vals in cols.items():
             row[f"{col}_mean"], row[f"{col}_ci95"] = interval(vals)
-        row["tt_speedup_upper_bound"] = _tt(per, 0)[1]
+        row["tt_speedup_upper_bound"] = any(_tt(per, 0)[1])
+        if row["tt_speedup_upper_bound"] or len(cols["tt_speedup_flops"]) < MIN_SEEDS:
+            # an interval mixing values and bounds, or from one or two, would mislead
+            row.update(tt_speedup_flops_ci95=None, tt_speedup_wall_ci95=None)
         out.append(row)
     return out
 
@@ -142,10 +163,8 @@ def headline_data(results, variants):
 def _tt_cell(per, i, reference):
     if reference:
         return "1x (reference)"
-    vals, bound = _tt(per, i)
-    if not vals:
-        return "–"
-    return ("< " if bound else "") + fmt_interval(vals, ".2f", "x")
+    vals, bounds = _tt(per, i)
+    return fmt_ratios(vals, bounds=bounds)
 
 
 def headline_rows(results, variants):
@@ -165,27 +184,43 @@ def headline_rows(results, variants):
             f"{fmt_interval([p.valid for p in per if p.valid is not None], '.0%')} | "
             f"{fmt_interval([p.eb_epoch for p in per], '.1f')} | "
             f"{fmt_interval([p.flops / 1e12 for p in per])} | "
-            f"{fmt_interval([p.vs_dense[0] for p in per], '.2f', 'x')} / "
-            f"{fmt_interval([p.vs_dense[1] for p in per], '.2f', 'x')} |")
+            f"{fmt_ratios([p.vs_dense[0] for p in per])} / "
+            f"{fmt_ratios([p.vs_dense[1] for p in per])} |")
     return lines
 
 
 def _ratio_verdict(both, word_if, what):
-    """Cost ratios A / B at given levels: both [(A result, B result, level)]. Each crossing is
-    known only to within one evaluation interval, so a ratio's resolution is half the range
-    those two intervals allow; no smaller difference decides."""
+    """Cost ratios A / B at given levels: both [(A result, B result, level)], judged in logs
+    (ratios multiply). Each crossing is known only to within one evaluation interval, so a
+    ratio's resolution is half the range those two intervals allow, in logs; no smaller
+    difference decides."""
     ratios, resolution = [], []
     for a, b, level in both:
         fa, fb = ([(f, q) for _, f, q in m.curve] for m in (a, b))
         (alo, ahi), (blo, bhi) = reach_bounds(fa, level), reach_bounds(fb, level)
         ratios.append(cost_to_reach(fa, level) / cost_to_reach(fb, level))
-        resolution.append((ahi / blo - alo / bhi) / 2 if blo > 0 else float("inf"))
+        resolution.append((math.log(ahi / blo) - math.log(alo / bhi)) / 2
+                          if min(alo, blo) > 0 else float("inf"))
     res = sum(resolution) / len(resolution)
-    v = verdict([r - 1 for r in ratios], res)
+    v = verdict([math.log(r) for r in ratios], res)
     # per seed: A cheaper (+1) or dearer (-1) beyond that seed's resolution, else 0
-    sides = [(r < 1 - e) - (r > 1 + e) for r, e in zip(ratios, resolution)]
-    return v, sides, (f"cost to {what} {word_if} = {fmt_interval(ratios)} in FLOPs (margin "
-                      f"{v.margin:.2f}; one evaluation interval alone allows ± {res:.2f})")
+    sides = [(math.log(r) < -e) - (math.log(r) > e) for r, e in zip(ratios, resolution)]
+    return v, sides, (f"cost to {what} {word_if} = {fmt_ratios(ratios, suffix='')} in FLOPs "
+                      f"(geometric mean{_margin(v, lambda m: f'x/÷ {math.exp(m):.2f}')}; one "
+                      f"evaluation interval alone allows x/÷ {math.exp(res):.2f})")
+
+
+def _margin(v, fmt=lambda m: f"{m:.2f}"):
+    """'; margin M' of a verdict that had one (none from fewer than MIN_SEEDS seeds), and for
+    one within noise what would decide it."""
+    if math.isnan(v.margin):
+        return ""
+    text = f"; margin {fmt(v.margin)}"
+    if v.word.endswith("(within noise)") and v.mean and v.n:
+        # the interval shrinks as 1 / sqrt(seeds): about this many would separate this mean
+        need = math.ceil(v.n * (v.margin / abs(v.mean)) ** 2)
+        text += f"; about {need} seeds would decide a difference of this size"
+    return text
 
 
 def _majority(pro, con, n):
@@ -266,10 +301,9 @@ def _quality_claim(name, pairs, noise_floor, label):
     cost (the other keeps the quality it stopped at)."""
     d = []
     for a, b in pairs:
-        cost = max(min(a.curve[-1][1], b.curve[-1][1]),
-                   max(a.curve[0][1], b.curve[0][1]))
-        qa = quality_at([(f, q) for _, f, q in a.curve], cost)
-        qb = quality_at([(f, q) for _, f, q in b.curve], cost)
+        cost = max(min(a.fd[-1][1], b.fd[-1][1]), max(a.fd[0][1], b.fd[0][1]))
+        qa = quality_at([(f, q) for _, f, q in a.fd], cost)
+        qb = quality_at([(f, q) for _, f, q in b.fd], cost)
         if qa is not None and qb is not None:
             d.append(qa - qb)
     if not d:
@@ -277,27 +311,59 @@ def _quality_claim(name, pairs, noise_floor, label):
     v = verdict(d, noise_floor)
     return (f"{name}, at equal cost", v.word,
             f"digits-FD {label} at the same training FLOPs = {fmt_interval(d)} "
-            f"(margin {v.margin:.2f})")
+            f"({_margin(v)[2:] or 'too few seeds'})")
+
+
+def _final_quality_claim(name, pairs, label):
+    """A claim on quality alone: each method's final digits-FD, each at its own budget."""
+    v = verdict([a.quality - b.quality for a, b in pairs], 0.0)
+    return (f"{name}, on quality at each one's budget", v.word,
+            f"final digits-FD {label} = {fmt_interval([a.quality - b.quality for a, b in pairs])}"
+            f" ({_margin(v)[2:] or 'too few seeds'})")
+
+
+def null_controls(pairs):
+    """Seeds whose planned TA-EB is one region (the planner chose a uniform ticket): no
+    evidence for or against planned regions, only a control of the noise between two runs of
+    near-identical networks. Returns (the other pairs, the controls' final digits-FD gaps)."""
+    plans = [(a, b) for a, b in pairs if len(a.regions) > 1]
+    return plans, [a.quality - b.quality for a, b in pairs if len(a.regions) <= 1]
+
+
+CLAIMS = (("eb", "tpf", "(b) the EB ticket reaches train-prune-finetune's quality at a fraction "
+           "of its cost", "EB / TPF"),
+          ("taeb", "eb", "(c) TA-EB (hand-set regions) beats the uniform EB ticket",
+           "TA-EB / EB"),
+          ("taeb_plan", "eb", "(c') TA-EB with planned regions beats the uniform EB ticket",
+           "planned TA-EB / EB"))
 
 
 def verdicts(results, noise_floor):
     """The paper's claims, each with its numbers and a word: holds / does not hold /
-    inconclusive (within noise)."""
+    inconclusive (and what would decide it)."""
     plain = results.get("plain", [])
     out = [_earlybird_claim(plain)]
-    for a_kind, b_kind, name, ratio_name in (
-            ("eb", "tpf", "(b) the EB ticket reaches train-prune-finetune's quality at a "
-             "fraction of its cost", "EB / TPF"),
-            ("taeb", "eb", "(c) TA-EB (hand-set regions) beats the uniform EB ticket",
-             "TA-EB / EB"),
-            ("taeb_plan", "eb", "(c') TA-EB with planned regions beats the uniform EB ticket",
-             "planned TA-EB / EB")):
+    for a_kind, b_kind, name, ratio_name in CLAIMS:
         pairs = [(s[a_kind], s[b_kind]) for s in plain if a_kind in s and b_kind in s]
+        controls = []
+        if a_kind == "taeb_plan":
+            pairs, controls = null_controls(pairs)
+        diff_name = ratio_name.replace(" / ", " - ")
         if pairs:
-            out.append(_cost_claim(name, pairs, ratio_name))
-            out.append(_level_claim(name, pairs, ratio_name))
-            out.append(_quality_claim(name, pairs, noise_floor,
-                                      ratio_name.replace(" / ", " - ")))
+            cost = [_cost_claim(name, pairs, ratio_name), _level_claim(name, pairs, ratio_name),
+                    _quality_claim(name, pairs, noise_floor, diff_name)]
+            if a_kind == "eb":
+                # train-prune-finetune pays for the whole dense run first: its cost lines
+                # follow from that accounting, so quality alone is judged too
+                cost = [(c, w, n + " (follows from the accounting: train-prune-finetune "
+                         "carries the whole dense run)") for c, w, n in cost[:2]] + cost[2:]
+                cost.append(_final_quality_claim(name, pairs, diff_name))
+            out += cost
+        if controls:
+            out.append((f"{name}: null controls", "not evidence",
+                        f"{len(controls)} seed(s) planned a single region (a uniform ticket); "
+                        f"their final digits-FD gap to the uniform EB ticket, "
+                        f"{fmt_values(controls)}, is the noise between two near-identical runs"))
     out += _speed_verdicts(plain, results.get("speed", []), noise_floor)
     return out
 
@@ -310,8 +376,8 @@ def _earlybird_claim(plain):
                 "no EB epoch was found for every seed")
     v = verdict([f - 0.5 for f in fr], 0.0)
     return ("(a) the EB epoch comes early (in the first half of the dense run)", v.word,
-            f"EB epoch at {fmt_interval(fr)} of the dense run's epochs (margin to one half: "
-            f"{v.margin:.2f})")
+            f"EB epoch at {fmt_interval(fr)} of the dense run's epochs (to one half"
+            f"{_margin(v)})")
 
 
 def _speed_verdicts(plain, speed, noise_floor):
@@ -327,5 +393,5 @@ def _speed_verdicts(plain, speed, noise_floor):
         name = BY_KIND[kind].label
         out.append((f"(SpeeD) {name} + SpeeD trains better than {name} alone at the same "
                     f"budget", v.word, f"digits-FD with SpeeD - without = {fmt_interval(d)} "
-                    f"(margin {v.margin:.2f})"))
+                    f"({_margin(v)[2:] or 'too few seeds'})"))
     return out

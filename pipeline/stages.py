@@ -22,11 +22,13 @@ from core.layout import Layout, eb_doc, eqflops_doc, plan_set, region_doc, taeb_
 from core.options import Experiment
 from core.regions import read_manifest
 from core.runlog import read_costs, summed_cost
-from evaluation.curves import digits_quality, eval_epochs, evaluate_curve
-from evaluation.evidence import best_equal_ratio, sampling_average_macs
+from evaluation.costs import cumulative
+from evaluation.curves import digits_quality, eval_epochs, evaluate_curve, on_axis, read_curve
+from evaluation.heldout import heldout_set
+from evaluation.evidence import best_equal_ratio, cost_to_reach, sampling_average_macs
 from evaluation.targets import read_record, write_record
 from models.diffusion import timestep_sequence
-from pipeline.schedule import Runs, to_plateau, to_target
+from pipeline.schedule import Runs, finetune_budget, to_plateau, to_target
 from pipeline.settings import write_pipeline_config
 from runners.pruning import ticket_for
 from runners.tickets import ticket_epoch, ticket_stats
@@ -84,7 +86,7 @@ class Pipeline:
         self.config_file = self.layout.pipeline_config(doc)
         self.cfg = write_pipeline_config(config, list(overrides), self.config_file)
         self.xp = Experiment(self.cfg, self.layout, doc, self.config_file)
-        self._score = None
+        self._score = self._heldout = None
 
     # --- what exists ---------------------------------------------------------------------
     def epochs(self, doc):
@@ -157,7 +159,7 @@ class Pipeline:
         p = self.cfg.pipeline
         write_record(self.layout.target_record(self.doc), {
             **rec, "epochs": self.epochs(self.doc), "n": p.eval_samples,
-            "timesteps": p.eval_timesteps})
+            "timesteps": p.eval_timesteps, "axis": t.axis})
 
     def runs(self, docs, advance, score):
         """The step loops' view (pipeline/schedule.py) of runs ``docs``: ``advance(end)``
@@ -180,11 +182,21 @@ class Pipeline:
             self._score = digits_quality(self.layout.metric_cache())
         return self._score
 
+    def heldout(self):
+        if self._heldout is None:
+            p = self.cfg.pipeline
+            self._heldout = heldout_set(self.cfg, images=p.heldout_images,
+                                        timesteps=p.heldout_timesteps)
+        return self._heldout
+
     def score_epochs(self, name, sources_by_epoch):
-        """The curve points of run / ticket set ``name`` at these epochs (each scored once)."""
+        """The curve points of run / ticket set ``name`` at these epochs (each scored once),
+        with ``value`` on the axis the loops read (target.axis)."""
         p = self.cfg.pipeline
-        return evaluate_curve(self.cfg, self.layout.curve_file(name), sources_by_epoch,
-                              self.scorer(), n=p.eval_samples, timesteps=p.eval_timesteps)
+        return on_axis(evaluate_curve(self.cfg, self.layout.curve_file(name), sources_by_epoch,
+                                      self.scorer(), n=p.eval_samples,
+                                      timesteps=p.eval_timesteps, heldout=self.heldout()),
+                       self.cfg.target.axis)
 
     def score_run(self, doc, ends):
         ckpts = self.layout.epoch_checkpoints(doc)
@@ -207,16 +219,37 @@ class Pipeline:
             return rec["level"]
         return self.score_run(self.doc, [self.epochs(self.doc)])[-1]["value"]
 
-    def train_to_target(self, name, runs, label):
-        """Train ``runs`` until their curve ``name`` reaches the target or a cap; the decision
-        goes to {exp}/targets/{name}.json."""
+    def dense_cost_to_target(self):
+        """Training FLOPs at which the dense curve first reaches the target (None: never)."""
+        cum = cumulative(read_costs(self.layout.costs(self.doc)))
+        curve = read_curve(self.layout.curve_file(self.doc), self.cfg.target.axis)
+        return cost_to_reach([(cum[p["epoch"]][1], p["value"]) for p in curve
+                              if p["epoch"] in cum], self.target_value())
+
+    def flops_budget(self, pruned_at):
+        """The fine-tuning FLOPs cap of a method pruned after dense epoch ``pruned_at``:
+        target.max_flops, else (target.budget: dense) pipeline/schedule.py's rule."""
         t = self.cfg.target
-        rec = to_target(runs, target=self.target_value(), every=t.every,
-                        cap_epochs=t.max_epochs, cap_flops=t.max_flops)
+        if t.max_flops or t.budget != "dense":
+            return t.max_flops
+        dense = read_costs(self.layout.costs(self.doc))
+        eb = self.eb_epoch(self.cfg.pipeline.pruning_ratio)
+        return finetune_budget(self.dense_cost_to_target(),
+                               summed_cost(dense, upto=pruned_at)[1],
+                               summed_cost(dense, upto=eb)[1])
+
+    def train_to_target(self, name, runs, label, pruned_at):
+        """Train ``runs`` (pruned after dense epoch ``pruned_at``) until their curve ``name``
+        reaches the target or a cap; the decision goes to {exp}/targets/{name}.json."""
+        t = self.cfg.target
+        rec = dict(to_target(runs, target=self.target_value(), every=t.every,
+                             cap_epochs=t.max_epochs, cap_flops=self.flops_budget(pruned_at)),
+                   axis=t.axis)
         print(f"{label}: {'reached' if rec['reached'] else 'did not reach'} the target "
               f"{rec['target']:.2f} ({rec['values'][-1]:.2f} after epoch "
               f"{rec['eval_epochs'][-1]}, {rec['finetune_flops'] / 1e12:.2f} TFLOPs of "
-              f"fine-tuning)", flush=True)
+              f"fine-tuning" + (f" of a budget of {rec['cap_flops'] / 1e12:.2f}"
+                                if rec["cap_flops"] else "") + ")", flush=True)
         return rec
 
     # --- 2. early-bird epochs --------------------------------------------------------------
@@ -259,7 +292,7 @@ class Pipeline:
             return run(self.train_cmd(doc, extra), what)
         rec = self.train_to_target(doc, self.runs([doc], lambda end: run(
             self.train_cmd(doc, extra + ["--until_epoch", str(end)]), f"{what} to {end} epochs"),
-            lambda ends: self.score_run(doc, ends)), f"{label} p={ratio:g}")
+            lambda ends: self.score_run(doc, ends)), f"{label} p={ratio:g}", epoch)
         self.finish([doc], "target reached" if rec["reached"] else "cap")
         write_record(self.layout.target_record(doc), rec)
 
@@ -289,8 +322,10 @@ class Pipeline:
                 run(cmd, f"{tset.label} tickets")
                 continue
             docs = [region_doc(tset.name, r.range) for r in tset.regions]
+            pruned_at = max(r.epoch if r.epoch is not None else
+                            self.eb_epoch(r.pruning_ratio) for r in tset.regions)
             rec = self.train_to_target(taeb_name(tset.name), self.set_runs(tset, docs),
-                                       tset.label)
+                                       tset.label, pruned_at)
             self.finish(docs, "target reached" if rec["reached"] else "cap")
             write_record(self.layout.target_record(taeb_name(tset.name)), rec)
             run(cmd + ["--collect"], f"{tset.label} manifest")

@@ -85,3 +85,22 @@ def test_stages_their_order_and_done_tests(tmp_path):
     assert [s.name for s in pipe.stages()] == ["dense", "earlybird", "eb", "taeb", "curves",
                                                "report"]
     assert not pipe.stages()[-1].finished()   # the report is always rewritten
+
+
+def test_a_crossing_past_the_flops_budget_does_not_count():
+    # 3 epochs per step at 1e9 FLOPs per epoch: 3e9, 6e9; the budget 5e9 is passed at the
+    # second evaluation, which is the first at the target
+    s = Scripted([100.0, 40.0], flops_per_epoch=1e9)
+    rec = to_target(s.runs(), target=50.0, every=3, cap_epochs=30, cap_flops=5e9)
+    assert s.advanced == [3, 6] and not rec["reached"] and rec["finetune_flops"] == 6e9
+
+
+def test_the_finetuning_budget_is_dense_cost_to_target_less_what_a_method_carries():
+    from pipeline.schedule import finetune_budget
+    # dense reached the target at 10 TFLOPs; the EB ticket carries 2 of dense training
+    assert finetune_budget(10e12, 2e12, 2e12) == 8e12
+    # TA-EB carries 3 (its latest ticket was pruned later): 7 left on its critical path
+    assert finetune_budget(10e12, 3e12, 2e12) == 7e12
+    # train-prune-finetune carries the whole dense run (14): the EB ticket's spend, 8
+    assert finetune_budget(10e12, 14e12, 2e12) == 8e12
+    assert finetune_budget(None, 1e12, 1e12) == 0.0   # dense never got there: no cap
