@@ -498,7 +498,7 @@ def _check_values(cfg, source):
 
 
 def parse_override(item):
-    """'section.key=value' -> (section, key, value parsed as YAML)."""
+    """'section.key=value' -> (section, key, value parsed as YAML, the value's text)."""
     if "=" not in item or "." not in item.split("=", 1)[0]:
         raise UserError(f"bad --override '{item}': expected section.key=value")
     lhs, rhs = item.split("=", 1)
@@ -507,15 +507,17 @@ def parse_override(item):
         value = yaml.safe_load(rhs) if rhs != "" else ""
     except yaml.YAMLError:
         value = rhs
-    return section.strip(), key.strip(), value
+    return section.strip(), key.strip(), value, rhs
 
 
 def apply_overrides(raw, overrides):
     raw = copy.deepcopy(raw)
     for item in overrides or []:
-        section, key, value = parse_override(item)
+        section, key, value, text = parse_override(item)
         if section not in DEFAULTS or key not in DEFAULTS[section]:
             raise UserError(f"bad --override '{item}': unknown key '{section}.{key}'")
+        if TYPES[section][key] is str and not isinstance(value, str):
+            value = text  # a text setting takes the text as typed: data.path=2024, =on, =~
         raw.setdefault(section, {})
         if raw[section] is None:
             raw[section] = {}

@@ -54,6 +54,29 @@ def script(name):
     return os.path.join(ROOT, "earlybird_scripts", name)
 
 
+# what a finished run's weights depend on: a rerun with other values must not reuse it
+TRAINING_SECTIONS = ("data", "model", "diffusion", "training", "optim", "speed", "pruning")
+NOT_COMPARED = {("training", "n_epochs"),   # fine-tunes and tickets set their own
+                ("training", "log_every"), ("training", "sample_every"),
+                ("training", "grid_samples"), ("training", "dist_timeout_s"),
+                ("data", "num_workers")}
+
+
+def check_same_training(run_config, cfg, *, dense):
+    """Refuse, in one line, a finished run whose config.yml differs from ``cfg`` in a setting
+    its weights depend on (the dense run: its epochs too)."""
+    if not os.path.isfile(run_config):
+        return
+    old, new = load_config(run_config).as_dict(), cfg.as_dict()
+    diff = [f"{s}.{k}: {old[s][k]!r} -> {new[s][k]!r}" for s in TRAINING_SECTIONS
+            for k in new[s] if old[s].get(k) != new[s][k] and
+            ((s, k) not in NOT_COMPARED or (dense and (s, k) == ("training", "n_epochs")))]
+    if diff:
+        raise UserError(f"{os.path.dirname(run_config)} finished with other settings "
+                        f"({'; '.join(diff[:4])}{' ...' if len(diff) > 4 else ''}): a rerun "
+                        f"would reuse it; use another --exp or --doc, or remove that run")
+
+
 @dataclass(frozen=True)
 class Stage:
     """One step of the pipeline: what it writes and how to tell it is finished."""
@@ -92,8 +115,15 @@ class Pipeline:
     def epochs(self, doc):
         return epochs_done(self.layout.latest_checkpoint(doc))
 
-    def is_done(self, doc):
-        return os.path.isfile(self.layout.done_marker(doc))
+    def is_done(self, doc, overrides=()):
+        """Run ``doc`` finished, with the settings this pipeline would train it with (plus a
+        region's own ``overrides``); a finished run made with others is refused, not silently
+        reused."""
+        if not os.path.isfile(self.layout.done_marker(doc)):
+            return False
+        cfg = self.cfg.with_overrides(list(overrides)) if overrides else self.cfg
+        check_same_training(self.layout.run_config(doc), cfg, dense=doc == self.doc)
+        return True
 
     @property
     def last(self):
@@ -104,20 +134,23 @@ class Pipeline:
         """Every configured stage, in order."""
         p, L, doc = self.cfg.pipeline, self.layout, self.doc
         ratio = p.pruning_ratio
-        out = [Stage("dense", self.dense, lambda: (L.done_marker(doc),)),
+        out = [Stage("dense", self.dense, lambda: (L.done_marker(doc),),
+                     done=lambda: self.is_done(doc)),
                Stage("earlybird", self.earlybird, self.earlybird_outputs),
                Stage("eb", lambda: self.finetune(eb_doc(doc, ratio), self.eb_epoch(ratio),
                                                  "EB ticket"),
-                     lambda: (L.done_marker(eb_doc(doc, ratio)),))]
+                     lambda: (L.done_marker(eb_doc(doc, ratio)),),
+                     done=lambda: self.is_done(eb_doc(doc, ratio)))]
         if p.tpf:  # Diff-Pruning's protocol: prune the final dense weights
             out.append(Stage("tpf", lambda: self.finetune(tpf_doc(doc, ratio), self.last,
                                                           "train-prune-finetune"),
-                             lambda: (L.done_marker(tpf_doc(doc, ratio)),)))
+                             lambda: (L.done_marker(tpf_doc(doc, ratio)),),
+                             done=lambda: self.is_done(tpf_doc(doc, ratio))))
         if p.plan:
             out.append(Stage("plan", self.plan, lambda: (
                 L.pipeline_config(plan_set(doc)), L.plan_file(doc))))
         out.append(Stage("taeb", self.taeb, lambda: tuple(
-            L.manifest(s.name) for s in self.ticket_sets())))
+            L.manifest(s.name) for s in self.ticket_sets()), done=self.tickets_done))
         if p.equal_flops and not self.cfg.target.enabled:
             out.append(Stage("equal_flops", self.equal_flops, lambda: (),
                              done=lambda: self.is_done(self.equal_flops_doc()[0])))
@@ -312,6 +345,14 @@ class Pipeline:
         run([PY, script("plan_regions.py"), "--config", self.config_file, "--exp", self.exp,
              "--doc", self.doc, "--write", self.layout.pipeline_config(plan_set(self.doc))],
             "plan TA-EB regions from loss gaps")
+
+    def tickets_done(self):
+        """Every ticket set has its manifest, and its region runs match these settings."""
+        sets = self.ticket_sets()
+        if not all(os.path.isfile(self.layout.manifest(t.name)) for t in sets):
+            return False
+        return all(self.is_done(region_doc(t.name, r.range), r.overrides)
+                   for t in sets for r in t.regions)
 
     def taeb(self):
         for tset in self.ticket_sets():

@@ -188,3 +188,27 @@ def test_a_damaged_ckpt_falls_back_to_the_last_good_file_only_when_asked(tmp_pat
     costs = [json.loads(line) for line in open(os.path.join(run, "costs.jsonl"))]
     assert [r["epoch"] for r in costs] == [0, 1, 2, 3]
 
+
+
+def test_an_atomic_write_is_flushed_before_and_after_its_rename(tmp_path, monkeypatch):
+    """Durable, not only atomic: the new file's data reaches the disk before the rename names
+    it, and the folder's entry after (a node crash leaves the old file or the new one)."""
+    from utils import io
+    events = []
+    real_fsync, real_replace = os.fsync, os.replace
+
+    def fsync(fd):
+        events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}")))
+        return real_fsync(fd)
+
+    def replace(src, dst):
+        events.append(("rename", str(dst)))
+        return real_replace(src, dst)
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "replace", replace)
+    target = tmp_path / "ckpt.json"
+    io.atomic_write_json(str(target), {"epoch": 3})
+    assert [e[0] for e in events] == ["fsync", "rename", "fsync"]
+    assert events[0][1].startswith(str(tmp_path / ".ckpt.json."))   # the temporary file
+    assert events[2][1] == str(tmp_path)                             # the folder
+    assert io.read_json(str(target)) == {"epoch": 3}

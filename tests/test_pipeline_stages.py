@@ -104,3 +104,25 @@ def test_the_finetuning_budget_is_dense_cost_to_target_less_what_a_method_carrie
     # train-prune-finetune carries the whole dense run (14): the EB ticket's spend, 8
     assert finetune_budget(10e12, 14e12, 2e12) == 8e12
     assert finetune_budget(None, 1e12, 1e12) == 0.0   # dense never got there: no cap
+
+
+def test_a_finished_run_made_with_other_settings_is_refused_not_reused(tmp_path):
+    import pytest
+
+    from core.config import dump_config
+    from pipeline.stages import Pipeline
+    from utils.errors import UserError
+    cfg_path = pipeline_config(tmp_path / "p.yml", 4)
+    exp = str(tmp_path / "exp")
+    pipe = Pipeline(cfg_path, exp, "pipe")
+    os.makedirs(pipe.layout.run_dir("pipe"))
+    open(pipe.layout.done_marker("pipe"), "w").write("done\n")
+    dump_config(pipe.cfg, pipe.layout.run_config("pipe"))     # what it was trained with
+    assert pipe.stages()[0].finished()
+    # the same command with another learning rate: the dense run is not reused silently
+    pipe = Pipeline(cfg_path, exp, "pipe", ["optim.lr=0.004"])
+    with pytest.raises(UserError, match=r"optim\.lr: 0\.002 -> 0\.004"):
+        pipe.stages()[0].finished()
+    # settings that do not change the weights (how often to log, the report's samples) may
+    pipe = Pipeline(cfg_path, exp, "pipe", ["training.log_every=7", "sampling.n_samples=3"])
+    assert pipe.stages()[0].finished()

@@ -1,8 +1,11 @@
 """Files written whole or not at all, and YAML read with one-line errors.
 
 Every result file of the project goes through ``atomic_path``: the data is written to a
-temporary file in the target's folder and renamed over the target, so a kill at any moment
-leaves the previous file intact (docs/design.md, "Qualities").
+temporary file in the target's folder, flushed to the disk (fsync), and renamed over the target,
+and the folder is flushed too, so a kill at any moment leaves the previous file intact and a
+crash of the machine (power loss, a node going down) leaves the old file or the new one, never
+an empty one, on file systems that do not order a rename after the data it names (XFS, many
+cluster file systems) as well (docs/design.md, "Qualities").
 """
 import contextlib
 import errno
@@ -38,6 +41,20 @@ def _tmp_path(path):
     return tmp
 
 
+def _fsync(path, folder=False):
+    """Flush ``path`` (a file, or with ``folder`` a folder's entries) to the disk."""
+    flags = os.O_RDONLY | (getattr(os, "O_DIRECTORY", 0) if folder else 0)
+    fd = os.open(path, flags)
+    try:
+        os.fsync(fd)
+    except OSError as e:
+        # some file systems cannot flush a folder (EINVAL): the file itself was flushed
+        if not (folder and e.errno in (errno.EINVAL, errno.EBADF, errno.ENOTSUP)):
+            raise
+    finally:
+        os.close(fd)
+
+
 @contextlib.contextmanager
 def atomic_path(path):
     """Yield a temp path in ``path``'s folder; on success it is renamed over ``path``."""
@@ -47,7 +64,9 @@ def atomic_path(path):
         raise DiskFull(path) if is_disk_full(e) else e
     try:
         yield tmp
+        _fsync(tmp)
         os.replace(tmp, path)
+        _fsync(os.path.dirname(os.path.abspath(path)), folder=True)
     except Exception as e:
         if is_disk_full(e):
             raise DiskFull(path) from e
