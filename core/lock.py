@@ -1,27 +1,20 @@
 """One process at a time per run: a lock file that a run directory (training run, ticket set,
 sample folder, pipeline) holds for as long as a process works in it.
 
-A second process refuses in one line naming the first (pid, host, start time). A lock left by
-a process that no longer runs on this host is taken over, with a line saying so. Under torchrun
-the job holds the lock through its rank 0 (``hold_for_job``), so its other ranks do not refuse
-their own job.
+A second process refuses in one line naming the first (pid, host, start time). The holder keeps
+an exclusive ``flock`` on the file, which the kernel drops when the process dies however it dies:
+a lock left by a dead process on this host is taken over (with a line saying so) by exactly one
+of the processes that find it, never by two. A lock naming another host (a shared file system,
+where flock may not reach across machines) is not taken over. Under torchrun the job holds the
+lock through its rank 0 (``hold_for_job``), so its other ranks do not refuse their own job.
 """
+import fcntl
 import json
 import os
 import socket
 import time
 
 from utils.errors import UserError
-
-
-def _alive(pid):
-    try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return False
-    except (PermissionError, ValueError, TypeError):
-        return True  # someone else's process, or an unreadable pid: assume it runs
-    return True
 
 
 def _read(path):
@@ -33,41 +26,47 @@ def _read(path):
 
 
 class RunLock:
-    """``with RunLock(path, what):`` holds ``path`` (created exclusively) for the block."""
+    """``with RunLock(path, what):`` holds ``path`` (flock, exclusive) for the block."""
 
     def __init__(self, path, what, log=print):
         self.path, self.what, self.log = path, what, log
-        self.held = False
+        self.held, self.fd = False, None
 
     def acquire(self):
         me = {"pid": os.getpid(), "host": socket.gethostname(),
               "start": time.strftime("%Y-%m-%d %H:%M:%S"), "what": self.what}
         os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
-        for _ in range(3):
+        for _ in range(5):
+            fd = os.open(self.path, os.O_CREAT | os.O_RDWR, 0o644)
             try:
-                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-            except FileExistsError:
-                self._take_over_or_refuse(me["host"])
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                self._refuse(_read(self.path))
+            if not self._same_file(fd):  # the holder released (removed) it meanwhile: again
+                os.close(fd)
                 continue
-            with os.fdopen(fd, "w") as f:
-                json.dump(me, f)
-            self.held = True
+            other = _read(self.path)
+            if other and other.get("host") != me["host"]:
+                os.close(fd)
+                self._refuse(other)
+            if other and other.get("pid") != me["pid"]:
+                self.log(f"note: {self.what}: taking over the lock of process "
+                         f"{other.get('pid')} (started {other.get('start')}), which is no "
+                         f"longer running")
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, json.dumps(me).encode(), 0)
+            self.fd, self.held = fd, True
             return self
         raise UserError(f"{self.what}: could not take the lock {self.path}")
 
-    def _take_over_or_refuse(self, host):
-        other = _read(self.path)
-        if other is None:  # being written this instant, or damaged: look again once
-            time.sleep(0.2)
-            other = _read(self.path)
-        if other and other.get("host") == host and not _alive(other.get("pid")):
-            self.log(f"note: {self.what}: taking over the lock of process {other.get('pid')} "
-                     f"(started {other.get('start')}), which is no longer running")
-            try:
-                os.remove(self.path)
-            except FileNotFoundError:
-                pass
-            return
+    def _same_file(self, fd):
+        try:
+            return os.fstat(fd).st_ino == os.stat(self.path).st_ino
+        except FileNotFoundError:
+            return False
+
+    def _refuse(self, other):
         who = (f"process {other.get('pid')} on {other.get('host')} since {other.get('start')}"
                if other else "another process")
         raise UserError(f"{self.what} is in use by {who} ({self.path}); wait for it to end, or "
@@ -76,8 +75,10 @@ class RunLock:
     def release(self):
         if self.held:
             self.held = False
-            if (_read(self.path) or {}).get("pid") == os.getpid():
-                os.remove(self.path)
+            if self._same_file(self.fd):
+                os.remove(self.path)  # while still holding it: nobody takes a removed file
+            os.close(self.fd)
+            self.fd = None
 
     def __enter__(self):
         return self.acquire()
