@@ -27,14 +27,15 @@ def cpu_state_dict(model):
 
 def make_checkpoint(*, model, config, model_args, ema=None, optimizer=None, epochs_done=0,
                     epoch_index=None, step=0, step_in_epoch=0, pruning=None, rng=None,
-                    ts_range=None):
+                    rng_ranks=None, ts_range=None):
     """The one checkpoint layout, for training runs and pruned tickets alike.
 
-    model / ema: state dicts (CPU); optimizer: its state dict or None."""
+    model / ema: state dicts (CPU); optimizer: its state dict or None; rng: rank 0's RNG
+    state; rng_ranks: every rank's, under torchrun."""
     return {"version": VERSION, "model": model, "ema": ema, "optimizer": optimizer,
             "epochs_done": int(epochs_done), "epoch_index": epoch_index, "step": int(step),
             "step_in_epoch": int(step_in_epoch), "config": config, "model_args": model_args,
-            "pruning": pruning, "rng": rng,
+            "pruning": pruning, "rng": rng, "rng_ranks": rng_ranks,
             "ts_range": list(ts_range) if ts_range is not None else None}
 
 

@@ -93,6 +93,47 @@ def rng_state(device):
     return state
 
 
+def gather_rng_states(device, world):
+    """Every rank's RNG state in rank order (a collective under torchrun: every rank calls it
+    at the same point); one process: [its own]."""
+    mine = rng_state(device)
+    if world == 1:
+        return [mine]
+    out = [None] * world
+    dist.all_gather_object(out, {k: v.cpu() for k, v in mine.items()})
+    return out
+
+
+def any_rank(flag, device, world):
+    """Whether ``flag`` is true on any rank (a collective: every rank calls it at the same
+    point, so all ranks act on one decision, e.g. a stop signal only some of them got)."""
+    if world == 1:
+        return bool(flag)
+    t = torch.tensor([1.0 if flag else 0.0],
+                     device=device if device.type == "cuda" else torch.device("cpu"))
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item())
+
+
+def restore_rng(ckpt, device, *, rank, world, seed, log=print):
+    """Each rank's RNG streams as the checkpoint left them (``rng_ranks``: one state per rank,
+    saved by a job of the same size), so a resumed torchrun job draws what the uninterrupted
+    one would have. A checkpoint of another world size restores rank 0's streams exactly and
+    seeds the others afresh (said in a note: not an exact continuation)."""
+    states = ckpt.get("rng_ranks")
+    if states and len(states) == world:
+        set_rng_state(states[rank], device)
+        return
+    set_rng_state(ckpt["rng"], device)
+    if world > 1:
+        if rank > 0:
+            torch.manual_seed(seed + 1000 * rank + ckpt.get("step", 0))
+        elif log:
+            log(f"note: the checkpoint was written by {len(states or [None])} process(es), "
+                f"this job has {world}: ranks after the first draw new random streams (the "
+                f"run continues, not exactly as it would have)")
+
+
 def set_rng_state(state, device):
     torch.set_rng_state(state["cpu"])
     if device.type == "cuda" and "cuda" in state:

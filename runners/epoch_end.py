@@ -8,7 +8,7 @@ import torch
 import torch.distributed as dist
 
 from core import ckpt_policy as policy
-from core.device import training_rng_untouched
+from core.device import gather_rng_states, training_rng_untouched
 from core.runlog import append_jsonl, training_flops
 from runners.grids import save_sample_grid
 from runners.run_files import resume_command
@@ -21,8 +21,9 @@ def end_epoch(loop, run, epoch, stats):
     training stops here (every early-bird ratio found and ``earlybird.stop``)."""
     cfg, layout, doc = loop.cfg, loop.layout, loop.doc
     stop_training = False
+    rngs = gather_rng_states(loop.device, loop.world)  # every rank's, before rank 0 saves
     if loop.rank == 0:
-        state = run.checkpoint(cfg, loop.device, epochs_done=epoch + 1, step_in_epoch=0)
+        state = run.checkpoint(cfg, rngs=rngs, epochs_done=epoch + 1, step_in_epoch=0)
         _keep_epoch(loop, state, epoch)
         record = cost_record(loop, run, epoch, stats)
         with training_rng_untouched(loop.device):
@@ -109,9 +110,9 @@ def _epoch_line(loop, epoch, stats):
     return line
 
 
-def save_interrupted(loop, run, epoch, stats, signum):
+def save_interrupted(loop, run, epoch, stats, signum, rngs):
     path = loop.layout.latest_checkpoint(loop.doc)
-    state = run.checkpoint(loop.cfg, loop.device, epochs_done=epoch,
+    state = run.checkpoint(loop.cfg, rngs=rngs, epochs_done=epoch,
                            step_in_epoch=stats["step_in_epoch"])
     atomic_save(state, path)
     if stats["steps"]:  # what this part of the epoch cost: its resume adds it to the epoch

@@ -8,6 +8,7 @@ early-bird masks, sample grid); where the network comes from is runners/source.p
 host only every ``training.log_every`` steps. Only the training step draws from the training
 RNG streams: everything else runs under ``training_rng_untouched``, so resume is exact.
 """
+import signal
 import time
 from dataclasses import dataclass
 from typing import Any, Optional
@@ -23,9 +24,9 @@ from models.resample import make_timestep_sampler
 from core import checkpoint as ck
 from core import ckpt_policy as policy
 from core.config import dump_config
-from core.device import (autocast_for, configure_device, dist_setup, precision, rng_state,
-                         select_device, set_rng_state, training_rng_untouched,
-                         use_channels_last)
+from core.device import (any_rank, autocast_for, configure_device, dist_setup,
+                         gather_rng_states, precision, restore_rng, select_device,
+                         training_rng_untouched, use_channels_last)
 from core.layout import Layout
 from core.lock import hold_for_job
 from core.runlog import RunLog, interrupted_cost, keep_costs_before
@@ -54,7 +55,8 @@ class RunState:
     nonfinite: Any = None                # NonFinite: steps with a non-finite loss / gradient
     skipped_before: int = 0              # of them, those counted in earlier epochs' records
 
-    def checkpoint(self, cfg, device, *, epochs_done, step_in_epoch, with_optimizer=True):
+    def checkpoint(self, cfg, *, rngs, epochs_done, step_in_epoch, with_optimizer=True):
+        """The resumable checkpoint; ``rngs``: every rank's RNG state (gather_rng_states)."""
         return ck.make_checkpoint(
             model=ck.cpu_state_dict(self.model),
             ema=ck.cpu_state_dict(self.ema.shadow) if self.ema else None,
@@ -62,7 +64,7 @@ class RunState:
             epochs_done=epochs_done, epoch_index=epochs_done - 1 if epochs_done else None,
             step=self.step, step_in_epoch=step_in_epoch, config=cfg.as_dict(),
             model_args=self.source.model_args, pruning=self.source.pruning,
-            rng=rng_state(device), ts_range=self.ts_range)
+            rng=rngs[0], rng_ranks=rngs if len(rngs) > 1 else None, ts_range=self.ts_range)
 
 
 def _ts_range(cfg, opts, source):
@@ -107,7 +109,7 @@ def build_run(cfg, opts, *, layout, device, rank, world):
             optimizer.load_state_dict(r["optimizer"])
         run.start_epoch, run.step = r["epochs_done"], r["step"]
         run.start_step_in_epoch = r.get("step_in_epoch", 0)
-        set_rng_state(r["rng"], device)
+        restore_rng(r, device, rank=rank, world=world, seed=cfg.training.seed)
     if precision(cfg, device) == "bf16 weights":
         run.master = MasterWeights(model)
     train_model = run.master.compute if run.master else model
@@ -199,10 +201,12 @@ def _train(cfg, opts, layout, device, rank, world):
     with StopFlag() as stop:
         for epoch in range(run.start_epoch, last):
             stats = run_epoch(loop, run, epoch, stop)
-            if stop.signum is not None:
+            # every rank stops on a signal any of them got (torchrun: one decision, one save)
+            if any_rank(stop.signum is not None, device, world):
+                stopped_by = stop.signum or signal.SIGTERM
+                rngs = gather_rng_states(device, world)
                 if rank == 0:
-                    save_interrupted(loop, run, epoch, stats, stop.signum)
-                stopped_by = stop.signum
+                    save_interrupted(loop, run, epoch, stats, stopped_by, rngs)
                 break
             if end_epoch(loop, run, epoch, stats):
                 eb_stop = True
@@ -320,7 +324,12 @@ def run_epoch(loop, run, epoch, stop):
             if loop.log.verbosity == "debug":
                 tqdm.write(f"  step {run.step}: loss {lv:.4f} grad norm {float(gnorm):.3f} "
                            f"lr {lr:.3g} {ips:.0f} img/s")
-        if stop.signum is not None:
+        if loop.world == 1 and stop.signum is not None:
+            break
+        # several processes: they agree every log_every steps (a signal reaches the ranks at
+        # slightly different moments; a rank alone leaving the loop would hang the others)
+        if loop.world > 1 and run.step % log_every == 0 and \
+                any_rank(stop.signum is not None, device, loop.world):
             break
     bar.close()
     if device.type == "cuda":

@@ -184,3 +184,61 @@ def test_until_epoch_pauses_and_resume_is_bit_identical(tmp_path):
             assert torch.equal(t, b[key][name]), (key, name)
     costs = [json.loads(x) for x in open(os.path.join(parts, "costs.jsonl"))]
     assert [c["epoch"] for c in costs] == [0, 1, 2, 3]
+
+
+def _torchrun(cfg, exp, doc, *extra, timeout=300):
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           "main.py", "--config", cfg, "--exp", exp, "--doc", doc, "--device", "cpu", *extra]
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
+    return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+@pytest.mark.slow
+def test_torchrun_resume_continues_every_rank_exactly(tmp_path):
+    """Two gloo ranks, 3 epochs in one go against 2 epochs, then --resume_training: every
+    weight and EMA tensor equal (each rank restores its own RNG streams; before, every rank
+    restored rank 0's and the runs parted)."""
+    cfg = write_config(tmp_path / "t.yml", training__n_epochs=3,
+                       training__max_steps_per_epoch=3)
+    exp = str(tmp_path / "e")
+    assert _torchrun(cfg, exp, "whole", "--ni").returncode == 0
+    res = _torchrun(cfg, exp, "parts", "--ni", "--until_epoch", "2")
+    assert res.returncode == 0, res.stderr[-2000:]
+    part = torch.load(os.path.join(exp, "logs", "parts", "ckpt.pth"), weights_only=True)
+    assert len(part["rng_ranks"]) == 2 and \
+        not torch.equal(part["rng_ranks"][0]["cpu"], part["rng_ranks"][1]["cpu"])
+    res = _torchrun(cfg, exp, "parts", "--resume_training")
+    assert res.returncode == 0, res.stderr[-2000:]
+    a, b = (torch.load(os.path.join(exp, "logs", d, "ckpt.pth"), weights_only=True)
+            for d in ("whole", "parts"))
+    for key in ("model", "ema"):
+        assert a[key].keys() == b[key].keys()
+        assert all(torch.equal(a[key][k], b[key][k]) for k in a[key]), key
+
+
+@pytest.mark.slow
+def test_a_signal_to_one_rank_stops_the_whole_job_with_one_save(tmp_path):
+    """SIGTERM to rank 1 alone: both ranks leave at the same step, rank 0 saves a resumable
+    checkpoint, and the job ends in seconds instead of waiting on a collective."""
+    cfg = write_config(tmp_path / "t.yml", training__n_epochs=50,
+                       training__max_steps_per_epoch=0, training__log_every=1)
+    exp = str(tmp_path / "e")
+    run = os.path.join(exp, "logs", "sig")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           "main.py", "--config", cfg, "--exp", exp, "--doc", "sig", "--device", "cpu", "--ni"]
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
+    job = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 240
+    while not os.path.isfile(os.path.join(run, "ckpt_ep0.pth")) and time.time() < deadline:
+        time.sleep(0.05)
+    victim = _rank_pid(job.pid, 1)
+    assert victim is not None and job.poll() is None
+    os.kill(victim, signal.SIGTERM)
+    t0 = time.time()
+    out, err = job.communicate(timeout=120)
+    assert time.time() - t0 < 60
+    assert "saved a resumable checkpoint" in out + err
+    c = torch.load(os.path.join(run, "ckpt.pth"), weights_only=True)
+    assert 1 <= c["epochs_done"] < 50 and len(c["rng_ranks"]) == 2
