@@ -121,3 +121,19 @@ def test_bad_checkpoints_leave_disk_untouched(trained, tmp_path):
         main(["--config", trained["cfg"], "--exp", trained["exp"], "--doc", "tiny", "--ni",
               "--override", "data.dataset=FOLDER", f"data.path={tmp_path / 'nowhere'}"])
     assert _snapshot(log) == before
+
+
+def test_a_text_setting_given_as_an_override_keeps_its_text(tmp_path, monkeypatch):
+    """YAML would read 2024 as a number, on as true and ~ as null: a text setting takes the
+    override as typed, and the data loader looks for the folder "2024"."""
+    from datasets import get_dataset
+    cfg = load_config("digits.yml", ["data.dataset=FOLDER", "data.path=2024",
+                                     "data.category=on", "pipeline.fid_ref=~"])
+    assert (cfg.data.path, cfg.data.category, cfg.pipeline.fid_ref) == ("2024", "on", "~")
+    os.makedirs(tmp_path / "2024" / "a")
+    from PIL import Image
+    Image.new("L", (16, 16), 128).save(tmp_path / "2024" / "a" / "x.png")
+    monkeypatch.chdir(tmp_path)
+    assert len(get_dataset(cfg, train=True)) == 1
+    with pytest.raises(UserError, match="expected an integer"):  # numbers still checked
+        load_config("digits.yml", ["training.n_epochs=abc"])
