@@ -55,13 +55,13 @@ def build_parser():
 def main(argv=None):
     args = build_parser().parse_args(argv)
     from runners.masks import pruner_arg
+    from core.config import check_setting
     from runners.pruning import expand_checkpoints, prune_checkpoints
     if args.pruner is not None:
         args.pruner = pruner_arg(args.pruner)
     check_name(args.doc, "--doc")
     for r in args.pruning_ratio:
-        if not 0.0 < r < 1.0:
-            raise UserError(f"--pruning_ratio {r}: must be in (0, 1)")
+        check_setting("pipeline", "pruning_ratio", r, "--pruning_ratio")
     xp = Experiment.load(args.config, args.exp, args.doc,
                          flatten_overrides(args.override) + flag_overrides(args, CONFIG_FLAGS))
     ckpts = expand_checkpoints(args.restore_from)

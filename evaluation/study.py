@@ -152,6 +152,8 @@ def headline_data(results, variants):
                 "vs_dense_wall": [p.vs_dense[1] for p in per]}
         for col, vals in cols.items():
             row[f"{col}_mean"], row[f"{col}_ci95"] = interval(vals)
+            if len([v for v in vals if v is not None]) < MIN_SEEDS:
+                row[f"{col}_ci95"] = None  # the page shows the values, not an interval
         row["tt_speedup_upper_bound"] = any(_tt(per, 0)[1])
         if row["tt_speedup_upper_bound"] or len(cols["tt_speedup_flops"]) < MIN_SEEDS:
             # an interval mixing values and bounds, or from one or two, would mislead

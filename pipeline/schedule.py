@@ -61,6 +61,7 @@ def to_target(runs, *, target, every, cap_epochs, cap_flops=0.0):
     return {"kind": "target", "target": target, "reached": hit is not None,
             "epoch": curve[hit]["epoch"] if hit is not None else None, "epochs": ends[-1],
             "finetune_flops": spent[-1] if spent else 0, "values": [p["value"] for p in curve],
+            "spent_flops": spent,
             "eval_epochs": [p["epoch"] for p in curve], "cap_epochs": cap_epochs,
             "cap_flops": cap_flops}
 
