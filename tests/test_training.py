@@ -125,6 +125,24 @@ def _rank_pid(parent, rank):
     return None
 
 
+def _torchrun_cmd(cfg, exp, doc, *extra):
+    """main.py under torchrun: two gloo processes on the CPU."""
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+            "main.py", "--config", cfg, "--exp", exp, "--doc", doc, "--device", "cpu", *extra]
+
+
+def _signal_rank1_after_epoch0(job, run, sig):
+    """Send ``sig`` to rank 1 of torchrun ``job`` once ``run`` has finished epoch 0; returns
+    the time it was sent."""
+    deadline = time.time() + 240
+    while not os.path.isfile(os.path.join(run, "ckpt_ep0.pth")) and time.time() < deadline:
+        time.sleep(0.01)
+    victim = _rank_pid(job.pid, 1)
+    assert victim is not None and job.poll() is None
+    os.kill(victim, sig)
+    return time.time()
+
+
 @pytest.mark.slow
 def test_torchrun_two_processes_gloo_a_killed_rank_ends_the_job_and_resume_works(tmp_path):
     """kill -9 of rank 1 mid-run ends the whole job (no hang) with a non-zero exit; the
@@ -133,18 +151,11 @@ def test_torchrun_two_processes_gloo_a_killed_rank_ends_the_job_and_resume_works
                        training__max_steps_per_epoch=0)
     exp = str(tmp_path / "e")
     run = os.path.join(exp, "logs", "ddp")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-           "main.py", "--config", cfg, "--exp", exp, "--doc", "ddp", "--device", "cpu"]
+    cmd = _torchrun_cmd(cfg, exp, "ddp")
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
     job = subprocess.Popen(cmd + ["--ni"], cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
                            stderr=subprocess.DEVNULL)
-    deadline = time.time() + 240
-    while not os.path.isfile(os.path.join(run, "ckpt_ep0.pth")) and time.time() < deadline:
-        time.sleep(0.05)
-    victim = _rank_pid(job.pid, 1)
-    assert victim is not None and job.poll() is None
-    os.kill(victim, signal.SIGKILL)
-    t0 = time.time()
+    t0 = _signal_rank1_after_epoch0(job, run, signal.SIGKILL)
     rc = job.wait(timeout=180)
     assert rc != 0 and time.time() - t0 < 120
     c = torch.load(os.path.join(run, "ckpt.pth"), weights_only=True)
@@ -187,11 +198,9 @@ def test_until_epoch_pauses_and_resume_is_bit_identical(tmp_path):
 
 
 def _torchrun(cfg, exp, doc, *extra, timeout=300):
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-           "main.py", "--config", cfg, "--exp", exp, "--doc", doc, "--device", "cpu", *extra]
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
-    return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True,
-                          timeout=timeout)
+    return subprocess.run(_torchrun_cmd(cfg, exp, doc, *extra), cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=timeout)
 
 
 @pytest.mark.slow
@@ -231,18 +240,10 @@ def test_a_signal_to_one_rank_stops_the_whole_job_and_its_resume_is_exact(tmp_pa
     exp = str(tmp_path / "e")
     assert _torchrun(cfg, exp, "whole", "--ni").returncode == 0
     run = os.path.join(exp, "logs", "sig")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-           "main.py", "--config", cfg, "--exp", exp, "--doc", "sig", "--device", "cpu", "--ni"]
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
-    job = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE,
-                           stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 240
-    while not os.path.isfile(os.path.join(run, "ckpt_ep0.pth")) and time.time() < deadline:
-        time.sleep(0.01)
-    victim = _rank_pid(job.pid, 1)
-    assert victim is not None and job.poll() is None
-    os.kill(victim, signal.SIGTERM)
-    t0 = time.time()
+    job = subprocess.Popen(_torchrun_cmd(cfg, exp, "sig", "--ni"), cwd=ROOT, env=env,
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    t0 = _signal_rank1_after_epoch0(job, run, signal.SIGTERM)
     out, err = job.communicate(timeout=120)
     assert time.time() - t0 < 30 and job.returncode != 0
     assert "saved a resumable checkpoint" in out + err
