@@ -412,8 +412,8 @@ class Pipeline:
         """[(name, main.py's source arguments)] of every method that has a network."""
         L, p = self.layout, self.cfg.pipeline
         docs = [self.doc, eb_doc(self.doc, p.pruning_ratio), tpf_doc(self.doc, p.pruning_ratio)]
-        if p.equal_flops and os.path.isfile(L.manifest(self.doc)):
-            docs.append(self.equal_flops_doc()[0])
+        if p.equal_flops:  # its ratio is chosen at its stage; its run is one of these
+            docs += [eqflops_doc(self.doc, r) for r in self.cfg.earlybird.ratios]
         out = [(d, ["--restore_from", L.latest_checkpoint(d)]) for d in docs
                if os.path.isfile(L.latest_checkpoint(d))]
         return out + [(taeb_name(s.name), ["--tickets", L.manifest(s.name)])
