@@ -187,12 +187,13 @@ class Pipeline:
             lambda ends: self.score_run(self.doc, ends)),
                          every=t.every, cap=t.plateau_max_epochs,
                          patience=t.plateau_patience, delta=t.plateau_delta)
-        self.finish([self.doc], f"plateau at epoch {rec['eval_epochs'][-1]}"
-                    if rec["plateaued"] else "cap")
         p = self.cfg.pipeline
+        # the record before DONE: a finished run always has the decision it was stopped by
         write_record(self.layout.target_record(self.doc), {
             **rec, "epochs": self.epochs(self.doc), "n": p.eval_samples,
             "timesteps": p.eval_timesteps, "axis": t.axis})
+        self.finish([self.doc], f"plateau at epoch {rec['eval_epochs'][-1]}"
+                    if rec["plateaued"] else "cap")
 
     def runs(self, docs, advance, score):
         """The step loops' view (pipeline/schedule.py) of runs ``docs``: ``advance(end)``
@@ -326,8 +327,8 @@ class Pipeline:
         rec = self.train_to_target(doc, self.runs([doc], lambda end: run(
             self.train_cmd(doc, extra + ["--until_epoch", str(end)]), f"{what} to {end} epochs"),
             lambda ends: self.score_run(doc, ends)), f"{label} p={ratio:g}", epoch)
-        self.finish([doc], "target reached" if rec["reached"] else "cap")
         write_record(self.layout.target_record(doc), rec)
+        self.finish([doc], "target reached" if rec["reached"] else "cap")
 
     # --- 5. TA-EB tickets --------------------------------------------------------------------
     def ticket_sets(self):
@@ -367,8 +368,8 @@ class Pipeline:
                             self.eb_epoch(r.pruning_ratio) for r in tset.regions)
             rec = self.train_to_target(taeb_name(tset.name), self.set_runs(tset, docs),
                                        tset.label, pruned_at)
-            self.finish(docs, "target reached" if rec["reached"] else "cap")
             write_record(self.layout.target_record(taeb_name(tset.name)), rec)
+            self.finish(docs, "target reached" if rec["reached"] else "cap")
             run(cmd + ["--collect"], f"{tset.label} manifest")
 
     def tickets_cmd(self, tset):
