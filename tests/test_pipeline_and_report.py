@@ -91,3 +91,21 @@ def test_whole_pipeline_shortened(tmp_path):
     assert os.path.getmtime(dense) == mtime
     stages = [line for line in res.stdout.splitlines() if line.startswith("=== ")]
     assert stages == ["=== report"], stages
+
+
+@pytest.mark.slow
+def test_pipeline_equal_flops_control(tmp_path):
+    """--equal_flops: a uniform EB ticket at the ratio of TA-EB's sampling-averaged MACs,
+    fine-tuned for the TA-EB tickets' fine-tuning FLOPs, sampled and reported beside them."""
+    path = pipeline_config(tmp_path / "pipe.yml", 4)
+    exp = str(tmp_path / "runs")
+    res = run_py(["earlybird_scripts/run_pipeline.py", "--config", path, "--exp", exp, "--doc",
+                  "pipe", "--finetune_epochs", "1", "--n_samples", "8", "--skip_tpf",
+                  "--equal_flops"], timeout=900)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    assert "gets the TA-EB tickets' fine-tuning FLOPs" in res.stdout
+    table = open(os.path.join(exp, "report", "pipe", "results.md")).read()
+    row = next(line for line in table.splitlines()
+               if line.startswith("| Uniform EB ticket, TA-EB's fine-tuning FLOPs (p="))
+    assert row.split("|")[-3].strip() != "–"   # its samples were scored
+    assert not any(line.startswith("| Train-prune-finetune") for line in table.splitlines())
