@@ -54,13 +54,13 @@ def _row(layout, method, name, key, *, critical, total, **kw):
                noise_like=noise_like, **kw)
 
 
-def _finetune_row(layout, method, *, ratio, name, dense_costs):
+def _finetune_row(layout, method, *, ratio, name, costs, dense_costs):
     params, macs, eb = _arch_cost(layout.latest_checkpoint(name))
-    ft, pre = summed_cost(read_costs(layout.costs(name))), method.prefix_cost(dense_costs, eb)
+    ft, pre = summed_cost(costs), method.prefix_cost(dense_costs, eb)
     both = (pre[0] + ft[0], pre[1] + ft[1])
     return _row(layout, method, f"{method.label} (p={ratio:g})", name, params=params,
                 macs=macs, eb_epoch=eb if method.prefix == "eb" else None,
-                epochs=len(read_costs(layout.costs(name))), critical=both, total=both)
+                epochs=len(costs), critical=both, total=both)
 
 
 def _taeb_row(layout, method, man, *, dense_costs, sampling):
@@ -96,10 +96,10 @@ def collect(exp, doc, cfg):
     for method in FINETUNED:
         for ratio in cfg.pruning_ratios():
             name = method.run_name(doc, ratio)
-            if not read_costs(layout.costs(name)) or \
-                    not os.path.isfile(layout.latest_checkpoint(name)):
+            costs = read_costs(layout.costs(name))  # read once per run
+            if not costs or not os.path.isfile(layout.latest_checkpoint(name)):
                 continue
-            rows.append(_finetune_row(layout, method, ratio=ratio, name=name,
+            rows.append(_finetune_row(layout, method, ratio=ratio, name=name, costs=costs,
                                       dense_costs=dense_costs))
     notes += [f"{BY_KIND[k].label}: missing" for k in ("tpf", "eb")
               if not any(r.kind == k for r in rows)]

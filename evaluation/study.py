@@ -27,6 +27,7 @@ PLAIN_KINDS = tuple(m.kind for m in METHODS)
 class SeedResult:
     """One method's numbers in one seed run, read off its quality curve and its report row."""
     kind: str
+    key: str                        # its run (or stitched set) name: curve, samples
     method: str                     # the row's name
     quality: float                  # the curve's last point
     valid: Optional[float]
@@ -55,7 +56,7 @@ class SeedResult:
 def _result(r, c, fd, ref, target, valid, axis):
     """One method's numbers in one seed: r a report Row, c its curve on the target's axis, fd
     its digits-FD curve, ref the dense curve (target's axis)."""
-    res = SeedResult(kind=r.kind, method=r.name, quality=fd[-1][2], valid=valid,
+    res = SeedResult(kind=r.kind, key=r.key, method=r.name, quality=fd[-1][2], valid=valid,
                      eb_epoch=r.eb_epoch, flops=r.critical.flops, wall=r.critical.wall_s,
                      total_flops=r.total.flops, vs_dense=r.vs_dense, macs=r.macs, curve=c,
                      regions=r.regions, target=target, epochs=r.epochs, fd_curve=fd, axis=axis,

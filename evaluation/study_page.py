@@ -12,7 +12,6 @@ from evaluation.diagnostics import stitch_diagnostics
 from evaluation.curves import read_curve
 from evaluation.evidence import fmt_interval, fmt_values, rank_agreement
 from evaluation.heldout import HELDOUT_SEED, heldout_loss, heldout_set
-from evaluation.report import collect
 from evaluation.methods import BY_KIND
 from evaluation.report import report_config
 from evaluation.study import (HEADLINE_COLUMNS, headline_data, headline_rows, per_seed_rows,
@@ -58,7 +57,7 @@ def instrument_noise(cfg, opts, doc):
     return out
 
 
-def instrument_lines(cfg, opts, docs, noise):
+def instrument_lines(opts, seeds, noise):
     """The two quality axes as instruments: their noise on the same models, and how well the
     held-out loss ranks the curve points of every method as digits-FD and 'valid' do (Spearman
     rank correlation over every evaluated point of a seed)."""
@@ -69,10 +68,9 @@ def instrument_lines(cfg, opts, docs, noise):
               f"{ho[0]:.4f} / {ho[1]:.4f} (gap {abs(ho[0] - ho[1]):.4f}) |"
               for n, fd, ho in noise]
     rho_fd, rho_valid, counts = [], [], []
-    for doc in docs:
-        rows, _ = collect(opts.exp, doc, report_config(opts.exp, doc))
-        pts = [q for r in rows for q in read_curve(Layout(opts.exp).curve_file(r.key))
-               if "heldout" in q]
+    for seed in seeds:  # {kind: SeedResult} of each seed
+        pts = [q for res in seed.values()
+               for q in read_curve(Layout(opts.exp).curve_file(res.key)) if "heldout" in q]
         if len(pts) >= 3:
             rho_fd.append(rank_agreement([q["heldout"] for q in pts], [q["value"] for q in pts]))
             rho_valid.append(rank_agreement([q["heldout"] for q in pts],
@@ -257,7 +255,7 @@ def write_page(cfg, opts, docs, *, out, study_s):
     lines += ["Per seed (the seed's target, each method's final digits-FD, and whether it got "
               "there):", ""] + per_seed_rows(results, docs["plain"]) + [""]
     write_data(out, HEADLINE_COLUMNS, headline_data(results, variants))
-    lines += instrument_lines(cfg, opts, docs["plain"], noise)
+    lines += instrument_lines(opts, results["plain"], noise)
     lines += ["Every seed samples its own noise set, shared by every method of that seed, so a "
               "difference between methods is paired within a seed and the 95% interval of the "
               "paired differences over seeds carries the sampling noise; no fixed noise margin "

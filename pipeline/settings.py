@@ -1,6 +1,7 @@
 """The pipeline's resolved config: the user's config and overrides, plus what the pipeline
 decides once before any stage runs. Written to {exp}/pipeline/{doc}.yml; every stage and every
 command the pipeline starts reads that file, so no stage re-derives a setting."""
+import os
 from dataclasses import replace
 
 from core.config import dump_config, load_config
@@ -33,7 +34,6 @@ def resolve(base, source):
 
 def write_pipeline_config(config, overrides, path):
     """Resolve ``config`` with ``overrides`` and write it to ``path``; returns the Settings."""
-    import os
     cfg = resolve(load_config(config, overrides), config)
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     dump_config(cfg, path)

@@ -173,7 +173,7 @@ def _fake(kind, to_target, quality, curve, flops=10.0):
     """A method's result in one seed; ``to_target``: (FLOPs, wall) or None."""
     from evaluation.methods import Cost
     from evaluation.study import SeedResult
-    return SeedResult(kind=kind, method=kind, quality=quality, valid=0.5, eb_epoch=2,
+    return SeedResult(kind=kind, key=kind, method=kind, quality=quality, valid=0.5, eb_epoch=2,
                       flops=flops, wall=flops, total_flops=flops, vs_dense=None, macs=1,
                       curve=curve, regions=(), target=50.0, epochs=10,
                       to_target=Cost(to_target[1], to_target[0]) if to_target else None)
