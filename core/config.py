@@ -201,6 +201,12 @@ class TargetSettings:
     axis: str = "digits_fd"         # the curve the plateau, the target and each crossing are
                                     # read from: digits_fd (sampled images) | heldout (the
                                     # held-out denoising loss: fixed images, steps and noise)
+    evaluations: int = 0            # a fine-tune is scored every ``every`` epochs, or this
+                                    # many times over its FLOPs budget if that is sparser (a
+                                    # long budget is not scored every few epochs; 0: off)
+    levels: tuple = ()              # further quality levels on that axis, fixed before the
+                                    # runs: the study reads every method's cost to each off
+                                    # its curve (easier than the target: crossed on the way)
 
 
 @dataclass(frozen=True)
@@ -385,6 +391,7 @@ def _settings(cfg, source):
     cfg["taeb"]["finetune_epochs"] = cfg["taeb"]["finetune_epochs"] or \
         max(1, cfg["training"]["n_epochs"] // 2)
     cfg["earlybird"]["ratios"] = tuple(float(r) for r in cfg["earlybird"]["ratios"])
+    cfg["target"]["levels"] = tuple(float(v) for v in cfg["target"]["levels"])
     if cfg["taeb"]["regions"] == ("auto",):
         cfg["taeb"]["regions"], cfg["taeb"]["auto"] = (), True
     cfg["taeb"]["regions"] = parse_regions(cfg["taeb"]["regions"], T, source)
@@ -428,6 +435,7 @@ RANGES = {
     ("taeb", "plan_images"): AT_LEAST_ONE,
     ("target", "value"): NON_NEGATIVE, ("target", "every"): AT_LEAST_ONE,
     ("target", "max_epochs"): NON_NEGATIVE, ("target", "max_flops"): NON_NEGATIVE,
+    ("target", "evaluations"): NON_NEGATIVE,
     ("target", "plateau_patience"): NON_NEGATIVE, ("target", "plateau_delta"): NON_NEGATIVE,
     ("target", "plateau_max_epochs"): NON_NEGATIVE,
     ("pipeline", "pruning_ratio"): FRACTION, ("pipeline", "eval_every"): NON_NEGATIVE,
@@ -495,6 +503,9 @@ def _check_values(cfg, source):
     for r in cfg["earlybird"]["ratios"]:
         if isinstance(r, bool) or not isinstance(r, (int, float)) or not 0 < r < 1:
             raise UserError(f"{source}: earlybird.ratios must be numbers in (0, 1), got {r!r}")
+    for v in cfg["target"]["levels"]:
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or v <= 0:
+            raise UserError(f"{source}: target.levels must be positive numbers, got {v!r}")
 
 
 def parse_override(item):

@@ -19,8 +19,9 @@ def cumulative(costs, offset=(0.0, 0)):
     return out
 
 
-def _cumulative_of(L, row, dense_costs):
-    """{epoch: (wall, FLOPs)} of ``row``'s own epochs, on its critical path."""
+def _cumulative_of(L, row, dense_costs, total=False):
+    """{epoch: (wall, FLOPs)} of ``row``'s own epochs, on its critical path (``total``: a
+    ticket set's tickets summed)."""
     if row.kind == "dense":
         return cumulative(dense_costs)
     offset = row.method.prefix_cost(dense_costs, row.eb_epoch)
@@ -28,21 +29,22 @@ def _cumulative_of(L, row, dense_costs):
         return cumulative(read_costs(L.costs(row.key)), offset)
     per = [cumulative(read_costs(L.costs(region_doc(row.ticket_set, rng))))
            for rng in row.regions]
-    return {e: (offset[0] + max(p[e][0] for p in per), offset[1] + max(p[e][1] for p in per))
+    across = sum if total else max
+    return {e: (offset[0] + across(p[e][0] for p in per), offset[1] + across(p[e][1] for p in per))
             for e in per[0] if all(e in p for p in per)}
 
 
-def method_curves(exp, doc, rows, axis="digits_fd"):
+def method_curves(exp, doc, rows, axis="digits_fd", total=False):
     """{row key: [(cum wall, cum FLOPs, quality)]} along training, on each method's critical
-    path (TA-EB: the dense prefix plus its slowest ticket's cost so far); quality read from
-    ``axis`` (evaluation/curves.py's AXES)."""
+    path (TA-EB: the dense prefix plus its slowest ticket's cost so far; ``total``: plus every
+    ticket's); quality read from ``axis`` (evaluation/curves.py's AXES)."""
     L = Layout(exp)
     dense_costs = read_costs(L.costs(doc))
     out = {}
     for r in rows:
         curve = read_curve(L.curve_file(r.key), axis)
         if curve:
-            cum = _cumulative_of(L, r, dense_costs)
+            cum = _cumulative_of(L, r, dense_costs, total)
             out[r.key] = [(*cum[p["epoch"]], p["value"]) for p in curve if p["epoch"] in cum]
     return out
 

@@ -71,6 +71,7 @@ class Row:
     value: Optional[float] = None
     valid: Optional[float] = None
     noise_like: Optional[float] = None  # share of samples rougher than every real digit
+    final_n: Optional[int] = None   # images the metric scored
     regions: tuple = ()             # ticket sets: their ranges
     ticket_set: str = ""
     schedule: Optional[str] = None

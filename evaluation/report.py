@@ -27,12 +27,12 @@ from utils.io import atomic_write_text, read_json
 
 
 def read_metric(layout, key):
-    """(metric name, value, valid share, real digits' valid share, noise-like share) of a
-    method's sample metric file; Nones where there is none."""
+    """(metric name, value, valid share, real digits' valid share, noise-like share, images)
+    of a method's sample metric file; Nones where there is none."""
     m = read_json(layout.metric_file(key), {})
     name = "FID" if "fid" in m else "digits-FD" if "digits_fd" in m else None
     value = m.get("fid", m.get("digits_fd"))
-    return name, value, m.get("valid"), m.get("real_valid"), m.get("noise_like")
+    return name, value, m.get("valid"), m.get("real_valid"), m.get("noise_like"), m.get("n")
 
 
 def _arch_cost(ckpt_path):
@@ -48,10 +48,10 @@ def _arch_cost(ckpt_path):
 
 
 def _row(layout, method, name, key, *, critical, total, **kw):
-    metric, value, valid, _, noise_like = read_metric(layout, key)
+    metric, value, valid, _, noise_like, n = read_metric(layout, key)
     return Row(method=method, name=name, key=key, critical=Cost(*critical),
                total=Cost(*total), metric=metric, value=value, valid=valid,
-               noise_like=noise_like, **kw)
+               noise_like=noise_like, final_n=n, **kw)
 
 
 def _finetune_row(layout, method, *, ratio, name, costs, dense_costs):
@@ -189,9 +189,11 @@ def table(rows):
     target = next((r.target for r in rows if r.target is not None), None)
     head = "| Method | Params (M) | MACs (M) | EB epoch | "
     if target is not None:
-        # the target is scored on the quality curves: the digits metric
-        name = metric_name if metric_name != "metric" else "digits-FD"
-        head += (f"To {name} {target:.2f}: TFLOPs / s (critical) | "
+        # the target is read on the quality curves' axis (target.axis)
+        axis = next((r.target_record.get("axis") for r in rows if r.target_record), None)
+        name = "held-out loss" if axis == "heldout" else \
+            metric_name if metric_name != "metric" else "digits-FD"
+        head += (f"To {name} {target:.4g}: TFLOPs / s (critical) | "
                  "to target vs dense, FLOPs / wall | ")
     head += ("Train TFLOPs, critical / total | Train time (s), critical / total | "
              "vs dense, FLOPs / wall | vs train-prune-finetune, FLOPs / wall | "
@@ -281,8 +283,9 @@ def write_report(exp, doc, cfg, out_dir=None, *, metric_note=""):
     target = next((r.target for r in rows if r.target is not None), None)
     if target is not None:
         md += [f"Trained to a target: every fine-tune (and TA-EB ticket set) stopped at the "
-               f"first evaluation at or below {target:.2f} (the dense reference's final "
-               "quality, unless target.value set it), or at its cap. The cost to the target is "
+               f"first evaluation at or below {target:.4g} (the dense reference's final "
+               "quality, unless target.value set it), or at its FLOPs budget. The cost to the "
+               "target is "
                "where each method's quality curve first crosses it (interpolated between "
                "evaluations), on its critical path; {exp}/targets/ holds each decision.", ""]
     else:

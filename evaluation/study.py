@@ -15,7 +15,8 @@ from core.layout import Layout
 from evaluation.costs import cost_to_target, method_curves
 from evaluation.curves import read_curve
 from evaluation.evidence import (MIN_SEEDS, cost_to_reach, equal_quality_speedup,
-                                 fmt_interval, fmt_ratios, fmt_values, interval, quality_at,
+                                 fmt_interval, fmt_ratios, fmt_values, geometric_interval,
+                                 interval, quality_at,
                                  reach_bounds, verdict)
 from evaluation.methods import BY_KIND, METHODS
 from evaluation.report import collect
@@ -45,22 +46,43 @@ class SeedResult:
     eq_flops: Optional[float] = None
     eq_wall: Optional[float] = None
     tt_speedup: Optional[tuple] = None  # (FLOPs, wall, '<' when a bound)
+    tt_total: Optional[tuple] = None    # the same at total cost (ticket sets: every ticket)
     fd_curve: Optional[list] = None     # [(cum wall, cum FLOPs, digits-FD)] (default: curve)
     axis: str = "digits_fd"             # the axis of ``curve`` and ``target`` (target.axis)
+    total_curve: Optional[list] = None  # ``curve`` at total cost (ticket sets: all tickets)
+    noise_like: Optional[float] = None
+    final_n: Optional[int] = None       # images of the final quality (None: the curve's last)
+    levels: tuple = ()                  # (level, Cost or None) of each fixed target.levels
+
+    @property
+    def total(self):
+        """This method judged at total cost: a ticket set pays for every ticket."""
+        c = self.total_curve or self.curve
+        return replace(self, curve=c, to_target=cost_to_target(c, self.target)
+                       if self.target is not None else None)
 
     @property
     def fd(self):
         return self.fd_curve or self.curve
 
 
-def _result(r, c, fd, ref, target, valid, axis):
+def _result(r, c, fd, ref, target, axis, *, total=None, last=None, levels=()):
     """One method's numbers in one seed: r a report Row, c its curve on the target's axis, fd
-    its digits-FD curve, ref the dense curve (target's axis)."""
-    res = SeedResult(kind=r.kind, key=r.key, method=r.name, quality=fd[-1][2], valid=valid,
+    its digits-FD curve, ref the dense curve (target's axis), total ``c`` at total cost, last
+    its last curve point. Final quality: its final samples' metric (sampling.n_samples images)
+    where they were scored, else the curve's last point."""
+    final = r.value is not None
+    res = SeedResult(kind=r.kind, key=r.key, method=r.name,
+                     quality=r.value if final else fd[-1][2],
+                     valid=r.valid if final else (last or {}).get("valid"),
+                     noise_like=r.noise_like if final else (last or {}).get("noise_like"),
+                     final_n=r.final_n if final else None,
                      eb_epoch=r.eb_epoch, flops=r.critical.flops, wall=r.critical.wall_s,
                      total_flops=r.total.flops, vs_dense=r.vs_dense, macs=r.macs, curve=c,
                      regions=r.regions, target=target, epochs=r.epochs, fd_curve=fd, axis=axis,
-                     to_target=cost_to_target(c, target) if target is not None else None)
+                     total_curve=total,
+                     to_target=cost_to_target(c, target) if target is not None else None,
+                     levels=tuple((lv, cost_to_target(c, lv)) for lv in levels))
     if ref and r.kind != "dense":
         res = replace(res, eq_flops=equal_quality_speedup(
             [(f, v) for _, f, v in ref], c[-1][2], r.critical.flops), eq_wall=(
@@ -80,6 +102,8 @@ def seed_result(exp, doc, cfg, *, dense_curve_doc=None):
     rows, _ = collect(exp, doc, cfg)
     axis = target_axis(rows)
     curves, fds = method_curves(exp, doc, rows, axis), method_curves(exp, doc, rows)
+    totals = method_curves(exp, doc, rows, axis, total=True)
+    levels = cfg.target.levels if axis == "heldout" else ()
     ref_doc = dense_curve_doc or doc
     if ref_doc != doc:
         ref_rows, _ = collect(exp, ref_doc, cfg)
@@ -91,10 +115,11 @@ def seed_result(exp, doc, cfg, *, dense_curve_doc=None):
     for r in rows:
         if curves.get(r.key) and fds.get(r.key):
             last = read_curve(Layout(exp).curve_file(r.key))[-1]
-            out[r.kind] = _result(r, curves[r.key], fds[r.key], ref, target,
-                                  last.get("valid"), axis)
+            out[r.kind] = _result(r, curves[r.key], fds[r.key], ref, target, axis,
+                                  total=totals.get(r.key), last=last, levels=levels)
     dense = out.get("dense")
-    return {k: replace(res, tt_speedup=_tt_speedup(dense, res) if dense else None)
+    return {k: replace(res, tt_speedup=_tt_speedup(dense, res) if dense else None,
+                       tt_total=_tt_speedup(dense, res.total) if dense else None)
             for k, res in out.items()}
 
 
@@ -106,7 +131,8 @@ def _tt_speedup(dense, res):
         return None
     if res.to_target is not None:
         return (d.flops / res.to_target.flops, d.wall_s / res.to_target.wall_s, "")
-    return (d.flops / res.flops, d.wall_s / res.wall, "<")
+    last = res.curve[-1]  # the method's whole cost (at total cost too, for res.total)
+    return (d.flops / last[1], d.wall_s / last[0], "<")
 
 
 def _groups(results, variants):
@@ -122,51 +148,71 @@ def _groups(results, variants):
                 yield variant, name + label_suffix, kind, per
 
 
-def _tt(per, i):
-    """Speed-ups to the target (FLOPs: i = 0, wall: 1) over seeds, and which are bounds."""
-    vals = [p.tt_speedup for p in per if p.tt_speedup]
+def _tt(per, i, total=False):
+    """Speed-ups to the target (FLOPs: i = 0, wall: 1) over seeds, and which are bounds
+    (``total``: at total cost)."""
+    vals = [p.tt_total if total else p.tt_speedup for p in per]
+    vals = [v for v in vals if v]
     return [v[i] for v in vals], [v[2] for v in vals]
 
 
 HEADLINE_COLUMNS = ("method", "seeds", "reached", "to_target_tflops_mean",
                     "to_target_tflops_ci95",
                     "tt_speedup_flops_mean", "tt_speedup_flops_ci95", "tt_speedup_wall_mean",
-                    "tt_speedup_wall_ci95", "tt_speedup_upper_bound", "digits_fd_mean",
-                    "digits_fd_ci95", "valid_mean", "valid_ci95", "eb_epoch_mean",
+                    "tt_speedup_wall_ci95", "tt_speedup_total_flops_mean",
+                    "tt_speedup_total_flops_ci95", "tt_speedup_upper_bound", "digits_fd_mean",
+                    "digits_fd_ci95", "valid_mean", "valid_ci95", "noise_like_mean",
+                    "noise_like_ci95", "eb_epoch_mean",
                     "eb_epoch_ci95", "train_tflops_mean", "train_tflops_ci95",
                     "vs_dense_flops_mean", "vs_dense_flops_ci95", "vs_dense_wall_mean",
                     "vs_dense_wall_ci95")
 
 
+RATIO_COLUMNS = ("tt_speedup", "vs_dense")
+
+
 def headline_data(results, variants):
-    """The headline rows as numbers (HEADLINE_COLUMNS): mean and 95% half-width over seeds."""
+    """The headline rows as numbers (HEADLINE_COLUMNS): mean and 95% half-width over seeds;
+    cost ratios: geometric mean and its 95% interval [low, high]."""
     out = []
     for _, label, _, per in _groups(results, variants):
         row = {"method": label, "seeds": len(per),
                "reached": sum(p.to_target is not None for p in per)}
         cols = {"to_target_tflops": [p.to_target.flops / 1e12 for p in per if p.to_target],
                 "tt_speedup_flops": _tt(per, 0)[0], "tt_speedup_wall": _tt(per, 1)[0],
+                "tt_speedup_total_flops": _tt(per, 0, True)[0],
+                "noise_like": [p.noise_like for p in per],
                 "digits_fd": [p.quality for p in per], "valid": [p.valid for p in per],
                 "eb_epoch": [p.eb_epoch for p in per],
                 "train_tflops": [p.flops / 1e12 for p in per],
                 "vs_dense_flops": [p.vs_dense[0] for p in per],
                 "vs_dense_wall": [p.vs_dense[1] for p in per]}
         for col, vals in cols.items():
+            if col.startswith(RATIO_COLUMNS) and len([v for v in vals if v]) >= MIN_SEEDS:
+                # cost ratios multiply: geometric mean, and its interval as [low, high]
+                g, lo, hi = geometric_interval([v for v in vals if v])
+                row[f"{col}_mean"], row[f"{col}_ci95"] = g, [lo, hi]
+                continue
             row[f"{col}_mean"], row[f"{col}_ci95"] = interval(vals)
             if len([v for v in vals if v is not None]) < MIN_SEEDS:
                 row[f"{col}_ci95"] = None  # the page shows the values, not an interval
         row["tt_speedup_upper_bound"] = any(_tt(per, 0)[1])
         if row["tt_speedup_upper_bound"] or len(cols["tt_speedup_flops"]) < MIN_SEEDS:
             # an interval mixing values and bounds, or from one or two, would mislead
-            row.update(tt_speedup_flops_ci95=None, tt_speedup_wall_ci95=None)
+            row.update(tt_speedup_flops_ci95=None, tt_speedup_wall_ci95=None,
+                       tt_speedup_total_flops_ci95=None)
+        if any(_tt(per, 0, True)[1]):
+            row["tt_speedup_total_flops_ci95"] = None
         out.append(row)
     return out
 
 
-def _tt_cell(per, i, reference):
+def _tt_cell(per, i, reference, total=False):
     if reference:
         return "1x (reference)"
-    vals, bounds = _tt(per, i)
+    if total and not any(p.total_curve for p in per):
+        return "same"
+    vals, bounds = _tt(per, i, total)
     return fmt_ratios(vals, bounds=bounds)
 
 
@@ -174,17 +220,19 @@ def headline_rows(results, variants):
     """Markdown rows: the cost to reach the target first, then final quality and the fixed
     budget; mean ± 95% half-width over seeds."""
     lines = ["| Method | reached the target | cost to the target, TFLOPs | speed-up to the "
-             "target vs dense, FLOPs | same, wall-clock | final digits-FD | valid | EB epoch | "
-             "training TFLOPs (fixed budget) | fixed budget vs dense, FLOPs / wall |",
-             "|" + "---|" * 10]
+             "target vs dense, FLOPs | same, total FLOPs (every ticket) | same, wall-clock | "
+             "final digits-FD | valid | noise-like | EB epoch | training TFLOPs | "
+             "training vs dense, FLOPs / wall |",
+             "|" + "---|" * 12]
     for variant, label, kind, per in _groups(results, variants):
         ref = kind == "dense" and variant == "plain"
         reached = [p.to_target.flops / 1e12 for p in per if p.to_target]
         lines.append(
             f"| {label} | {len(reached)} of {len(per)} | {fmt_interval(reached)} | "
-            f"{_tt_cell(per, 0, ref)} | {_tt_cell(per, 1, ref)} | "
-            f"{fmt_interval([p.quality for p in per])} | "
+            f"{_tt_cell(per, 0, ref)} | {_tt_cell(per, 0, ref, total=True)} | "
+            f"{_tt_cell(per, 1, ref)} | {fmt_interval([p.quality for p in per])} | "
             f"{fmt_interval([p.valid for p in per if p.valid is not None], '.0%')} | "
+            f"{fmt_interval([p.noise_like for p in per if p.noise_like is not None], '.1%')} | "
             f"{fmt_interval([p.eb_epoch for p in per], '.1f')} | "
             f"{fmt_interval([p.flops / 1e12 for p in per])} | "
             f"{fmt_ratios([p.vs_dense[0] for p in per])} / "
@@ -262,66 +310,74 @@ def per_seed_rows(results, names):
     return lines
 
 
-def _cost_claim(name, pairs, word_if):
-    """A claim "A costs less than B to reach the target": pairs [(A result, B result)]."""
-    both = [(a, b, a.target) for a, b in pairs if a.to_target and b.to_target]
-    only_a = sum(1 for a, b in pairs if a.to_target and not b.to_target)
-    only_b = sum(1 for a, b in pairs if b.to_target and not a.to_target)
+def _reach(res, level):
+    """(cost to reach, level) of a result: the dense target (``level`` None), else its
+    ``level``-th fixed level."""
+    if level is None:
+        return res.to_target, res.target
+    lv, cost = res.levels[level]
+    return cost, lv
+
+
+def _cost_claim(name, pairs, word_if, level=None, how=""):
+    """A claim "A costs less than B to reach the target" (``level``: the fixed level of that
+    index instead): pairs [(A result, B result)]."""
+    hit = [(_reach(a, level)[0] is not None, _reach(b, level)[0] is not None) for a, b in pairs]
+    both = [(a, b, _reach(a, level)[1]) for (a, b), h in zip(pairs, hit) if all(h)]
+    only_a, only_b = hit.count((True, False)), hit.count((False, True))
+    what = "the target" if level is None else "that level"
     if both:
-        v, sides, nums = _ratio_verdict(both, word_if, "the target")
+        v, sides, nums = _ratio_verdict(both, word_if, what)
         # every seed reached it with both: the interval over seeds decides; otherwise the
         # seeds where only one got there count for or against it, seed by seed
         word = v.word if len(both) == len(pairs) else _majority(
             only_a + sides.count(1), only_b + sides.count(-1), len(pairs))
     else:
         word = _majority(only_a, only_b, len(pairs)) if only_a or only_b else \
-            "inconclusive (neither reached the target)"
-        nums = "no seed where both reached the target"
+            f"inconclusive (neither reached {what})"
+        nums = f"no seed where both reached {what}"
     nums += f" ({len(both)} seed{'s' if len(both) != 1 else ''} where both reached it; only " \
             f"the first: {only_a}, only the second: {only_b})"
-    return (f"{name}, at equal quality (the dense target)", word, nums)
+    at = "the dense target" if level is None else \
+        f"the fixed level {_reach(pairs[0][0], level)[1]:.4g}, set before the runs"
+    return (f"{name}, at equal quality ({at}){how}", word, nums)
 
 
-def common_level(a, b):
-    """The best quality both curves reached: the worse of the two methods' best scores."""
-    return max(min(q for _, _, q in a.curve), min(q for _, _, q in b.curve))
-
-
-def _level_claim(name, pairs, word_if):
-    """The claim at equal quality where the dense target is out of reach: the cost of each
-    method to reach the best level both reached (per seed)."""
-    both = [(a, b, common_level(a, b)) for a, b in pairs]
-    v, _, nums = _ratio_verdict(both, word_if, "that level")
-    levels = fmt_interval([lv for _, _, lv in both])
-    return (f"{name}, at equal quality (the best level both reached, digits-FD {levels})",
-            v.word, nums)
-
-
-def _quality_claim(name, pairs, noise_floor, label):
+def _quality_claim(name, pairs, label):
     """The same claim at equal cost: each method's quality at one critical-path FLOPs budget,
-    read off its curve: the smaller of the two final costs, or, when one method has no network
-    by then (train-prune-finetune pays for the whole dense run first), its first evaluation's
-    cost (the other keeps the quality it stopped at)."""
+    read off its curve on the target's axis (the held-out loss: a ratio, judged in logs;
+    digits-FD: a difference): the smaller of the two final costs, or, when one method has no
+    network by then (train-prune-finetune pays for the whole dense run first), its first
+    evaluation's cost (the other keeps the quality it stopped at)."""
     d = []
     for a, b in pairs:
-        cost = max(min(a.fd[-1][1], b.fd[-1][1]), max(a.fd[0][1], b.fd[0][1]))
-        qa = quality_at([(f, q) for _, f, q in a.fd], cost)
-        qb = quality_at([(f, q) for _, f, q in b.fd], cost)
+        cost = max(min(a.curve[-1][1], b.curve[-1][1]), max(a.curve[0][1], b.curve[0][1]))
+        qa = quality_at([(f, q) for _, f, q in a.curve], cost)
+        qb = quality_at([(f, q) for _, f, q in b.curve], cost)
         if qa is not None and qb is not None:
-            d.append(qa - qb)
+            d.append((qa, qb))
     if not d:
         return (f"{name}, at equal cost", "inconclusive (no common cost)", "–")
-    v = verdict(d, noise_floor)
-    return (f"{name}, at equal cost", v.word,
-            f"digits-FD {label} at the same training FLOPs = {fmt_interval(d)} "
-            f"({_margin(v)[2:] or 'too few seeds'})")
+    if pairs[0][0].axis == "heldout":
+        v = verdict([math.log(qa / qb) for qa, qb in d], 0.0)
+        nums = (f"held-out loss {label.replace(' - ', ' / ')} at the same training FLOPs = "
+                f"{fmt_ratios([qa / qb for qa, qb in d], '.3f', '')} (geometric mean"
+                f"{_margin(v, lambda m: f'x/÷ {math.exp(m):.3f}') or '; too few seeds'})")
+    else:
+        v = verdict([qa - qb for qa, qb in d], 0.0)
+        nums = (f"digits-FD {label} at the same training FLOPs = "
+                f"{fmt_interval([qa - qb for qa, qb in d])} ({_margin(v)[2:] or 'too few seeds'})")
+    return (f"{name}, at equal cost", v.word, nums)
 
 
 def _final_quality_claim(name, pairs, label):
-    """A claim on quality alone: each method's final digits-FD, each at its own budget."""
+    """A claim on quality alone: each method's final digits-FD (its final samples), each at
+    its own budget; paired within a seed (one noise set per seed)."""
     v = verdict([a.quality - b.quality for a, b in pairs], 0.0)
+    n = pairs[0][0].final_n
     return (f"{name}, on quality at each one's budget", v.word,
-            f"final digits-FD {label} = {fmt_interval([a.quality - b.quality for a, b in pairs])}"
+            f"final digits-FD{f' ({n} images)' if n else ''} {label} = "
+            f"{fmt_interval([a.quality - b.quality for a, b in pairs])}"
             f" ({_margin(v)[2:] or 'too few seeds'})")
 
 
@@ -343,7 +399,10 @@ CLAIMS = (("eb", "tpf", "(b) the EB ticket reaches train-prune-finetune's qualit
 
 def verdicts(results, noise_floor):
     """The paper's claims, each with its numbers and a word: holds / does not hold /
-    inconclusive (and what would decide it)."""
+    inconclusive (and what would decide it). Cost claims at the dense target and at each fixed
+    level; ticket sets also at total FLOPs (every ticket counted: the uniform EB ticket, capped
+    by the same FLOPs budget, is their equal-total-FLOPs control); quality at equal cost; and
+    for (b), whose cost lines follow from the accounting, final quality."""
     plain = results.get("plain", [])
     out = [_earlybird_claim(plain)]
     for a_kind, b_kind, name, ratio_name in CLAIMS:
@@ -353,13 +412,21 @@ def verdicts(results, noise_floor):
             pairs, controls = null_controls(pairs)
         diff_name = ratio_name.replace(" / ", " - ")
         if pairs:
-            cost = [_cost_claim(name, pairs, ratio_name), _level_claim(name, pairs, ratio_name),
-                    _quality_claim(name, pairs, noise_floor, diff_name)]
+            n_levels = min(len(a.levels) for a, _ in pairs)
+            cost = [_cost_claim(name, pairs, ratio_name, level)
+                    for level in [None, *range(n_levels)]]
             if a_kind == "eb":
                 # train-prune-finetune pays for the whole dense run first: its cost lines
                 # follow from that accounting, so quality alone is judged too
                 cost = [(c, w, n + " (follows from the accounting: train-prune-finetune "
-                         "carries the whole dense run)") for c, w, n in cost[:2]] + cost[2:]
+                         "carries the whole dense run)") for c, w, n in cost]
+            if a_kind.startswith("taeb"):
+                totals = [(a.total, b.total) for a, b in pairs]
+                cost += [_cost_claim(name, totals, ratio_name, level,
+                                     ", total FLOPs (every ticket counted)")
+                         for level in [None, *range(n_levels)]]
+            cost.append(_quality_claim(name, pairs, diff_name))
+            if a_kind == "eb":
                 cost.append(_final_quality_claim(name, pairs, diff_name))
             out += cost
         if controls:

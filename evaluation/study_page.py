@@ -10,7 +10,7 @@ from core.layout import Layout, eb_doc
 from evaluation.curves import digits_quality, sample_fixed
 from evaluation.diagnostics import stitch_diagnostics
 from evaluation.curves import read_curve
-from evaluation.evidence import fmt_interval, fmt_values, rank_agreement
+from evaluation.evidence import fmt_interval, fmt_ratios, fmt_values, rank_agreement
 from evaluation.heldout import HELDOUT_SEED, heldout_loss, heldout_set
 from evaluation.methods import BY_KIND
 from evaluation.report import report_config
@@ -50,8 +50,9 @@ def instrument_noise(cfg, opts, doc):
         if not os.path.isfile(path):
             continue
         model = ck.model_from_checkpoint(ck.load_checkpoint(path), path, use_ema=True).eval()
-        fd = tuple(score(sample_fixed(model, c, n=p.eval_samples, timesteps=p.eval_timesteps,
-                                      device="cpu"))[1] for c in (cfg, other))
+        fd = tuple(score(sample_fixed(model, c, n=c.sampling.n_samples,
+                                      timesteps=c.sampling.timesteps, device="cpu"))[1]
+                   for c in (cfg, other))
         ho = tuple(heldout_loss(model, h, vars(cfg.diffusion)) for h in sets)
         out.append((name, fd, ho))
     return out
@@ -62,6 +63,9 @@ def instrument_lines(opts, seeds, noise):
     held-out loss ranks the curve points of every method as digits-FD and 'valid' do (Spearman
     rank correlation over every evaluated point of a seed)."""
     lines = ["## The instrument", "",
+             "How much each quality axis moves with its noise alone, on the same final networks "
+             "(digits-FD of the final sample count, two noise sets; the held-out loss, two noise "
+             "sets):", "",
              "| model (seed 0) | digits-FD, two noise sets | held-out loss, two noise sets |",
              "|---|---|---|"]
     lines += [f"| {n} | {fd[0]:.2f} / {fd[1]:.2f} (gap {abs(fd[0] - fd[1]):.2f}) | "
@@ -76,6 +80,14 @@ def instrument_lines(opts, seeds, noise):
             rho_valid.append(rank_agreement([q["heldout"] for q in pts],
                                             [-q.get("valid", 0.0) for q in pts]))
             counts.append(len(pts))
+    steps = [neighbours(Layout(opts.exp).curve_file(seed["dense"].key)) for seed in seeds
+             if "dense" in seed]
+    steps = [v for v in steps if v]
+    if steps:
+        lines += ["", "Between the dense run's last two evaluations (neighbouring checkpoints, "
+                  "one evaluation interval apart), per seed: held-out loss "
+                  f"{fmt_values([100 * h for h, _ in steps], '.2f', '%')} apart, digits-FD of "
+                  f"the curves' images {fmt_values([f for _, f in steps], '.1f')} apart."]
     if rho_fd:
         lines += ["", f"Rank agreement of the held-out loss over every evaluated point of a "
                   f"seed ({fmt_values(counts, 'd')} points): with digits-FD "
@@ -84,6 +96,15 @@ def instrument_lines(opts, seeds, noise):
                   "is bit-identical for the same weights; digits-FD moves with its noise set by "
                   "the gaps above."]
     return lines + [""]
+
+
+def neighbours(curve_path):
+    """(relative held-out change, |digits-FD change|) between a curve's last two points."""
+    pts = [q for q in read_curve(curve_path) if "heldout" in q]
+    if len(pts) < 2:
+        return None
+    a, b = pts[-2], pts[-1]
+    return abs(b["heldout"] - a["heldout"]) / a["heldout"], abs(b["value"] - a["value"])
 
 
 def plot_curves(results, out_png, unit):
@@ -125,25 +146,77 @@ def plot_curves(results, out_png, unit):
     plt.close(fig)
 
 
-def dense_lines(opts, docs):
-    """How each seed's dense reference stopped (evaluation/targets.py's plateau rule)."""
+def dense_lines(cfg, opts, docs, results):
+    """How each seed's dense reference was trained and the target it set: a plateau record
+    (evaluation/targets.py's rule), or the config's fixed recipe and its last evaluation."""
     L = Layout(opts.exp)
     recs = [(d, read_record(L.target_record(d))) for d in docs]
-    recs = [(d, r) for d, r in recs if r and r.get("kind") == "plateau"]
-    if not recs:
+    plateau = [(d, r) for d, r in recs if r and r.get("kind") == "plateau"]
+    lines = ["## The dense reference", ""]
+    if plateau:
+        r0 = plateau[0][1]
+        lines += [f"Dense training ran in steps of {r0['eval_epochs'][0] + 1} epochs, scored "
+                  f"after each, until {r0['patience']} evaluations in a row improved on the best "
+                  f"before them by no more than {r0['delta']:g} (at most {r0['cap']} epochs). "
+                  f"Its level, the mean of the last {r0['patience'] + 1} evaluations, is the "
+                  "target every other method trains to.", "",
+                  "| seed run | epochs | plateaued | level (target) | evaluations |",
+                  "|---|---|---|---|---|"]
+        for d, r in plateau:
+            vals = ", ".join(f"{v:.4g}" for v in r["values"])
+            lines.append(f"| {d} | {r['epochs']} | {'yes' if r['plateaued'] else 'no (cap)'} "
+                         f"| {r['level']:.4g} | {vals} |")
+        return lines + [""]
+    o, t = cfg.optim, cfg.target
+    dense = [s["dense"] for s in results.get("plain", []) if "dense" in s]
+    if not dense:
         return []
-    r0 = recs[0][1]
-    lines = ["## The dense reference", "",
-             f"Dense training ran in steps of {r0['eval_epochs'][0] + 1} epochs, scored after "
-             f"each, until {r0['patience']} evaluations in a row improved on the best before "
-             f"them by no more than {r0['delta']:g} digits-FD (at most {r0['cap']} epochs). Its "
-             f"level, the mean of the last {r0['patience'] + 1} evaluations, is the target "
-             "every other method trains to.", "",
-             "| seed run | epochs | plateaued | level (target) | evaluations |", "|---|---|---|---|---|"]
-    for d, r in recs:
-        vals = ", ".join(f"{v:.1f}" for v in r["values"])
-        lines.append(f"| {d} | {r['epochs']} | {'yes' if r['plateaued'] else 'no (cap)'} | "
-                     f"{r['level']:.2f} | {vals} |")
+    axis = "the held-out loss" if dense[0].axis == "heldout" else "digits-FD"
+    lines += [f"Dense training runs the config's recipe for a fixed {cfg.training.n_epochs} "
+              f"epochs (lr {o.lr:g}, {o.warmup} warm-up steps, {o.schedule} schedule, EMA "
+              f"{cfg.model.ema_rate:g}), scored every {t.every} epochs on {axis}. Its last "
+              "evaluation is the target every other method trains to: a level fixed by the "
+              "recipe, not by a stopping rule" + (
+                  f"; the fixed levels {', '.join(f'{v:.4g}' for v in t.levels)} (the same "
+                  "axis) were set before the runs" if t.levels else "") + ".", "",
+              "| seed run | target | cost to it, TFLOPs | final digits-FD | valid | noise-like |",
+              "|---|---|---|---|---|---|"]
+    for d, r in zip(docs, dense):
+        lines.append(f"| {d} | {r.target:.4g} | "
+                     f"{r.to_target.flops / 1e12 if r.to_target else float('nan'):.2f} | "
+                     f"{r.quality:.2f} | {_pct(r.valid, '.0%')} | {_pct(r.noise_like, '.1%')} |")
+    return lines + [""]
+
+
+def _pct(v, spec):
+    return "–" if v is None else f"{v:{spec}}"
+
+
+def levels_lines(cfg, results):
+    """Every method's cost to each fixed level (target.levels), speed-up over dense per seed
+    (geometric mean and interval where every seed reached it)."""
+    plain = results.get("plain", [])
+    if not cfg.target.levels or not plain or not plain[0].get("dense") or \
+            not plain[0]["dense"].levels:
+        return []
+    kinds = [k for k in BY_KIND if any(k in s for s in plain)]
+    lines = ["Cost to the fixed levels (speed-up over dense in FLOPs, critical path; per seed "
+             "where a seed did not get there):", "",
+             "| level | " + " | ".join(BY_KIND[k].label for k in kinds) + " |",
+             "|---|" + "---|" * len(kinds)]
+    for i, level in enumerate(cfg.target.levels):
+        cells = []
+        for k in kinds:
+            per = [(s["dense"].levels[i][1], s[k].levels[i][1]) for s in plain
+                   if k in s and "dense" in s and len(s[k].levels) > i]
+            if k == "dense":
+                cells.append(f"{sum(d is not None for d, _ in per)} of {len(per)} reached")
+                continue
+            ratios = [d.flops / m.flops for d, m in per if d and m]
+            missed = sum(1 for d, m in per if d and not m)
+            cells.append(fmt_ratios(ratios) + (f"; {missed} of {len(per)} never got there"
+                                               if missed else ""))
+        lines.append(f"| {level:.4g} | " + " | ".join(cells) + " |")
     return lines + [""]
 
 
@@ -205,31 +278,44 @@ def diagnostics_lines(cfg, opts, docs, cache_path):
 
 
 def _protocol(cfg, opts, study_s):
-    s = cfg.sampling
+    s, p, t = cfg.sampling, cfg.pipeline, cfg.target
+    axis = ("the held-out loss (evaluation/heldout.py: the eps-prediction loss per pixel of "
+            f"the first {p.heldout_images} test images at {p.heldout_timesteps} of the "
+            "sampler's visited timesteps, the same images, timesteps and noise for every "
+            "method and seed: it moves with the weights alone)") if t.axis == "heldout" else \
+        "digits-FD"
     return [
         "Generated by `python earlybird_scripts/study.py " + opts.command + "`" +
         (f" in {study_s / 60:.0f} min of wall-clock in all on a 2-core CPU (every invocation "
          "counted, the one that wrote this page included)." if study_s else
          " on a 2-core CPU."), "",
-        "Quality is digits-FD (the Fréchet distance in a digit classifier's features, not "
-        "Inception FID; lower is better) and 'valid', the share of samples that classifier "
-        "calls one digit with confidence >= 0.9, measured along training on "
-        f"{cfg.pipeline.eval_samples} images of {cfg.pipeline.eval_timesteps} {s.skip_type} "
-        "DDIM steps, the same "
-        "per-image noise for every evaluation and every method. Costs are training FLOPs (a "
-        "forward pass's FLOPs as `torch.utils.flop_counter` counts them, attention included, "
-        "x 3 for forward + backward x images; machine-independent) and wall-clock, both on "
-        "the critical path: the EB ticket and TA-EB pay for dense training up to their EB "
-        "epoch, train-prune-finetune for the whole converged dense run (Diff-Pruning's "
-        "protocol: prune the final weights), TA-EB for its slowest ticket (the tickets ran "
-        "one at a time, each with the whole machine). Each fine-tune stops at its first "
-        "evaluation at or below the dense reference's level, or at its cap; the cost to the "
-        "target is where its curve first crosses that level (interpolated between "
-        "evaluations; `<` marks an upper bound on the speed-up: the method never got there, "
-        "its whole cost counts). Spreads are the half-width of the 95% Student-t interval of "
-        f"the mean over {len(opts.seeds)} seeds. Float kernels differ between CPU types, so these "
-        "numbers move on another machine by about the seed-to-seed spread; compare methods "
-        "within one page.", ""] + [n + "\n" for n in opts.notes]
+        f"Targets and crossings are read on {axis}, scored every {t.every} epochs of every run. "
+        f"Final quality is digits-FD (the Fréchet distance in a digit classifier's features, "
+        "not Inception FID; lower is better), 'valid' (the share of samples that classifier "
+        "calls one digit with confidence >= 0.9) and 'noise-like' (the share rougher than "
+        f"every real digit) of each method's {s.n_samples} final samples ({s.timesteps} "
+        f"{s.skip_type} steps, eta {s.eta:g}); each seed has its own noise set, shared by every "
+        "method of that seed. The curves' digits-FD "
+        f"({p.eval_samples} images of {p.eval_timesteps} steps) is shown in the figures only. "
+        "Costs are training FLOPs (a forward pass's FLOPs as `torch.utils.flop_counter` counts "
+        "them, attention included, x 3 for forward + backward x images; machine-independent) "
+        "and wall-clock, on the critical path: the EB ticket and TA-EB pay for dense training "
+        "up to their EB epoch, train-prune-finetune for the whole dense run (Diff-Pruning's "
+        "protocol: prune the final weights), TA-EB for its slowest ticket (the tickets ran one "
+        "at a time, each with the whole machine); TA-EB also at total FLOPs (every ticket). "
+        "Budgets are in FLOPs: each method may spend up to the dense run's cost to the target "
+        "(its dense prefix included; train-prune-finetune, which carries the whole dense run, "
+        "gets the EB ticket's fine-tuning budget), its learning-rate schedule spans that "
+        "budget, and it stops at its first evaluation at or below the target; a ticket set's "
+        "budget caps its tickets' FLOPs summed, so the uniform EB ticket is its "
+        "equal-total-FLOPs control. The cost to the target is where the curve first crosses it "
+        "(interpolated between evaluations; `<` marks an upper bound on the speed-up: the "
+        "method never got there within its budget, its whole cost counts). Cost ratios are "
+        "geometric means with the 95% Student-t interval of the mean log ratio, other spreads "
+        f"the half-width of the 95% interval of the mean over {len(opts.seeds)} seeds; fewer "
+        "than 3 values are printed as they are. Float kernels differ between CPU types, so "
+        "these numbers move on another machine by about the seed-to-seed spread; compare "
+        "methods within one page.", ""] + [n + "\n" for n in opts.notes]
 
 
 def write_page(cfg, opts, docs, *, out, study_s):
@@ -249,9 +335,9 @@ def write_page(cfg, opts, docs, *, out, study_s):
         plot_curves(results, figs[unit], unit)
     variants = [("plain", "")] + ([("speed", " + SpeeD")] if "speed" in results else [])
     lines = [f"# Evidence: {cfg.data.dataset.lower()} ({len(opts.seeds)} seeds)", ""]
-    lines += _protocol(cfg, opts, study_s) + dense_lines(opts, docs["plain"])
+    lines += _protocol(cfg, opts, study_s) + dense_lines(cfg, opts, docs["plain"], results)
     lines += ["## Headline: the cost to reach the dense reference's quality", ""]
-    lines += headline_rows(results, variants) + [""]
+    lines += headline_rows(results, variants) + [""] + levels_lines(cfg, results)
     lines += ["Per seed (the seed's target, each method's final digits-FD, and whether it got "
               "there):", ""] + per_seed_rows(results, docs["plain"]) + [""]
     write_data(out, HEADLINE_COLUMNS, headline_data(results, variants))

@@ -9,6 +9,7 @@ Each ``Stage`` names its outputs and has a ``done`` test on them: a rerun skips 
 and resumes unfinished runs. Training, sampling and scoring run as the commands a user would
 type (printed as they run); the step loops to a plateau or a target are pipeline/schedule.py's.
 """
+import math
 import os
 import subprocess
 import sys
@@ -21,9 +22,9 @@ from core.config import load_config
 from core.layout import Layout, eb_doc, eqflops_doc, plan_set, region_doc, taeb_name, tpf_doc
 from core.options import Experiment
 from core.regions import read_manifest
-from core.runlog import read_costs, summed_cost
+from core.runlog import read_costs, record_cost, summed_cost
 from evaluation.costs import cumulative
-from evaluation.curves import digits_quality, eval_epochs, evaluate_curve, on_axis, read_curve
+from evaluation.curves import digits_quality, eval_epochs, evaluate_curve, on_axis
 from evaluation.heldout import heldout_set
 from evaluation.evidence import best_equal_ratio, cost_to_reach, sampling_average_macs
 from evaluation.targets import read_record, write_record
@@ -243,6 +244,12 @@ class Pipeline:
             e - 1: [(rng, c[e - 1]) for rng, c in per]
             for e in ends if all(e - 1 in c for _, c in per)})
 
+    def dense_curve(self):
+        """The dense run's curve on target.axis: every target.every-th epoch and its last (a
+        plateau run's own evaluations), each scored once, before any budget is read from it."""
+        return self.score_run(self.doc, [e + 1 for e in eval_epochs(self.epochs(self.doc),
+                                                                    self.cfg.target.every)])
+
     def target_value(self):
         """target.value, else the dense reference's final quality (its plateau level, or its
         last evaluation)."""
@@ -251,13 +258,12 @@ class Pipeline:
         rec = read_record(self.layout.target_record(self.doc))
         if rec:
             return rec["level"]
-        return self.score_run(self.doc, [self.epochs(self.doc)])[-1]["value"]
+        return self.dense_curve()[-1]["value"]
 
     def dense_cost_to_target(self):
         """Training FLOPs at which the dense curve first reaches the target (None: never)."""
         cum = cumulative(read_costs(self.layout.costs(self.doc)))
-        curve = read_curve(self.layout.curve_file(self.doc), self.cfg.target.axis)
-        return cost_to_reach([(cum[p["epoch"]][1], p["value"]) for p in curve
+        return cost_to_reach([(cum[p["epoch"]][1], p["value"]) for p in self.dense_curve()
                               if p["epoch"] in cum], self.target_value())
 
     def flops_budget(self, pruned_at):
@@ -272,15 +278,31 @@ class Pipeline:
                                summed_cost(dense, upto=pruned_at)[1],
                                summed_cost(dense, upto=eb)[1])
 
-    def train_to_target(self, name, runs, label, pruned_at):
-        """Train ``runs`` (pruned after dense epoch ``pruned_at``) until their curve ``name``
-        reaches the target or a cap; the decision goes to {exp}/targets/{name}.json."""
+    def budget_epochs(self, budget, tickets):
+        """Epochs of a fine-tune to the target of ``tickets`` (trained side by side): as many
+        as its FLOPs budget buys, so that its learning-rate schedule spans the budget (cosine
+        decay ends where the budget does) and no method stops with its schedule half run;
+        target.max_epochs at most, and without a budget. A ticket's FLOPs per epoch are a
+        full dense epoch's scaled by its MACs (torch-pruning's count, which leaves out
+        attention's products: a few per cent here); the cap itself counts measured FLOPs."""
         t = self.cfg.target
-        rec = dict(to_target(runs, target=self.target_value(), every=t.every,
-                             cap_epochs=t.max_epochs, cap_flops=self.flops_budget(pruned_at)),
-                   axis=t.axis)
+        costs = read_costs(self.layout.costs(self.doc))
+        if not budget or not costs:
+            return t.max_epochs
+        full = max(costs, key=lambda c: c["images"])
+        per_epoch = record_cost(full)[1] * sum(ticket_stats(p)[1] for p in tickets) / \
+            full["macs_per_image"]
+        return max(t.every, min(t.max_epochs, math.ceil(budget / per_epoch)))
+
+    def train_to_target(self, name, runs, label, budget, epochs):
+        """Train ``runs`` until their curve ``name`` reaches the target, their FLOPs
+        ``budget`` is spent, or ``epochs``; the decision goes to {exp}/targets/{name}.json."""
+        t = self.cfg.target
+        every = max(t.every, math.ceil(epochs / t.evaluations)) if t.evaluations else t.every
+        rec = dict(to_target(runs, target=self.target_value(), every=every,
+                             cap_epochs=epochs, cap_flops=budget), axis=t.axis, every=every)
         print(f"{label}: {'reached' if rec['reached'] else 'did not reach'} the target "
-              f"{rec['target']:.2f} ({rec['values'][-1]:.2f} after epoch "
+              f"{rec['target']:.4g} ({rec['values'][-1]:.4g} after epoch "
               f"{rec['eval_epochs'][-1]}, {rec['finetune_flops'] / 1e12:.2f} TFLOPs of "
               f"fine-tuning" + (f" of a budget of {rec['cap_flops'] / 1e12:.2f}"
                                 if rec["cap_flops"] else "") + ")", flush=True)
@@ -318,15 +340,19 @@ class Pipeline:
 
     def finetune(self, doc, epoch, label, *, ratio=None, epochs=None):
         ratio = ratio or self.cfg.pipeline.pruning_ratio
-        extra = ["--load_pruned_model", self.ticket(ratio, epoch), "--override",
-                 f"training.n_epochs={epochs or self.cfg.taeb.finetune_epochs}",
+        ticket = self.ticket(ratio, epoch)
+        target = self.cfg.target.enabled
+        budget = self.flops_budget(epoch) if target else 0.0
+        epochs = epochs or (self.budget_epochs(budget, [ticket]) if target else
+                            self.cfg.taeb.finetune_epochs)
+        extra = ["--load_pruned_model", ticket, "--override", f"training.n_epochs={epochs}",
                  "earlybird.enabled=false"]
         what = f"fine-tune {label} p={ratio:g} (from epoch {epoch})"
-        if not self.cfg.target.enabled:
+        if not target:
             return run(self.train_cmd(doc, extra), what)
         rec = self.train_to_target(doc, self.runs([doc], lambda end: run(
             self.train_cmd(doc, extra + ["--until_epoch", str(end)]), f"{what} to {end} epochs"),
-            lambda ends: self.score_run(doc, ends)), f"{label} p={ratio:g}", epoch)
+            lambda ends: self.score_run(doc, ends)), f"{label} p={ratio:g}", budget, epochs)
         write_record(self.layout.target_record(doc), rec)
         self.finish([doc], "target reached" if rec["reached"] else "cap")
 
@@ -359,29 +385,36 @@ class Pipeline:
         for tset in self.ticket_sets():
             if os.path.isfile(self.layout.manifest(tset.name)):
                 continue
-            cmd = self.tickets_cmd(tset)
             if not self.cfg.target.enabled:
-                run(cmd, f"{tset.label} tickets")
+                run(self.tickets_cmd(tset), f"{tset.label} tickets")
                 continue
             docs = [region_doc(tset.name, r.range) for r in tset.regions]
-            pruned_at = max(r.epoch if r.epoch is not None else
-                            self.eb_epoch(r.pruning_ratio) for r in tset.regions)
-            rec = self.train_to_target(taeb_name(tset.name), self.set_runs(tset, docs),
-                                       tset.label, pruned_at)
+            epochs = [r.epoch if r.epoch is not None else self.eb_epoch(r.pruning_ratio)
+                      for r in tset.regions]
+            # the set's budget caps its tickets' FLOPs summed (TA-EB's total, not its
+            # critical path): a uniform ticket of the same budget is its equal-FLOPs control
+            budget = self.flops_budget(max(epochs))
+            n = self.budget_epochs(budget, [r.ticket or self.ticket(r.pruning_ratio, e)
+                                            for r, e in zip(tset.regions, epochs)])
+            rec = self.train_to_target(taeb_name(tset.name), self.set_runs(tset, docs, n),
+                                       tset.label, budget, n)
             write_record(self.layout.target_record(taeb_name(tset.name)), rec)
             self.finish(docs, "target reached" if rec["reached"] else "cap")
-            run(cmd + ["--collect"], f"{tset.label} manifest")
+            run(self.tickets_cmd(tset, n) + ["--collect"], f"{tset.label} manifest")
 
-    def tickets_cmd(self, tset):
+    def tickets_cmd(self, tset, epochs=None):
+        """train_tickets.py for one set (``epochs``: each ticket's, a fine-tune to the target's
+        budget; default taeb.finetune_epochs)."""
         cmd = [PY, script("train_tickets.py"), "--config", tset.config, "--exp", self.exp,
                "--doc", self.doc, "--ticket_set", tset.name]
         mp = self.cfg.pipeline.max_parallel
-        return cmd + (["--max_parallel", str(mp)] if mp else [])
+        cmd += ["--max_parallel", str(mp)] if mp else []
+        return cmd + (["--override", f"taeb.finetune_epochs={epochs}"] if epochs else [])
 
-    def set_runs(self, tset, docs):
+    def set_runs(self, tset, docs, epochs):
         """A ticket set's region runs, trained together in steps and scored stitched."""
         def advance(end):
-            run(self.tickets_cmd(tset) + ["--until_epoch", str(end)],
+            run(self.tickets_cmd(tset, epochs) + ["--until_epoch", str(end)],
                 f"{tset.label} tickets to {end} epochs")
         return self.runs(docs, advance, lambda ends: self.score_set(tset, ends))
 
@@ -458,14 +491,16 @@ class Pipeline:
             return
         every, L = self.cfg.pipeline.eval_every, self.layout
         print("\n=== quality along training", flush=True)
+        def every_of(name):  # a fine-tune to the target keeps its own evaluation interval
+            return (read_record(L.target_record(name)) or {}).get("every", every)
         for name, src in self.sampled_methods():
             if src[0] == "--restore_from":
                 n = len(L.epoch_checkpoints(name))
-                self.score_run(name, [e + 1 for e in eval_epochs(n, every)])
+                self.score_run(name, [e + 1 for e in eval_epochs(n, every_of(name))])
         for tset in self.ticket_sets():
             n = min(len(L.epoch_checkpoints(region_doc(tset.name, r.range)))
                     for r in tset.regions)
-            self.score_set(tset, [e + 1 for e in eval_epochs(n, every)])
+            self.score_set(tset, [e + 1 for e in eval_epochs(n, every_of(taeb_name(tset.name)))])
 
     def report(self):
         run([PY, script("report.py"), "--exp", self.exp, "--doc", self.doc], "report")

@@ -169,14 +169,17 @@ def test_study_on_tiny_settings(tmp_path):
     assert (out.parent / "tiny.csv").read_text().startswith("method,seeds,reached,")
 
 
-def _fake(kind, to_target, quality, curve, flops=10.0):
-    """A method's result in one seed; ``to_target``: (FLOPs, wall) or None."""
+def _fake(kind, to_target, quality, curve, flops=10.0, levels=()):
+    """A method's result in one seed; ``to_target``: (FLOPs, wall) or None; ``levels``: fixed
+    levels whose costs are read off ``curve`` as the study does."""
+    from evaluation.costs import cost_to_target
     from evaluation.methods import Cost
     from evaluation.study import SeedResult
     return SeedResult(kind=kind, key=kind, method=kind, quality=quality, valid=0.5, eb_epoch=2,
                       flops=flops, wall=flops, total_flops=flops, vs_dense=None, macs=1,
                       curve=curve, regions=(), target=50.0, epochs=10,
-                      to_target=Cost(to_target[1], to_target[0]) if to_target else None)
+                      to_target=Cost(to_target[1], to_target[0]) if to_target else None,
+                      levels=tuple((lv, cost_to_target(curve, lv)) for lv in levels))
 
 
 def test_reach_bounds_are_the_evaluation_interval_of_the_crossing():
@@ -225,14 +228,29 @@ def test_claims_at_equal_quality_and_equal_cost():
     assert v[c_q][0] == "does not hold" and "only the second: 3" in v[c_q][1]
     c_c = next(k for k in v if k.startswith("(c)") and "equal cost" in k)
     assert v[c_c][0] == "does not hold" and "= 30.00" in v[c_c][1]
-    # at the best level both reached: (b) EB gets to TPF's 49.5 at 2.98, TPF at 9.5
-    b_l = next(k for k in v if k.startswith("(b)") and "both reached" in k)
-    assert "digits-FD 49.50" in b_l and v[b_l][0] == "holds" and "= 0.31" in v[b_l][1]
-    # (c) TA-EB's best, 79, is reached by the EB ticket at 2.03, by TA-EB at 3: 1.48x, within
-    # what one evaluation interval allows (both crossings lie in [2, 3]: x/÷ 1.5)
-    c_l = next(k for k in v if k.startswith("(c)") and "both reached" in k)
-    assert "digits-FD 79.00" in c_l and v[c_l][0] == "inconclusive (within noise)"
-    assert "= 1.48 [1.48, 1.48]" in v[c_l][1] and "allows x/÷ 1.50" in v[c_l][1]
+    # no level chosen after the fact: claims at fixed levels only (none given here)
+    assert not any("both reached" in k or "fixed level" in k for k in v)
+    # a ticket set is judged at total FLOPs too (here its curve is its total)
+    c_t = next(k for k in v if k.startswith("(c)") and "total FLOPs" in k and "dense" in k)
+    assert v[c_t][0] == "does not hold"
+
+
+def test_claims_at_a_level_fixed_before_the_runs():
+    from evaluation.study import verdicts
+    lv = (55.0,)
+    seeds = [{"dense": _fake("dense", (9.0, 9.0), 50.0, [(0, 0, 90.0), (9, 9, 50.0)], levels=lv),
+              "eb": _fake("eb", None, 49.0, [(2, 2, 80.0), (3, 3, 49.0)], levels=lv),
+              "tpf": _fake("tpf", None, 49.5, [(9, 9, 60.0), (9.5, 9.5, 49.5)], levels=lv),
+              "taeb": _fake("taeb", None, 79.0, [(2, 2, 110.0), (3, 3, 79.0)], levels=lv)}
+             for _ in range(3)]
+    v = {claim: (word, nums) for claim, word, nums in verdicts({"plain": seeds}, 5.0)}
+    b = next(k for k in v if k.startswith("(b)") and "fixed level 55" in k)
+    # EB crosses 55 at 2.81 (in [2, 3]), TPF at 9.24 (in [9, 9.5]): 0.30x, beyond the
+    # x/÷ 1.26 the two evaluation intervals allow
+    assert v[b][0] == "holds" and "EB / TPF = 0.30 [0.30, 0.30]" in v[b][1]
+    assert "allows x/÷ 1.26" in v[b][1]
+    c = next(k for k in v if k.startswith("(c)") and "fixed level 55" in k and "total" not in k)
+    assert v[c][0] == "does not hold" and "only the second: 3" in v[c][1]
 
 
 def test_a_claim_at_the_target_is_decided_seed_by_seed_when_some_seeds_miss_it():
