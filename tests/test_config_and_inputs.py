@@ -137,3 +137,16 @@ def test_a_text_setting_given_as_an_override_keeps_its_text(tmp_path, monkeypatc
     assert len(get_dataset(cfg, train=True)) == 1
     with pytest.raises(UserError, match="expected an integer"):  # numbers still checked
         load_config("digits.yml", ["training.n_epochs=abc"])
+
+
+def test_a_key_given_twice_in_a_config_is_one_line_not_the_last_one_silently(tmp_path):
+    """PyYAML keeps the last of two equal keys: a second `sampling:` section once replaced the
+    first without a word (eta 1 became eta 0)."""
+    from core.config import load_config
+    path = tmp_path / "dup.yml"
+    path.write_text("sampling:\n  eta: 1.0\nsampling:\n  eta: 0.0\n")
+    with pytest.raises(UserError, match=r"dup.yml: not valid YAML \('sampling' is given twice"):
+        load_config(str(path))
+    path.write_text("sampling:\n  eta: 1.0\n  eta: 0.5\n")
+    with pytest.raises(UserError, match="'eta' is given twice"):
+        load_config(str(path))

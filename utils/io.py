@@ -11,6 +11,7 @@ import contextlib
 import errno
 import json
 import os
+import shutil
 import tempfile
 
 from utils.errors import UserError
@@ -30,6 +31,34 @@ def is_disk_full(exc):
     text = str(exc)
     return isinstance(exc, RuntimeError) and ("No space left" in text or
                                               "Disk quota exceeded" in text)
+
+
+def write_refused(exc):
+    """'no space left on the disk' / 'disk quota exceeded' / 'read-only file system' when
+    ``exc`` is a write the file system refused, else None."""
+    if isinstance(exc, OSError) and exc.errno == errno.EROFS:
+        return "read-only file system"
+    if is_disk_full(exc):
+        quota = getattr(exc, "errno", None) == errno.EDQUOT or "quota" in str(exc)
+        return "disk quota exceeded" if quota else "no space left on the disk"
+    return None
+
+
+def free_bytes(path):
+    """Free bytes on the file system that will hold ``path`` (its nearest existing parent)."""
+    p = os.path.abspath(path)
+    while not os.path.exists(p):
+        p = os.path.dirname(p)
+    return shutil.disk_usage(p).free
+
+
+def check_free(path, need, what, hint):
+    """Refuse in one line, before anything is written, a job whose projected ``need`` bytes
+    under ``path`` exceed the free space there."""
+    free = free_bytes(path)
+    if need > free:
+        raise UserError(f"{what} needs about {need / 2**20:.1f} MB under {path}, "
+                        f"{free / 2**20:.1f} MB are free: {hint}")
 
 
 def _tmp_path(path):
@@ -56,17 +85,21 @@ def _fsync(path, folder=False):
 
 
 @contextlib.contextmanager
-def atomic_path(path):
-    """Yield a temp path in ``path``'s folder; on success it is renamed over ``path``."""
+def atomic_path(path, durable=True):
+    """Yield a temp path in ``path``'s folder; on success it is renamed over ``path``
+    (``durable``: flushed to the disk first; images and figures, which a rerun makes again,
+    skip the flush)."""
     try:
         tmp = _tmp_path(path)
     except OSError as e:
         raise DiskFull(path) if is_disk_full(e) else e
     try:
         yield tmp
-        _fsync(tmp)
+        if durable:
+            _fsync(tmp)
         os.replace(tmp, path)
-        _fsync(os.path.dirname(os.path.abspath(path)), folder=True)
+        if durable:
+            _fsync(os.path.dirname(os.path.abspath(path)), folder=True)
     except Exception as e:
         if is_disk_full(e):
             raise DiskFull(path) from e
@@ -83,6 +116,12 @@ def atomic_save(obj, path):
         torch.save(obj, tmp)
 
 
+def save_figure(fig, path, **kw):
+    """A matplotlib figure, written whole or not at all (its format from ``path``)."""
+    with atomic_path(path, durable=False) as tmp:
+        fig.savefig(tmp, format=os.path.splitext(path)[1][1:] or "png", **kw)
+
+
 def atomic_write_text(path, text):
     with atomic_path(path) as tmp:
         with open(tmp, "w") as f:
@@ -93,14 +132,36 @@ def atomic_write_json(path, obj):
     atomic_write_text(path, json.dumps(obj, indent=1) + "\n")
 
 
+def _strict_loader():
+    """A safe YAML loader that refuses a key given twice in one mapping (PyYAML keeps the last
+    one silently: a second `sampling:` section would replace the first without a word)."""
+    import yaml
+
+    class Strict(yaml.SafeLoader):
+        pass
+
+    def mapping(loader, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = loader.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"'{key}' is given twice", key_node.start_mark)
+            seen.add(key)
+        return loader.construct_mapping(node, deep)
+    Strict.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, mapping)
+    return Strict
+
+
 def load_yaml(path, what="file"):
-    """Parse a YAML file; a missing, unreadable or invalid file is one UserError line."""
+    """Parse a YAML file; a missing, unreadable or invalid file (a key given twice included)
+    is one UserError line."""
     import yaml
     if not os.path.isfile(path):
         raise UserError(f"{what} not found: {path}")
     try:
         with open(path) as f:
-            return yaml.safe_load(f)
+            return yaml.load(f, Loader=_strict_loader())
     except yaml.YAMLError as e:
         raise UserError(f"{path}: not valid YAML ({str(e).splitlines()[0]})")
     except OSError as e:
