@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Every GPU check and measurement in one script, stages ordered by value, each with a timeout
-# (about 6 minutes on an H200, at most 9): step time of dense and tickets (p = 0.3 / 0.6 / 0.8)
+# (about 6.5 minutes on an H200, at most 10.5): the CUDA-graph step against the eager one
+# (bench/graph_check.py); step time of dense and tickets (p = 0.3 / 0.6 / 0.8)
 # eager vs CUDA graph, bf16 autocast vs bf16 weights, at batch 128 with a host-sync check; 1 vs
 # 3 vs 4 p = 0.8 tickets sharing the GPU; the same step modes at batch 512; torch.compile vs
 # the graph; the suite (bf16 vs fp32 loss over 200 steps, MFU, sampling); a short real training
@@ -23,6 +24,9 @@ log() { echo "$@" | tee -a "$OUT/gpu_check.txt"; }
 : > "$OUT/gpu_check.txt"
 if "$PY" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)"; then
   "$PY" -c "import torch; print('device:', torch.cuda.get_device_name(0), 'torch', torch.__version__)" | tee -a "$OUT/gpu_check.txt"
+  # first, whether the CUDA-graph step is right at all: eager vs graph over 8 batches, fresh
+  # noise per replay, resume of a state saved without the graph, bf16_weights, a DataLoader
+  (timeout 90 "$PY" bench/graph_check.py --device cuda) 2>&1 | tee -a "$OUT/gpu_check.txt"
   # most decision-relevant first; each stage prints its rows as it measures them, so a stage cut
   # off by its timeout still leaves numbers in the log
   (cd bench && timeout 100 "$PY" step_modes.py --device cuda --batch 128 --iters 10 \

@@ -117,14 +117,18 @@ def manual_backward(loss):
 @contextlib.contextmanager
 def cuda_autocast(enabled):
     """CUDA's bf16 autocast switched on at the dispatcher (torch.autocast refuses without a
-    device)."""
+    device), for one step: its cast cache is cleared before and after, as leaving a training
+    step's ``with torch.autocast(...)`` clears it (a cache kept from the warm-up step hid every
+    weight cast of the counted one)."""
     prev = torch.is_autocast_enabled("cuda")
     torch.set_autocast_enabled("cuda", enabled)
     if enabled:
         torch.set_autocast_dtype("cuda", torch.bfloat16)
+    torch.clear_autocast_cache()
     try:
         yield
     finally:
+        torch.clear_autocast_cache()
         torch.set_autocast_enabled("cuda", prev)
 
 

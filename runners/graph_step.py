@@ -8,9 +8,13 @@ rate as the fused Adam's tensor ``lr``, the EMA decay from a device counter, the
 counters updated in place), the batch is copied into one static buffer, the random draws
 (timesteps, noise) use the CUDA generator (graph-safe: each replay advances its offset as an
 eager step would), and nothing reads the host. The first ``warmup`` steps run eagerly on a side
-stream (they are real steps of the run), the next one is captured and replayed, and every later
-full batch replays the graph; a partial last batch runs eagerly. On the CPU the same graph-safe
-step runs eagerly, which the tests compare with the ordinary step.
+stream (they are real steps of the run), the next full batch is captured and replayed, and every
+later full batch replays the graph; a partial last batch runs eagerly and is never captured (a
+graph of the partial shape would send every full batch after it down the eager path). Capture
+uses the thread-local error mode, so a DataLoader's pin-memory thread allocating host memory
+meanwhile is not an error. On the CPU the same graph-safe step runs eagerly, which the tests
+compare with the ordinary step; they drive the capture branch with CPU stand-ins for the stream
+and the graph (``_side_stream``, ``_capture``).
 """
 import torch
 
@@ -38,8 +42,11 @@ class GraphStep:
     graph on a GPU."""
 
     def __init__(self, run, *, sampler, diffusion, autocast, grad_clip, channels_last,
-                 grad_accum, device, warmup=3):
+                 grad_accum, device, full_batch=None, warmup=3):
         self.run, self.device, self.warmup = run, device, warmup
+        self.full_batch = full_batch        # the only batch size captured (None: any)
+        self.enabled = device.type == "cuda"
+        restore_graph_safe(run.optimizer)
         self.kwargs = dict(sampler=sampler, diffusion=diffusion, autocast=autocast,
                            grad_clip=grad_clip, channels_last=channels_last,
                            grad_accum=grad_accum)
@@ -60,8 +67,8 @@ class GraphStep:
 
     def __call__(self, x, lr, quartiles=None):
         self.lr.fill_(lr)
-        if self.device.type != "cuda" or (self.static_x is not None and
-                                          x.shape != self.static_x.shape):
+        if not self.enabled or (self.full_batch and x.shape[0] != self.full_batch) or \
+                (self.static_x is not None and x.shape != self.static_x.shape):
             return self._eager(x, quartiles)
         if self.graph is None:
             return self._warm_up_or_capture(x, quartiles)
@@ -71,17 +78,54 @@ class GraphStep:
 
     def _warm_up_or_capture(self, x, quartiles):
         self.calls += 1
-        side = torch.cuda.Stream(self.device)
-        side.wait_stream(torch.cuda.current_stream(self.device))
         if self.calls <= self.warmup:
-            with torch.cuda.stream(side):
-                out = self._eager(x, quartiles)
-            torch.cuda.current_stream(self.device).wait_stream(side)
-            return out
+            return self._side_stream(lambda: self._eager(x, quartiles))
         self.static_x = x.clone()
-        self.run.optimizer.zero_grad(set_to_none=True)
-        self.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.graph):
-            self.out = self._eager(self.static_x, quartiles)
+        master = getattr(self.run, "master", None)
+        if master is not None:
+            # bf16_weights: the network's bf16 gradients go; the fp32 master's gradients are
+            # preallocated buffers the step copies into, and must stay
+            master.zero_grad()
+        else:
+            self.run.optimizer.zero_grad(set_to_none=True)  # allocated in the graph's pool
+        self.graph, self.out = self._capture(lambda: self._eager(self.static_x, quartiles))
         self.graph.replay()  # capturing runs nothing: this is the step itself
         return self.out
+
+    def _side_stream(self, fn):
+        """Run ``fn`` on a side stream (the warm-up steps before a capture)."""
+        side = torch.cuda.Stream(self.device)
+        side.wait_stream(torch.cuda.current_stream(self.device))
+        with torch.cuda.stream(side):
+            out = fn()
+        torch.cuda.current_stream(self.device).wait_stream(side)
+        return out
+
+    def _capture(self, fn):
+        """(graph, its static outputs) of ``fn`` captured: thread-local error mode, so that
+        another thread's CUDA calls (a DataLoader's pin-memory thread) do not break it."""
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, capture_error_mode="thread_local"):
+            out = fn()
+        return graph, out
+
+
+GRAPH_SAFE_FLAGS = ("capturable", "fused", "foreach", "differentiable")
+
+
+def restore_graph_safe(optimizer):
+    """A graph-safe optimizer after ``load_state_dict`` of a state saved without the graph:
+    loading sets each group's flags to the saved ones (capturable False, fused None, foreach
+    True), which Adam's capture check refuses, and its per-parameter ``step`` may sit on the
+    CPU. The constructor's flags (``defaults``, which loading leaves alone) are put back and
+    each ``step`` is moved to its parameter's device, as the fused step reads it there."""
+    for group in optimizer.param_groups:
+        for k in GRAPH_SAFE_FLAGS:
+            if k in optimizer.defaults:
+                group[k] = optimizer.defaults[k]
+        fused_or_capturable = group.get("fused") or group.get("capturable")
+        for p in group["params"]:
+            st = optimizer.state.get(p, {})
+            step = st.get("step")
+            if fused_or_capturable and torch.is_tensor(step) and step.device != p.device:
+                st["step"] = step.to(device=p.device, dtype=torch.float32)

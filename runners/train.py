@@ -36,7 +36,7 @@ from runners.run_files import StopFlag, fresh_start, last_good, resume_command
 from runners.source import Source, network_costs, resolve_source
 from runners.step import Diverged, MasterWeights, NonFinite, QuartileLoss, train_step
 from utils.errors import UserError
-from utils.io import DiskFull, atomic_write_text
+from utils.io import atomic_write_text, write_refused
 
 
 @dataclass
@@ -168,10 +168,13 @@ def train(cfg, opts):
         raise UserError(f"{e}; {last_good(layout, opts.doc)} Lower optim.lr, set "
                         f"optim.warmup or optim.grad_clip, or skip such steps with "
                         f"training.on_nonfinite: skip")
-    except DiskFull as e:
-        raise UserError(f"no space left on the disk while writing {e.filename}: the run stops; "
-                        f"no partial file was left. {last_good(layout, opts.doc)} Free space, "
-                        f"then: {resume_command(opts)}")
+    except (OSError, RuntimeError) as e:
+        why = write_refused(e)
+        if why is None:
+            raise
+        raise UserError(f"{why} while writing {getattr(e, 'filename', None) or 'a file'}: the "
+                        f"run stops; no partial file was left. {last_good(layout, opts.doc)} "
+                        f"Free space, then: {resume_command(opts)}")
     finally:
         lock.release()
 
@@ -189,7 +192,7 @@ def _train(cfg, opts, layout, device, rank, world):
             if run.start_step_in_epoch:  # the steps before the interruption cost too
                 run.carried_cost = interrupted_cost(layout.costs(opts.doc), run.start_epoch)
             keep_costs_before(layout.costs(opts.doc), run.start_epoch)
-        elif opts.ni:
+        elif opts.ni or run.source.restart:
             fresh_start(layout, opts.doc)
     loop = _make_loop(cfg, opts, run, layout=layout, device=device, rank=rank, world=world,
                       dataset=dataset)
@@ -252,7 +255,8 @@ def _make_loop(cfg, opts, run, *, layout, device, rank, world, dataset):
         loop.graph = GraphStep(run, sampler=sampler, diffusion=diffusion,
                                autocast=loop.autocast, grad_clip=cfg.optim.grad_clip,
                                channels_last=use_channels_last(cfg, device),
-                               grad_accum=t.grad_accum, device=device)
+                               grad_accum=t.grad_accum, device=device,
+                               full_batch=t.batch_size)
     if rank == 0:
         with training_rng_untouched(device):
             loop.macs_per_image, loop.flops_per_image = network_costs(run.model, run.source)

@@ -1,5 +1,6 @@
 """Fast-path switches keep results (CPU), and the benchmark suite runs in smoke mode."""
 import copy
+import math
 import os
 
 import pytest
@@ -193,7 +194,9 @@ def test_step_op_counts_on_emulated_cuda_do_not_regress():
             out[(precision, float(r))] = (int(ops), int(copies), float(syncs))
         assert "sigmoid" not in res.stdout  # F.silu: one kernel each way
     assert len(out) == 6 and all(s == 0 for _, _, s in out.values())
-    assert out[("autocast", 0.0)][0] <= 497 and out[("autocast", 0.0)][1] <= 186
+    # counted with autocast's cast cache cleared per step, as a real step leaves it (a cache
+    # kept from the warm-up step hid the weight casts: 497 ops / 186 copies before)
+    assert out[("autocast", 0.0)][0] <= 575 and out[("autocast", 0.0)][1] <= 264
     assert out[("autocast", 0.8)][1] == out[("autocast", 0.0)][1]  # a ticket copies as much
     assert out[("fp32", 0.0)][0] <= 313 and out[("fp32", 0.0)][1] <= 2
     for r in (0.0, 0.8):
@@ -259,3 +262,163 @@ def test_cuda_graph_trains_on_the_cpu_and_refuses_what_it_cannot_capture(tmp_pat
         with pytest.raises(UserError, match=needle):
             main(["--config", cfg, "--exp", str(tmp_path / "e"), "--doc", "x", "--ni",
                   "--override"] + extra)
+
+
+class _CpuGraphStep:
+    """GraphStep with CPU stand-ins for the CUDA stream and graph: the capture branch runs as
+    on a GPU (warm-up calls, the zero_grad before capture, the capture, replays), with a
+    "graph" that re-runs the captured step and writes its outputs in place."""
+
+    @staticmethod
+    def make(run, **kw):
+        from runners.graph_step import GraphStep
+
+        class Replayer:
+            def __init__(self, fn, out):
+                self.fn, self.out, self.first = fn, out, True
+
+            def replay(self):
+                if self.first:  # the capture itself ran the step once (as its replay would)
+                    self.first = False
+                    return
+                for o, n in zip(self.out, self.fn()):
+                    o.copy_(n)
+
+        class Step(GraphStep):
+            captured_shapes = []
+
+            def _side_stream(self, fn):
+                return fn()
+
+            def _capture(self, fn):
+                self.captured_shapes.append(tuple(self.static_x.shape))
+                out = fn()
+                return Replayer(fn, out), out
+        step = Step(run, device=torch.device("cpu"), **kw)
+        step.enabled = True
+        return step
+
+
+def _graph_run(cfg, *, bf16=False):
+    import types
+
+    from runners.optim import make_optimizer
+    from runners.step import MasterWeights, NonFinite
+    cpu = torch.device("cpu")
+    torch.manual_seed(0)
+    model = UNet(**ARGS)
+    master = MasterWeights(model) if bf16 else None
+    opt = make_optimizer(cfg, model.parameters(), cpu, graph_safe=True)
+    return types.SimpleNamespace(model=model, train_model=master.compute if bf16 else model,
+                                 optimizer=opt, ema=EMA(model, 0.9), master=master,
+                                 nonfinite=NonFinite(cpu, first_step=0, skip=False))
+
+
+def _graph_kw():
+    from contextlib import nullcontext
+
+    from models.diffusion import Diffusion
+    from models.resample import AntitheticSampler
+    d = Diffusion(beta_schedule="linear", beta_start=1e-4, beta_end=0.02,
+                  num_diffusion_timesteps=100)
+    return dict(sampler=AntitheticSampler(0, 100), diffusion=d, autocast=nullcontext,
+                grad_clip=1.0, channels_last=False, grad_accum=1)
+
+
+def test_the_capture_branch_keeps_bf16_weights_master_gradients(tmp_path):
+    """Before the fix the zero_grad before capture cleared the fp32 master's gradients, and
+    the captured step's copy into them failed (TypeError: expected Tensor ... NoneType)."""
+    from conftest import write_config
+    from core.config import load_config
+    cfg = load_config(write_config(tmp_path / "t.yml"))
+    run = _graph_run(cfg, bf16=True)
+    step = _CpuGraphStep.make(run, full_batch=16, **_graph_kw())
+    x = torch.rand(16, 1, 8, 8, generator=torch.Generator().manual_seed(1)) * 2 - 1
+    losses = [step(x, 2e-3)[0].item() for _ in range(6)]  # 3 warm-up, capture, 2 replays
+    assert step.graph is not None and all(math.isfinite(v) for v in losses)
+    assert all(m.grad is not None for m in run.master.master)
+
+
+def test_a_partial_batch_is_never_captured():
+    """Before the fix the fourth call was captured whatever its shape: a partial last batch
+    there made every later full batch run eagerly."""
+    from core.config import load_config
+    cfg = load_config("digits.yml")
+    run = _graph_run(cfg)
+    step = _CpuGraphStep.make(run, full_batch=16, **_graph_kw())
+    g = torch.Generator().manual_seed(1)
+    full, part = (torch.rand(n, 1, 8, 8, generator=g) * 2 - 1 for n in (16, 5))
+    for x in (full, full, full, part, full, full, part, full):
+        step(x, 1e-3)
+    assert step.captured_shapes == [(16, 1, 8, 8)]
+
+
+def test_graph_and_eager_steps_agree_over_batches_with_the_capture_branch(tmp_path):
+    """Eight steps of different batches from the same start: the capture branch (stand-in
+    graph) and the eager graph-safe step give the same losses, weights, EMA and Adam steps."""
+    from conftest import write_config
+    from core.config import load_config
+    from runners.step import train_step
+    cfg = load_config(write_config(tmp_path / "t.yml"))
+    g = torch.Generator().manual_seed(2)
+    batches = [torch.rand(16, 1, 8, 8, generator=g) * 2 - 1 for _ in range(8)]
+    out = []
+    for graph in (False, True):
+        run = _graph_run(cfg)
+        kw = _graph_kw()
+        step = _CpuGraphStep.make(run, full_batch=16, **kw) if graph else \
+            (lambda x, lr: train_step(run, x, lr=lr, **kw))
+        torch.manual_seed(5)
+        losses = [step(x, 2e-3)[0].item() for x in batches]
+        steps = [float(s["step"]) for s in run.optimizer.state.values()]
+        out.append((losses, torch.cat([p.flatten() for p in run.model.parameters()]),
+                    torch.cat([p.flatten() for p in run.ema.shadow.parameters()]), steps,
+                    torch.get_rng_state()))
+    (l0, w0, e0, s0, r0), (l1, w1, e1, s1, r1) = out
+    assert l0 == pytest.approx(l1, rel=1e-6) and len(set(l1)) == 8  # fresh noise each step
+    assert (w0 - w1).abs().max() < 1e-6 and (e0 - e1).abs().max() < 1e-6
+    assert s0 == s1 == [8.0] * len(s0) and torch.equal(r0, r1)
+
+
+def test_resuming_a_state_saved_without_the_graph_restores_graph_safe_flags(tmp_path):
+    """load_state_dict of an ordinary optimizer's state sets capturable False, fused None,
+    foreach True in every group (Adam's capture check then refuses); GraphStep puts the
+    graph-safe optimizer's own flags back."""
+    from conftest import write_config
+    from core.config import load_config
+    from runners.optim import make_optimizer
+    cfg = load_config(write_config(tmp_path / "t.yml"))
+    cpu = torch.device("cpu")
+    torch.manual_seed(0)
+    plain_model = UNet(**ARGS)
+    plain = make_optimizer(cfg, plain_model.parameters(), cpu)  # foreach on the CPU
+    plain_model(torch.zeros(2, 1, 8, 8), torch.zeros(2, dtype=torch.long)).sum().backward()
+    plain.step()
+    run = _graph_run(cfg)
+    want = {k: run.optimizer.defaults[k] for k in ("fused", "foreach", "capturable")}
+    run.optimizer.load_state_dict(plain.state_dict())
+    assert run.optimizer.param_groups[0]["fused"] != want["fused"]  # what loading does
+    _CpuGraphStep.make(run, full_batch=16, **_graph_kw())
+    for group in run.optimizer.param_groups:
+        assert {k: group[k] for k in want} == want
+    x = torch.rand(16, 1, 8, 8) * 2 - 1
+    from runners.step import train_step
+    train_step(run, x, lr=1e-3, **_graph_kw())  # the fused step runs on the loaded state
+
+
+def test_capture_uses_the_thread_local_error_mode(monkeypatch):
+    """A DataLoader's pin-memory thread allocating host memory during a capture in the
+    default (global) mode is an error that kills the run."""
+    import contextlib
+
+    from runners.graph_step import GraphStep
+    seen = {}
+
+    @contextlib.contextmanager
+    def graph(g, **kw):
+        seen.update(kw)
+        yield
+    monkeypatch.setattr(torch.cuda, "CUDAGraph", lambda: "graph")
+    monkeypatch.setattr(torch.cuda, "graph", graph)
+    g, out = GraphStep._capture(None, lambda: (1, 2))
+    assert (g, out) == ("graph", (1, 2)) and seen == {"capture_error_mode": "thread_local"}
