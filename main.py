@@ -49,11 +49,13 @@ def build_parser():
                    help="start from random weights: the default without --restore_from / "
                         "--load_pruned_model (default: off)")
     p.add_argument("--resume_training", action="store_true",
-                   help="continue {exp}/logs/{doc}/ckpt.pth exactly (default: off)")
-    p.add_argument("--resume_from_last_good", action="store_true",
-                   help="with --resume_training: when ckpt.pth cannot be read, resume from the "
-                        "newest intact snapshot or per-epoch file, saying what is lost "
+                   help="continue {exp}/logs/{doc}/ckpt.pth exactly; when it is missing or "
+                        "unreadable, the newest intact snapshot or per-epoch file (saying what "
+                        "is lost), or, if the run never saved a whole state, start it over "
                         "(default: off)")
+    p.add_argument("--resume_from_last_good", action="store_true",
+                   help="accepted for older job scripts: --resume_training falls back by "
+                        "itself now (default: off)")
     p.add_argument("--until_epoch", type=int, default=None, metavar="E",
                    help="pause after epoch E-1 (E epochs done in all): the run is left "
                         "resumable, not finished, and the schedule stays that of "
@@ -115,7 +117,6 @@ def main(argv=None):
     if args.until_epoch is not None and args.until_epoch < 1:
         raise UserError(f"--until_epoch {args.until_epoch}: expected at least 1")
     opts = RunOptions(exp=args.exp, doc=args.doc, ni=args.ni, resume=args.resume_training,
-                      resume_from_last_good=args.resume_from_last_good,
                       restore_from=args.restore_from, load_pruned_model=args.load_pruned_model,
                       use_ema=args.use_ema, device=args.device,
                       ts_range=tuple(args.ts_range) if args.ts_range else None,

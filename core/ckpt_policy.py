@@ -14,10 +14,10 @@ A CIFAR-10 checkpoint (35.7M parameters) is about 143 MB per copy of the weights
 per-epoch files are about 286 MB, ``ema`` ones about 143 MB.
 """
 import os
-import shutil
 from dataclasses import dataclass
 
 from utils.errors import UserError
+from utils.io import free_bytes
 
 # optimizer state per parameter, in copies of the weights
 _OPTIMIZER_COPIES = {"Adam": 2, "AdamW": 2, "RMSProp": 1, "SGD": 1}
@@ -102,14 +102,6 @@ def describe(cfg, p):
         parts.append(f"{p.snapshots} snapshots of {_mb(p.snapshot_bytes)}")
     parts.append(f"ckpt.pth of {_mb(p.latest_bytes)}")
     return f"checkpoints: {', '.join(parts)}: about {_mb(p.total)}"
-
-
-def free_bytes(path):
-    """Free bytes on the file system that will hold ``path`` (its nearest existing parent)."""
-    p = os.path.abspath(path)
-    while not os.path.exists(p):
-        p = os.path.dirname(p)
-    return shutil.disk_usage(p).free
 
 
 def check_disk(cfg, p, *, layout, doc, fresh):

@@ -19,8 +19,6 @@ class RunOptions:
     doc: str
     ni: bool = False                      # start over: earlier results of this run are replaced
     resume: bool = False                  # continue from {exp}/logs/{doc}/ckpt.pth
-    resume_from_last_good: bool = False   # ... or, when it is unreadable, the newest intact
-                                          # snapshot / per-epoch file
     restore_from: Optional[str] = None    # start from (or sample) this checkpoint
     load_pruned_model: Optional[str] = None  # fine-tune this pruned ticket
     use_ema: bool = False                 # take the EMA weights of restore_from / for sampling

@@ -67,23 +67,44 @@ def archive(path, stamp=None):
 
 
 class RunLog:
-    """log.txt, TensorBoard and the terminal of one run; silent when ``enabled`` is false."""
+    """log.txt, TensorBoard and the terminal of one run; silent when ``enabled`` is false.
+
+    A record that cannot be written (a full disk, a quota, a read-only folder) is said once on
+    the terminal and dropped, and training goes on: log.txt and TensorBoard events are records
+    of the run, not its state. If the disk is full the run's next checkpoint or cost record
+    cannot be written either, and that write stops the run in one line (runners/train.py)."""
 
     def __init__(self, log_file, tb_dir, enabled, verbosity="info"):
         self.enabled = enabled
         self.verbosity = verbosity if enabled else "quiet"
-        self.tb = None
+        self.tb = self.log_file = None
         if enabled:
             os.makedirs(os.path.dirname(log_file), exist_ok=True)
             self.log_file = open(log_file, "a")
             from torch.utils.tensorboard import SummaryWriter
             self.tb = SummaryWriter(tb_dir)
 
+    def _dropped(self, what, err):
+        """Stop writing ``what`` after ``err``, saying so once."""
+        print(f"warning: {what} cannot be written ({err.strerror or err}); the run goes on "
+              f"without it", flush=True)
+        if what == "log.txt":
+            handle, self.log_file = self.log_file, None
+        else:
+            handle, self.tb = self.tb, None
+        try:
+            handle.close()
+        except OSError:
+            pass
+
     def info(self, msg):
         """To log.txt only."""
-        if self.enabled:
-            self.log_file.write(time.strftime("%Y-%m-%d %H:%M:%S ") + msg + "\n")
-            self.log_file.flush()
+        if self.log_file is not None:
+            try:
+                self.log_file.write(time.strftime("%Y-%m-%d %H:%M:%S ") + msg + "\n")
+                self.log_file.flush()
+            except OSError as e:
+                self._dropped("log.txt", e)
 
     def say(self, msg, level="info"):
         """To log.txt and, at this verbosity, the terminal."""
@@ -91,20 +112,30 @@ class RunLog:
         if VERBOSITY.index(self.verbosity) >= VERBOSITY.index(level):
             print(msg, flush=True)
 
+    def _tb(self, write):
+        if self.tb is not None:
+            try:
+                write(self.tb)
+            except OSError as e:
+                self._dropped("TensorBoard events", e)
+
     def scalars(self, values, step):
-        if self.enabled:
+        def write(tb):
             for k, v in values.items():
-                self.tb.add_scalar(k, v, step)
+                tb.add_scalar(k, v, step)
+        self._tb(write)
 
     def image(self, tag, image, step):
         """image: float [C, H, W] in [0, 1]."""
-        if self.enabled:
-            self.tb.add_image(tag, image, step)
+        self._tb(lambda tb: tb.add_image(tag, image, step))
 
     def close(self):
-        if self.enabled:
-            self.tb.close()
-            self.log_file.close()
+        self._tb(lambda tb: tb.close())
+        if self.log_file is not None:
+            try:
+                self.log_file.close()
+            except OSError:
+                pass
 
 
 def training_flops(flops_per_image, images):

@@ -16,7 +16,7 @@ from PIL import Image
 
 from datasets import IMAGE_EXTS
 from utils.errors import UserError
-from utils.io import atomic_path
+from utils.io import atomic_path, check_free
 
 
 def frechet_distance(mu1, sigma1, mu2, sigma2):
@@ -178,6 +178,10 @@ def reference_statistics(ref, model, *, dims, device, batch_size, cache=None, n=
             return mu, sigma
         log(f"reference statistics: {cache} was computed from other images or weights; "
             f"recomputing")
+    # the cache (mean and covariance in float64) is written after the long part: check first
+    check_free(os.path.dirname(os.path.abspath(cache)), 8 * dims * (dims + 1) + 2**16,
+               "the reference statistics' cache", "free space or point --stats_cache at a folder "
+               "with room")
     mu, sigma = folder_statistics(files, model, dims=dims,
                                   device=device, batch_size=batch_size)
     save_stats(cache, mu, sigma, key)

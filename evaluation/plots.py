@@ -10,6 +10,7 @@ from matplotlib.ticker import MaxNLocator  # noqa: E402
 from models.earlybird import find_earlybird, hamming, overlap_matrix  # noqa: E402
 from core.layout import overlap_stem_in  # noqa: E402
 from runners.masks import load_mask_series  # noqa: E402
+from utils.io import save_figure  # noqa: E402
 
 
 def integer_epochs(ax, axes="x"):
@@ -29,7 +30,7 @@ def plot_heatmap(mat, epochs, title, path):
     ax.set_ylabel("epoch")
     ax.set_title(title)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    save_figure(fig, path, dpi=120)
     plt.close(fig)
 
 
@@ -50,7 +51,7 @@ def _epoch_figure(ax, fig, path, ylabel, fontsize):
     ax.set_ylabel(ylabel)
     ax.legend(fontsize=fontsize)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    save_figure(fig, path, dpi=120)
     plt.close(fig)
 
 
@@ -126,5 +127,5 @@ def plot_plan(record, path):
     ax.legend(fontsize=7, loc="lower left")
     fig.tight_layout()
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    fig.savefig(path, dpi=100)
+    save_figure(fig, path, dpi=100)
     plt.close(fig)

@@ -9,6 +9,8 @@ import math
 
 import matplotlib.pyplot as plt  # noqa: E402
 
+from utils.io import save_figure  # noqa: E402
+
 
 def upscale_factor(size, target=64):
     """Nearest-neighbour zoom that brings small images to about ``target`` pixels."""
@@ -35,6 +37,6 @@ def save_sample_grid(images, path, title):
     ax.axis("off")
     fig.suptitle(title, fontsize=9, y=1 - 0.1 * 35 / (h + 35))
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    fig.savefig(path, dpi=100)
+    save_figure(fig, path, dpi=100)
     plt.close(fig)
     return grid.clamp(0, 1).to(torch.float32)

@@ -20,7 +20,7 @@ from models.diffusion import Diffusion, sample_images, timestep_sequence
 from models.stitched import StitchedTickets
 from runners.grids import save_sample_grid
 from utils.errors import UserError
-from utils.io import atomic_write_json
+from utils.io import atomic_path, atomic_write_json, check_free
 
 # Image i's initial noise comes from seed + i, its step noise (eta > 0, ddpm_noisy) from
 # seed + i + STEP_NOISE_OFFSET (a large prime, so the two streams never share a seed).
@@ -143,13 +143,20 @@ def prepare_folder(folder, meta, start_over=False):
     atomic_write_json(os.path.join(folder, META_FILE), meta)
 
 
+def png_bytes(data, folder):
+    """Disk use of one sample PNG, projected: its raw pixels plus headers (PNG compresses, so
+    this is an upper bound), in whole blocks of the folder's file system."""
+    block = os.statvfs(folder).f_frsize or 4096
+    raw = data.channels * data.image_size ** 2 + 1024
+    return -(-raw // block) * block
+
+
 def save_png(x01, path):
     """x01: [C, H, W] in [0, 1] -> PNG (grayscale for one channel)."""
     arr = (x01.clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
     img = Image.fromarray(arr[:, :, 0], mode="L") if arr.shape[2] == 1 else Image.fromarray(arr)
-    tmp = path + ".tmp.png"
-    img.save(tmp)
-    os.replace(tmp, path)
+    with atomic_path(path, durable=False) as tmp:  # a sample folder's resume trusts a PNG
+        img.save(tmp, format="PNG")
 
 
 def sample_to_folder(model, cfg, folder, *, device, about=None, start_over=False,
@@ -168,6 +175,10 @@ def sample_to_folder(model, cfg, folder, *, device, about=None, start_over=False
             "image_shape": [d.channels, d.image_size, d.image_size]}
     if rank == 0:
         prepare_folder(folder, meta, start_over)
+        missing = sum(not os.path.isfile(os.path.join(folder, f"{i:06d}.png"))
+                      for i in range(s.n_samples))
+        check_free(folder, missing * png_bytes(d, folder), f"sampling {missing} images",
+                   "free space or sample fewer (sampling.n_samples / --n_samples)")
     _barrier(world)
     todo = [i for i in range(rank, s.n_samples, world)
             if not os.path.isfile(os.path.join(folder, f"{i:06d}.png"))]

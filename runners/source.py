@@ -1,6 +1,6 @@
 """Where a training run's network comes from (docs/long_runs.md): resume > a pruned ticket
 (--load_pruned_model) > --restore_from > a fresh dense network; and, when ckpt.pth cannot be
-read, the newest intact snapshot or per-epoch file (--resume_from_last_good)."""
+read, the newest intact snapshot or per-epoch file."""
 import os
 from dataclasses import dataclass
 from typing import Optional
@@ -18,6 +18,8 @@ class Source:
     weights: Optional[dict] = None       # initial state dict (None: random init)
     weights_from: Optional[str] = None
     resume: Optional[dict] = None        # the checkpoint a resumed run continues
+    restart: bool = False                # --resume_training of a run that never saved a
+                                         # whole state: it starts over (the same result)
 
 
 def _refuse_other_architecture(cfg, model_args, source, what):
@@ -30,17 +32,10 @@ def _refuse_other_architecture(cfg, model_args, source, what):
 
 def resolve_source(cfg, opts, layout):
     """resume > --load_pruned_model > --restore_from > a fresh dense network."""
-    latest = layout.latest_checkpoint(opts.doc)
     if opts.resume:
-        try:
-            if not os.path.isfile(latest):
-                raise UserError(f"--resume_training: no checkpoint at {latest}")
-            c = ck.load_checkpoint(latest)
-        except UserError as e:
-            if not opts.resume_from_last_good:
-                raise UserError(f"{e} (--resume_from_last_good falls back to the newest intact "
-                                f"snapshot or per-epoch file)")
-            c, latest = _last_good_checkpoint(layout, opts.doc, str(e))
+        c, latest = _resume_state(layout, opts.doc)
+        if c is None:
+            return Source(cfg.unet_kwargs(), restart=True)
         _refuse_other_architecture(cfg, c["model_args"], latest, "resume")
         return Source(c["model_args"], c.get("pruning"), resume=c, weights_from=latest)
     if layout.checkpoint_files(opts.doc) and not opts.ni:
@@ -62,6 +57,27 @@ def resolve_source(cfg, opts, layout):
             return Source(rs["model_args"], rs["pruning"], sd, opts.restore_from)
         return Source(cfg.unet_kwargs(), None, sd, opts.restore_from)
     return Source(cfg.unet_kwargs())
+
+
+def _resume_state(layout, doc):
+    """(checkpoint, path) that --resume_training continues: ckpt.pth, the run's whole state
+    (exact); when it is missing or unreadable, the newest intact snapshot or per-epoch file
+    (said, with what is lost); (None, None) when the run never saved a whole state and at most
+    its first epoch's files exist (a crash during the first epoch's writes): starting over
+    gives the same run."""
+    latest = layout.latest_checkpoint(doc)
+    if os.path.isfile(latest):
+        try:
+            return ck.load_checkpoint(latest), latest
+        except UserError as e:
+            return _last_good_checkpoint(layout, doc, str(e))
+    files = {**layout.epoch_checkpoints(doc), **layout.snapshots(doc)}
+    if set(files) <= {0}:
+        print(f"note: --resume_training: no {os.path.basename(latest)} in "
+              f"{layout.run_dir(doc)} (the run stopped before its first epoch was saved whole); "
+              f"starting it over, which gives the same result")
+        return None, None
+    return _last_good_checkpoint(layout, doc, f"--resume_training: no checkpoint at {latest}")
 
 
 def _last_good_checkpoint(layout, doc, why):

@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 import torch
 
@@ -142,6 +143,102 @@ def test_a_full_disk_ends_the_run_in_one_line_and_resume_continues(tmp_path, mon
     assert [r["epoch"] for r in costs] == [0, 1, 2]  # epoch 1's record counted once
 
 
+def _no_space(*a, **k):
+    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+
+def test_tensorboard_or_log_txt_on_a_full_disk_is_dropped_once_and_training_goes_on(
+        tmp_path, monkeypatch, capsys):
+    """Records of the run are not its state: a write TensorBoard or log.txt cannot make is said
+    once and dropped; the run finishes with everything it saves whole."""
+    from torch.utils.tensorboard import SummaryWriter
+    cfg = write_config(tmp_path / "t.yml", training__n_epochs=2)
+    exp = str(tmp_path / "e")
+    monkeypatch.setattr(SummaryWriter, "add_scalar", _no_space)
+    assert main(["--config", cfg, "--exp", exp, "--doc", "f", "--ni"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("warning: TensorBoard events cannot be written (No space left on "
+                     "device); the run goes on without it") == 1
+    c = torch.load(os.path.join(exp, "logs", "f", "ckpt.pth"), weights_only=True)
+    assert c["epochs_done"] == 2
+
+    from core.runlog import RunLog
+    log = RunLog(str(tmp_path / "l" / "log.txt"), str(tmp_path / "l" / "tb"), True)
+    log.log_file.write = _no_space
+    log.info("a")
+    log.info("b")
+    assert capsys.readouterr().out.count("log.txt cannot be written") == 1
+    log.close()
+
+
+def test_images_and_figures_on_a_full_disk_leave_no_partial_file(tmp_path, monkeypatch):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from PIL import Image
+    from runners.sample import save_png
+    from utils.io import DiskFull, save_figure
+
+    def half_a_png(self, fp, *a, **k):  # the disk fills in the middle of the image
+        open(fp, "wb").write(b"\x89PNG half")
+        _no_space()
+    monkeypatch.setattr(Image.Image, "save", half_a_png)
+    with pytest.raises(DiskFull) as e:
+        save_png(torch.rand(1, 8, 8), str(tmp_path / "000000.png"))
+    assert e.value.filename == str(tmp_path / "000000.png")
+    fig = plt.figure()
+    monkeypatch.setattr(fig, "savefig", lambda f, **k: (open(f, "wb").write(b"half"),
+                                                        _no_space()))
+    with pytest.raises(DiskFull):
+        save_figure(fig, str(tmp_path / "plot.png"))
+    plt.close(fig)
+    assert os.listdir(tmp_path) == []  # a sample folder's resume would trust a partial PNG
+
+
+def test_every_entry_point_turns_a_refused_write_into_one_line(capsys):
+    from utils.errors import run_cli
+
+    def write(err):
+        def fn():
+            raise OSError(err, os.strerror(err), "/data/report/results.md")
+        return fn
+    for err, why in ((errno.ENOSPC, "no space left on the disk"),
+                     (errno.EDQUOT, "disk quota exceeded"),
+                     (errno.EROFS, "read-only file system")):
+        with pytest.raises(SystemExit) as e:
+            run_cli(write(err))
+        assert e.value.code == 2
+        line = capsys.readouterr().err
+        assert line.count("\n") == 1 and line.startswith(
+            f"error: {why} while writing /data/report/results.md; nothing partial")
+    with pytest.raises(OSError):  # any other error is a bug: its traceback stays
+        run_cli(write(errno.EACCES))
+
+
+def test_sampling_and_fid_statistics_project_their_disk_use_first(tiny_cfg, tmp_path,
+                                                                   monkeypatch):
+    from core.config import load_config
+    from evaluation import fid
+    from models.unet import UNet
+    from runners.sample import sample_to_folder
+    from utils import io
+    cfg = load_config(tiny_cfg, ["sampling.n_samples=500"])
+    monkeypatch.setattr(io, "free_bytes", lambda path: 100 * 4096)
+    folder = str(tmp_path / "s")
+    with pytest.raises(UserError, match=r"sampling 500 images needs about 2.0 MB under .*, "
+                                         r"0.4 MB are free: free space or sample fewer"):
+        sample_to_folder(UNet(**cfg.unet_kwargs()), cfg, folder, device=torch.device("cpu"),
+                         progress=False)
+    assert [f for f in os.listdir(folder) if f.endswith(".png")] == []  # nothing sampled
+    ref = tmp_path / "ref"
+    ref.mkdir()
+    from PIL import Image
+    Image.fromarray(np.zeros((8, 8), dtype=np.uint8)).save(ref / "a.png")
+    monkeypatch.setattr(fid, "folder_statistics", lambda *a, **k: pytest.fail("computed"))
+    with pytest.raises(UserError, match="the reference statistics' cache needs about 32.1 MB"):
+        fid.reference_statistics(str(ref), None, dims=2048, device="cpu", batch_size=8)
+
+
 def test_costs_append_on_a_full_disk_leaves_the_file_as_it_was(tmp_path, monkeypatch):
     from core.runlog import append_jsonl
     from utils.io import DiskFull, read_jsonl
@@ -165,21 +262,19 @@ def test_costs_append_on_a_full_disk_leaves_the_file_as_it_was(tmp_path, monkeyp
 
 
 @pytest.mark.slow
-def test_a_damaged_ckpt_falls_back_to_the_last_good_file_only_when_asked(tmp_path):
+def test_a_damaged_ckpt_falls_back_to_the_last_good_file_saying_what_is_lost(tmp_path):
     cfg = write_config(tmp_path / "t.yml", training__n_epochs=3)
     exp = str(tmp_path / "e")
     assert _train(cfg, exp, "--ni").returncode == 0
     run = os.path.join(exp, "logs", "f")
     with open(os.path.join(run, "ckpt.pth"), "r+b") as f:
         f.truncate(1000)
-    res = _train(cfg, exp, "--resume_training", "--override", "training.n_epochs=4")
-    assert res.returncode == 2 and "not a readable checkpoint" in res.stderr
-    assert "--resume_from_last_good" in res.stderr
     with open(os.path.join(run, "ckpt_ep2.pth"), "r+b") as f:
         f.truncate(1000)  # the newest per-epoch file is damaged too
-    res = _train(cfg, exp, "--resume_training", "--resume_from_last_good", "--override",
-                 "training.n_epochs=4")
+    # the job script's own command, rerun as it is, continues
+    res = _train(cfg, exp, "--resume_training", "--override", "training.n_epochs=4")
     assert res.returncode == 0, res.stderr[-2000:]
+    assert "not a readable checkpoint" in res.stdout
     assert "ckpt_ep2.pth is unreadable too" in res.stdout
     assert f"resuming from {run}/ckpt_ep1.pth, after epoch 1: epochs 2 and later are " \
            f"trained again; lost: the optimizer's moments" in res.stdout
@@ -188,6 +283,28 @@ def test_a_damaged_ckpt_falls_back_to_the_last_good_file_only_when_asked(tmp_pat
     costs = [json.loads(line) for line in open(os.path.join(run, "costs.jsonl"))]
     assert [r["epoch"] for r in costs] == [0, 1, 2, 3]
 
+
+@pytest.mark.slow
+def test_a_crash_before_the_first_ckpt_then_the_same_resume_equals_uninterrupted(tmp_path):
+    """kill -9 after ckpt_ep0.pth and before ckpt.pth (written last): nothing whole was saved,
+    so --resume_training starts over, and the run ends as an uninterrupted one."""
+    cfg = write_config(tmp_path / "t.yml", training__n_epochs=2)
+    exp = str(tmp_path / "e")
+    assert _train(cfg, exp, "--ni", doc="full").returncode == 0
+    assert _train(cfg, exp, "--ni", "--override", "training.n_epochs=1",
+                  doc="cut").returncode == 0
+    run = os.path.join(exp, "logs", "cut")
+    os.remove(os.path.join(run, "ckpt.pth"))
+    os.remove(os.path.join(run, "DONE"))
+    res = _train(cfg, exp, "--resume_training", doc="cut")
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert "starting it over, which gives the same result" in res.stdout
+    a, b = (torch.load(os.path.join(exp, "logs", d, "ckpt.pth"), weights_only=True)
+            for d in ("full", "cut"))
+    for part in ("model", "ema"):
+        assert all(torch.equal(a[part][k], b[part][k]) for k in a[part])
+    costs = [json.loads(line) for line in open(os.path.join(run, "costs.jsonl"))]
+    assert [r["epoch"] for r in costs] == [0, 1]
 
 
 def test_an_atomic_write_is_flushed_before_and_after_its_rename(tmp_path, monkeypatch):

@@ -19,4 +19,15 @@ def run_cli(fn, *args, **kwargs):
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         sys.exit(130)
+    except (OSError, RuntimeError) as e:
+        from utils.io import write_refused
+        why = write_refused(e)
+        if why is None:
+            raise
+        # every result file is written whole or not at all (utils/io.py): what was written
+        # before is intact, and a rerun reuses it
+        print(f"error: {why} while writing {getattr(e, 'filename', None) or 'a result file'}; "
+              f"nothing partial was left there. Free space, then rerun the same command: "
+              f"finished work is reused", file=sys.stderr)
+        sys.exit(2)
     sys.exit(rc or 0)
