@@ -119,7 +119,9 @@ def main(argv=None):
                          ["--override", "training.timestep_sampler=speed"]))
     docs = {}
     seeds = a.seed_ids or list(range(a.seeds))
-    for seed in seeds:
+    for k, seed in enumerate(seeds):
+        if not a.page_only:
+            project_disk(a.exp, [f"{a.doc}_s{s}" for s in seeds], k)
         for name, suffix, extra in variants:
             doc = f"{a.doc}{suffix}_s{seed}"
             docs.setdefault(name, []).append(doc)
@@ -139,6 +141,24 @@ def main(argv=None):
     write_page(cfg, opts, docs, out=out, study_s=total_s)
     print(f"\nstudy page: {out} ({time.perf_counter() - t0:.0f}s now, {total_s:.0f}s in all)")
     return 0
+
+
+def project_disk(exp, seed_docs, k):
+    """Before seed ``k``: refuse in one line when the disk cannot hold the unfinished seeds
+    from ``k`` on at the average use of the finished ones (the first seed's dense run checks
+    its own checkpoints' projected use)."""
+    from core.layout import Layout
+    from utils.io import check_free
+    finished = [os.path.isfile(Layout(exp).report_file(d)) for d in seed_docs]
+    left = finished[k:].count(False)
+    if not any(finished) or not left:
+        return
+    used = sum(os.path.getsize(os.path.join(d, f)) for d, _, files in os.walk(exp)
+               for f in files if os.path.isfile(os.path.join(d, f)))
+    each = used // finished.count(True)
+    check_free(exp, each * left, f"the study's {left} unfinished seed(s) (at the "
+               f"{each / 2**20:.0f} MB each of the finished ones)",
+               "free space, or run fewer seeds (--seed_ids)")
 
 
 def record_wall_time(path, seconds):

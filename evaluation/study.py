@@ -222,8 +222,8 @@ def headline_rows(results, variants):
     lines = ["| Method | reached the target | cost to the target, TFLOPs | speed-up to the "
              "target vs dense, FLOPs | same, total FLOPs (every ticket) | same, wall-clock | "
              "final digits-FD | valid | noise-like | EB epoch | training TFLOPs | "
-             "training vs dense, FLOPs / wall |",
-             "|" + "---|" * 12]
+             "training vs dense, FLOPs | same, wall-clock |",
+             "|" + "---|" * 13]
     for variant, label, kind, per in _groups(results, variants):
         ref = kind == "dense" and variant == "plain"
         reached = [p.to_target.flops / 1e12 for p in per if p.to_target]
@@ -235,7 +235,7 @@ def headline_rows(results, variants):
             f"{fmt_interval([p.noise_like for p in per if p.noise_like is not None], '.1%')} | "
             f"{fmt_interval([p.eb_epoch for p in per], '.1f')} | "
             f"{fmt_interval([p.flops / 1e12 for p in per])} | "
-            f"{fmt_ratios([p.vs_dense[0] for p in per])} / "
+            f"{fmt_ratios([p.vs_dense[0] for p in per])} | "
             f"{fmt_ratios([p.vs_dense[1] for p in per])} |")
     return lines
 
@@ -300,7 +300,7 @@ def per_seed_rows(results, names):
             if r is None:
                 cells.append("–")
             elif k == "dense":
-                cells.append(f"target {r.target:.2f} ({r.epochs} epochs)")
+                cells.append(f"target {r.target:.4g} ({r.epochs} epochs)")
             elif r.to_target:
                 cells.append(f"{r.quality:.2f}, reached at {r.to_target.flops / 1e12:.2f} "
                              f"TFLOPs")

@@ -18,7 +18,7 @@ from evaluation.study import (HEADLINE_COLUMNS, headline_data, headline_rows, pe
                               seed_result, verdicts)
 from evaluation.tables import write_data
 from evaluation.targets import read_record
-from utils.io import atomic_write_text, load_yaml
+from utils.io import atomic_write_text, load_yaml, save_figure
 
 NOISE_SEED_SHIFT = 7919  # a second, disjoint set of per-image seeds for the noise floor
 
@@ -142,7 +142,7 @@ def plot_curves(results, out_png, unit):
         axis.set_minor_formatter(NullFormatter())     # minor ticks unlabelled: no overlaps
     ax.legend(fontsize=6)
     fig.tight_layout()
-    fig.savefig(out_png, dpi=80)
+    save_figure(fig, out_png, dpi=80)
     plt.close(fig)
 
 
@@ -337,9 +337,10 @@ def write_page(cfg, opts, docs, *, out, study_s):
     lines = [f"# Evidence: {cfg.data.dataset.lower()} ({len(opts.seeds)} seeds)", ""]
     lines += _protocol(cfg, opts, study_s) + dense_lines(cfg, opts, docs["plain"], results)
     lines += ["## Headline: the cost to reach the dense reference's quality", ""]
-    lines += headline_rows(results, variants) + [""] + levels_lines(cfg, results)
+    lines += headline_rows(results, variants) + [""]
     lines += ["Per seed (the seed's target, each method's final digits-FD, and whether it got "
-              "there):", ""] + per_seed_rows(results, docs["plain"]) + [""]
+              "there):", ""] + per_seed_rows(results, docs["plain"]) + [""] + \
+        levels_lines(cfg, results)
     write_data(out, HEADLINE_COLUMNS, headline_data(results, variants))
     lines += instrument_lines(opts, results["plain"], noise)
     lines += ["Every seed samples its own noise set, shared by every method of that seed, so a "
