@@ -354,3 +354,60 @@ def test_a_dead_owners_lock_is_taken_over_by_exactly_one_of_two_racing_50_times(
         outs = sorted(p.communicate(timeout=60)[0].strip() for p in procs)
         assert outs == ["held", "refused"], outs
         assert not lock.exists()  # released by its holder
+
+
+class _Killed(BaseException):
+    """A kill -9 stand-in: nothing after it runs in the process's code (not caught as an
+    Exception)."""
+
+
+@pytest.mark.slow
+def test_a_kill_at_each_point_of_the_epoch_writes_then_the_same_resume_ends_the_same(
+        tmp_path, monkeypatch):
+    """Every file a run writes (per-epoch files, ckpt.pth, masks, cost records, the DONE marker,
+    ...), killed just before and just after each: the same `--resume_training` command then
+    finishes with the weights and cost records of an uninterrupted run, bit for bit."""
+    from core import runlog
+    from runners import epoch_end
+    cfg = write_config(tmp_path / "t.yml", training__n_epochs=2)
+
+    def run(exp, *flags):
+        return main(["--config", cfg, "--exp", str(exp), "--doc", "f", *flags])
+    assert run(tmp_path / "full", "--ni") == 0
+    want = torch.load(tmp_path / "full" / "logs" / "f" / "ckpt.pth", weights_only=True)
+    real_replace, real_append = os.replace, runlog.append_jsonl
+    plan = {"at": None, "n": 0, "names": []}
+
+    def point(name, when):
+        plan["n"] += 1
+        if plan["at"] is None and when == "before":
+            plan["names"].append(name)
+        if plan["n"] == plan["at"]:
+            raise _Killed(f"{when} {name}")
+
+    def replace(src, dst):
+        point(os.path.basename(dst), "before")
+        real_replace(src, dst)
+        point(os.path.basename(dst), "after")
+
+    def append(path, record):
+        point(os.path.basename(path), "before")
+        real_append(path, record)
+        point(os.path.basename(path), "after")
+    monkeypatch.setattr(os, "replace", replace)
+    monkeypatch.setattr(epoch_end, "append_jsonl", append)
+    assert run(tmp_path / "count", "--ni") == 0
+    points = plan["n"]
+    assert {"ckpt_ep0.pth", "ckpt.pth", "costs.jsonl", "DONE"} <= set(plan["names"])
+    for at in range(1, points + 1):
+        exp = tmp_path / f"k{at}"
+        plan.update(at=at, n=0)
+        with pytest.raises(_Killed):
+            run(exp, "--ni")
+        plan.update(at=-1)
+        assert run(exp, "--resume_training") == 0, at
+        got = torch.load(exp / "logs" / "f" / "ckpt.pth", weights_only=True)
+        for part in ("model", "ema"):
+            assert all(torch.equal(want[part][k], got[part][k]) for k in want[part]), at
+        costs = [json.loads(line) for line in open(exp / "logs" / "f" / "costs.jsonl")]
+        assert [r["epoch"] for r in costs] == [0, 1], at
