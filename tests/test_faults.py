@@ -364,9 +364,10 @@ class _Killed(BaseException):
 @pytest.mark.slow
 def test_a_kill_at_each_point_of_the_epoch_writes_then_the_same_resume_ends_the_same(
         tmp_path, monkeypatch):
-    """Every file a run writes (per-epoch files, ckpt.pth, masks, cost records, the DONE marker,
-    ...), killed just before and just after each: the same `--resume_training` command then
-    finishes with the weights and cost records of an uninterrupted run, bit for bit."""
+    """Every file of an epoch's writes (the per-epoch file, ckpt.pth, masks, the cost record,
+    the DONE marker, ...), killed just before and just after each: the same
+    `--resume_training` command then finishes with the weights and cost records of an
+    uninterrupted run, bit for bit."""
     from core import runlog
     from runners import epoch_end
     cfg = write_config(tmp_path / "t.yml", training__n_epochs=2)
@@ -380,8 +381,8 @@ def test_a_kill_at_each_point_of_the_epoch_writes_then_the_same_resume_ends_the_
 
     def point(name, when):
         plan["n"] += 1
-        if plan["at"] is None and when == "before":
-            plan["names"].append(name)
+        if plan["at"] is None:
+            plan["names"].append((name, when))
         if plan["n"] == plan["at"]:
             raise _Killed(f"{when} {name}")
 
@@ -397,9 +398,12 @@ def test_a_kill_at_each_point_of_the_epoch_writes_then_the_same_resume_ends_the_
     monkeypatch.setattr(os, "replace", replace)
     monkeypatch.setattr(epoch_end, "append_jsonl", append)
     assert run(tmp_path / "count", "--ni") == 0
-    points = plan["n"]
-    assert {"ckpt_ep0.pth", "ckpt.pth", "costs.jsonl", "DONE"} <= set(plan["names"])
-    for at in range(1, points + 1):
+    names = plan["names"]
+    assert {"ckpt_ep1.pth", "ckpt.pth", "costs.jsonl", "DONE"} <= {n for n, _ in names}
+    # every point of the last epoch's writes, from the first epoch's ckpt.pth on (a kill
+    # before it: test_a_crash_before_the_first_ckpt_...)
+    first = names.index(("ckpt.pth", "after")) + 1
+    for at in range(first + 1, len(names) + 1):
         exp = tmp_path / f"k{at}"
         plan.update(at=at, n=0)
         with pytest.raises(_Killed):

@@ -2,6 +2,8 @@
 target run on scripted curves; the stage list and its "done" tests on planted files."""
 import os
 
+import pytest
+
 from conftest import pipeline_config
 from pipeline.schedule import Runs, to_plateau, to_target
 
@@ -126,3 +128,33 @@ def test_a_finished_run_made_with_other_settings_is_refused_not_reused(tmp_path)
     # settings that do not change the weights (how often to log, the report's samples) may
     pipe = Pipeline(cfg_path, exp, "pipe", ["training.log_every=7", "sampling.n_samples=3"])
     assert pipe.stages()[0].finished()
+
+
+@pytest.mark.slow
+def test_the_pipeline_killed_at_each_stage_boundary_reruns_only_what_is_unfinished(tmp_path):
+    """Each invocation runs one unfinished stage and dies before the next: the rerun finds
+    exactly the stages run so far finished (their products reused, not remade), and the last
+    one writes the whole report."""
+    from pipeline.stages import Pipeline
+    path = pipeline_config(tmp_path / "p.yml", 3)
+    exp = str(tmp_path / "exp")
+    overrides = ["pipeline.pruning_ratio=0.5", "taeb.finetune_epochs=1",
+                 "sampling.n_samples=8", "pipeline.eval_every=2"]
+    ran, dense_ckpt = [], None
+    for _ in range(12):
+        pipe = Pipeline(path, exp, "b", overrides)
+        stages = pipe.stages()
+        finished = [s.name for s in stages if s.finished()]
+        # what ran before is finished; the stages that always run (curves, report) are not
+        assert finished == [n for n in ran if n not in ("curves", "report")], (finished, ran)
+        nxt = next(s for s in stages if not s.finished() and s.name not in ran)
+        nxt.run()
+        ran.append(nxt.name)
+        if dense_ckpt is None:
+            dense_ckpt = os.path.getmtime(pipe.layout.latest_checkpoint("b"))
+        if nxt.name == "report":
+            break
+    assert ran == ["dense", "earlybird", "eb", "tpf", "taeb", "samples", "curves", "report"]
+    assert os.path.getmtime(pipe.layout.latest_checkpoint("b")) == dense_ckpt  # reused
+    table = open(pipe.layout.report_file("b")).read()
+    assert "| TA-EB (" in table and "Missing" not in table
