@@ -66,6 +66,14 @@ class RunLock:
         except FileNotFoundError:
             return False
 
+    def check(self):
+        """Raise (one line) when the lock file is no longer the one this process holds: the
+        folder was removed, or another process took a new lock there meanwhile."""
+        if self.held and not self._same_file(self.fd):
+            raise UserError(f"{self.what}: its lock {self.path} was removed or replaced while "
+                            f"this process ran (the folder deleted, another run started "
+                            f"there); this process stops without writing into it")
+
     def _refuse(self, other):
         who = (f"process {other.get('pid')} on {other.get('host')} since {other.get('start')}"
                if other else "another process")

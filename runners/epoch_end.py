@@ -23,6 +23,7 @@ def end_epoch(loop, run, epoch, stats):
     stop_training = False
     rngs = gather_rng_states(loop.device, loop.world)  # every rank's, before rank 0 saves
     if loop.rank == 0:
+        _still_ours(loop)
         state = run.checkpoint(cfg, rngs=rngs, epochs_done=epoch + 1, step_in_epoch=0)
         _keep_epoch(loop, state, epoch)
         record = cost_record(loop, run, epoch, stats)
@@ -110,7 +111,15 @@ def _epoch_line(loop, epoch, stats):
     return line
 
 
+def _still_ours(loop):
+    """Write nothing into a run folder this process no longer holds (removed and started
+    again by another process: its files would be overwritten with this run's)."""
+    if getattr(loop, "lock", None) is not None:
+        loop.lock.check()
+
+
 def save_interrupted(loop, run, epoch, stats, signum, rngs):
+    _still_ours(loop)
     path = loop.layout.latest_checkpoint(loop.doc)
     state = run.checkpoint(loop.cfg, rngs=rngs, epochs_done=epoch,
                            step_in_epoch=stats["step_in_epoch"])

@@ -145,6 +145,7 @@ class Loop:
     flops_per_image: int = 0  # forward FLOPs (FlopCounterMode): each cost record's FLOPs
     quartiles: Any = None     # QuartileLoss (rank 0): loss per timestep quartile, on the device
     graph: Any = None         # GraphStep under fast.cuda_graph (runners/graph_step.py)
+    lock: Any = None          # the run's RunLock (rank 0): checked before each epoch's writes
 
     @property
     def doc(self):
@@ -163,7 +164,7 @@ def train(cfg, opts):
     lock = hold_for_job(layout.run_lock(opts.doc), f"run {layout.run_dir(opts.doc)}",
                         rank=rank, world=world, device=device)
     try:
-        return _train(cfg, opts, layout, device, rank, world)
+        return _train(cfg, opts, layout, device, rank, world, lock)
     except Diverged as e:
         raise UserError(f"{e}; {last_good(layout, opts.doc)} Lower optim.lr, set "
                         f"optim.warmup or optim.grad_clip, or skip such steps with "
@@ -179,7 +180,7 @@ def train(cfg, opts):
         lock.release()
 
 
-def _train(cfg, opts, layout, device, rank, world):
+def _train(cfg, opts, layout, device, rank, world, lock=None):
     dataset = get_dataset(cfg, train=True)  # bad data fails before anything on disk changes
     run = build_run(cfg, opts, layout=layout, device=device, rank=rank, world=world)
     disk_line = None
@@ -196,6 +197,7 @@ def _train(cfg, opts, layout, device, rank, world):
             fresh_start(layout, opts.doc)
     loop = _make_loop(cfg, opts, run, layout=layout, device=device, rank=rank, world=world,
                       dataset=dataset)
+    loop.lock = lock
     if disk_line:
         loop.log.info(disk_line)
     n_epochs = cfg.training.n_epochs

@@ -415,3 +415,23 @@ def test_a_kill_at_each_point_of_the_epoch_writes_then_the_same_resume_ends_the_
             assert all(torch.equal(want[part][k], got[part][k]) for k in want[part]), at
         costs = [json.loads(line) for line in open(exp / "logs" / "f" / "costs.jsonl")]
         assert [r["epoch"] for r in costs] == [0, 1], at
+
+
+def test_a_process_whose_run_folder_was_removed_and_restarted_writes_nothing_there(tmp_path):
+    """A run folder deleted while its process still ran, and a new run started there: the old
+    process's next epoch-end (or signal) save would overwrite the new run's files. It checks
+    its lock first and stops in one line."""
+    import shutil
+
+    from core.lock import RunLock
+    path = tmp_path / "logs" / "f" / "LOCK"
+    old = RunLock(str(path), "run f").acquire()
+    old.check()  # still ours
+    shutil.rmtree(tmp_path / "logs")
+    new = RunLock(str(path), "run f").acquire()  # the dead folder's lock does not block it
+    with pytest.raises(UserError, match="was removed or replaced while this process ran"):
+        old.check()
+    new.check()
+    old.release()  # leaves the new run's lock alone
+    assert path.exists()
+    new.release()
