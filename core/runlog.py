@@ -5,7 +5,8 @@ import json
 import os
 import time
 
-from utils.io import DiskFull, atomic_write_text, is_disk_full, read_jsonl
+from utils.errors import is_disk_full
+from utils.io import DiskFull, atomic_write_text, read_jsonl
 
 VERBOSITY = ("quiet", "info", "debug")
 

@@ -35,8 +35,8 @@ from runners.optim import lr_at, make_optimizer
 from runners.run_files import StopFlag, fresh_start, last_good, resume_command
 from runners.source import Source, network_costs, resolve_source
 from runners.step import Diverged, MasterWeights, NonFinite, QuartileLoss, train_step
-from utils.errors import UserError
-from utils.io import atomic_write_text, write_refused
+from utils.errors import UserError, write_refused
+from utils.io import atomic_write_text
 
 
 @dataclass

@@ -14,7 +14,7 @@ import os
 import shutil
 import tempfile
 
-from utils.errors import UserError
+from utils.errors import UserError, is_disk_full
 
 
 class DiskFull(OSError):
@@ -22,26 +22,6 @@ class DiskFull(OSError):
 
     def __init__(self, path):
         super().__init__(errno.ENOSPC, os.strerror(errno.ENOSPC), path)
-
-
-def is_disk_full(exc):
-    """An OSError with ENOSPC / EDQUOT, or torch.save's RuntimeError that wraps one."""
-    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
-        return True
-    text = str(exc)
-    return isinstance(exc, RuntimeError) and ("No space left" in text or
-                                              "Disk quota exceeded" in text)
-
-
-def write_refused(exc):
-    """'no space left on the disk' / 'disk quota exceeded' / 'read-only file system' when
-    ``exc`` is a write the file system refused, else None."""
-    if isinstance(exc, OSError) and exc.errno == errno.EROFS:
-        return "read-only file system"
-    if is_disk_full(exc):
-        quota = getattr(exc, "errno", None) == errno.EDQUOT or "quota" in str(exc)
-        return "disk quota exceeded" if quota else "no space left on the disk"
-    return None
 
 
 def free_bytes(path):
