@@ -19,8 +19,7 @@ from common import print_table  # noqa: E402
 from core import checkpoint as ck  # noqa: E402
 from core.config import load_config  # noqa: E402
 from evaluation.curves import digits_quality, sample_fixed  # noqa: E402
-
-SECOND_SET = 7919  # the second noise set's seed offset (as the study page's instrument)
+from evaluation.study_page import NOISE_SEED_SHIFT  # noqa: E402
 
 
 def main(argv=None):
@@ -38,7 +37,7 @@ def main(argv=None):
     n = max(a.counts)
     sets = []
     for k in (0, 1):
-        c = replace(cfg, sampling=replace(cfg.sampling, seed=cfg.sampling.seed + k * SECOND_SET))
+        c = replace(cfg, sampling=replace(cfg.sampling, seed=cfg.sampling.seed + k * NOISE_SEED_SHIFT))
         with torch.no_grad():
             sets.append(sample_fixed(model, c, n=n, timesteps=c.sampling.timesteps,
                                      device="cpu"))

@@ -85,14 +85,13 @@ class RunLog:
             from torch.utils.tensorboard import SummaryWriter
             self.tb = SummaryWriter(tb_dir)
 
-    def _dropped(self, what, err):
-        """Stop writing ``what`` after ``err``, saying so once."""
+    def _dropped(self, attr, what, err):
+        """Stop writing ``what`` (the handle in attribute ``attr``) after ``err``, saying so
+        once."""
         print(f"warning: {what} cannot be written ({err.strerror or err}); the run goes on "
               f"without it", flush=True)
-        if what == "log.txt":
-            handle, self.log_file = self.log_file, None
-        else:
-            handle, self.tb = self.tb, None
+        handle = getattr(self, attr)
+        setattr(self, attr, None)
         try:
             handle.close()
         except OSError:
@@ -105,7 +104,7 @@ class RunLog:
                 self.log_file.write(time.strftime("%Y-%m-%d %H:%M:%S ") + msg + "\n")
                 self.log_file.flush()
             except OSError as e:
-                self._dropped("log.txt", e)
+                self._dropped("log_file", "log.txt", e)
 
     def say(self, msg, level="info"):
         """To log.txt and, at this verbosity, the terminal."""
@@ -118,7 +117,7 @@ class RunLog:
             try:
                 write(self.tb)
             except OSError as e:
-                self._dropped("TensorBoard events", e)
+                self._dropped("tb", "TensorBoard events", e)
 
     def scalars(self, values, step):
         def write(tb):

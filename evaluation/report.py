@@ -131,6 +131,12 @@ def _speedups(rows):
             for r in rows]
 
 
+def target_axis(rows):
+    """The axis the run's targets were read on (its target records say; digits_fd before)."""
+    return next((r.target_record["axis"] for r in rows
+                 if r.target_record and "axis" in r.target_record), "digits_fd")
+
+
 def _to_target(layout, doc, rows):
     """Cost to reach the target (when the pipeline trained to one): each row's curve, on its
     critical path, first at or below the target (interpolated), and the speed-up over dense's
@@ -190,8 +196,7 @@ def table(rows):
     head = "| Method | Params (M) | MACs (M) | EB epoch | "
     if target is not None:
         # the target is read on the quality curves' axis (target.axis)
-        axis = next((r.target_record.get("axis") for r in rows if r.target_record), None)
-        name = "held-out loss" if axis == "heldout" else \
+        name = "held-out loss" if target_axis(rows) == "heldout" else \
             metric_name if metric_name != "metric" else "digits-FD"
         head += (f"To {name} {target:.4g}: TFLOPs / s (critical) | "
                  "to target vs dense, FLOPs / wall | ")

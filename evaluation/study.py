@@ -11,15 +11,13 @@ import math
 from dataclasses import dataclass, replace
 from typing import Optional
 
-from core.layout import Layout
-from evaluation.costs import cost_to_target, method_curves
-from evaluation.curves import read_curve
+from evaluation.costs import cost_to_target, curve_views, method_curves
 from evaluation.evidence import (MIN_SEEDS, cost_to_reach, equal_quality_speedup,
                                  fmt_interval, fmt_ratios, fmt_values, geometric_interval,
                                  interval, quality_at,
                                  reach_bounds, verdict)
 from evaluation.methods import BY_KIND, METHODS
-from evaluation.report import collect
+from evaluation.report import collect, target_axis
 
 PLAIN_KINDS = tuple(m.kind for m in METHODS)
 
@@ -90,19 +88,12 @@ def _result(r, c, fd, ref, target, axis, *, total=None, last=None, levels=()):
     return res
 
 
-def target_axis(rows):
-    """The axis the run's targets were read on (its target records say; digits_fd before)."""
-    return next((r.target_record["axis"] for r in rows
-                 if r.target_record and "axis" in r.target_record), "digits_fd")
-
-
 def seed_result(exp, doc, cfg, *, dense_curve_doc=None):
     """{kind: SeedResult} of one pipeline run: final quality (last curve point), cost to the
     target, costs, fixed-budget and equal-quality speed-ups against the plain dense run."""
     rows, _ = collect(exp, doc, cfg)
     axis = target_axis(rows)
-    curves, fds = method_curves(exp, doc, rows, axis), method_curves(exp, doc, rows)
-    totals = method_curves(exp, doc, rows, axis, total=True)
+    views = curve_views(exp, doc, rows, axis)
     levels = cfg.target.levels if axis == "heldout" else ()
     ref_doc = dense_curve_doc or doc
     if ref_doc != doc:
@@ -110,13 +101,13 @@ def seed_result(exp, doc, cfg, *, dense_curve_doc=None):
         ref = method_curves(exp, ref_doc, ref_rows[:1], axis)[ref_doc]
         target = ref_rows[0].target
     else:
-        ref, target = curves.get(doc, []), rows[0].target
+        ref, target = views[doc].on_axis if doc in views else [], rows[0].target
     out = {}
     for r in rows:
-        if curves.get(r.key) and fds.get(r.key):
-            last = read_curve(Layout(exp).curve_file(r.key))[-1]
-            out[r.kind] = _result(r, curves[r.key], fds[r.key], ref, target, axis,
-                                  total=totals.get(r.key), last=last, levels=levels)
+        v = views.get(r.key)
+        if v is not None:
+            out[r.kind] = _result(r, v.on_axis, v.digits_fd, ref, target, axis,
+                                  total=v.total, last=v.last, levels=levels)
     dense = out.get("dense")
     return {k: replace(res, tt_speedup=_tt_speedup(dense, res) if dense else None,
                        tt_total=_tt_speedup(dense, res.total) if dense else None)

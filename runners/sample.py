@@ -143,6 +143,12 @@ def prepare_folder(folder, meta, start_over=False):
     atomic_write_json(os.path.join(folder, META_FILE), meta)
 
 
+def _missing(folder, n):
+    """Indices of images 0..n-1 not in ``folder`` yet (one listing, not a stat per image)."""
+    have = set(os.listdir(folder))
+    return [i for i in range(n) if f"{i:06d}.png" not in have]
+
+
 def png_bytes(data, folder):
     """Disk use of one sample PNG, projected: its raw pixels plus headers (PNG compresses, so
     this is an upper bound), in whole blocks of the folder's file system."""
@@ -175,13 +181,11 @@ def sample_to_folder(model, cfg, folder, *, device, about=None, start_over=False
             "image_shape": [d.channels, d.image_size, d.image_size]}
     if rank == 0:
         prepare_folder(folder, meta, start_over)
-        missing = sum(not os.path.isfile(os.path.join(folder, f"{i:06d}.png"))
-                      for i in range(s.n_samples))
+        missing = len(_missing(folder, s.n_samples))
         check_free(folder, missing * png_bytes(d, folder), f"sampling {missing} images",
                    "free space or sample fewer (sampling.n_samples / --n_samples)")
     _barrier(world)
-    todo = [i for i in range(rank, s.n_samples, world)
-            if not os.path.isfile(os.path.join(folder, f"{i:06d}.png"))]
+    todo = [i for i in _missing(folder, s.n_samples) if i % world == rank]
     bar = tqdm(total=len(todo), desc="sampling", disable=None if progress else True,
                dynamic_ncols=True)
     for b in range(0, len(todo), s.batch_size):
