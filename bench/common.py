@@ -59,7 +59,7 @@ def reset_peak(device):
 
 def tickets(cfg, ratios, device="cpu", round_to=0):
     """{ratio: (pruned UNet, params, MACs)} pruned by magnitude from one random dense net."""
-    args = cfg.unet_kwargs()
+    args = cfg.model_kwargs()
     torch.manual_seed(0)
     dense = UNet(**args)
     ex = MaskExtractor(args, round_to=round_to)

@@ -38,7 +38,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def make_run(cfg, device, *, bf16=False, graph_safe=True, seed=0):
     torch.manual_seed(seed)
-    model = UNet(**cfg.unet_kwargs()).to(device)
+    model = UNet(**cfg.model_kwargs()).to(device)
     master = MasterWeights(model) if bf16 else None
     opt = make_optimizer(cfg, model.parameters(), device, graph_safe=graph_safe)
     return types.SimpleNamespace(model=model, train_model=master.compute if bf16 else model,

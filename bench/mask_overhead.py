@@ -20,7 +20,7 @@ DATASET_SIZE = {"CIFAR10": 50000, "CELEBA": 162770, "DIGITS": 1437, "FASHION_MNI
 
 
 def measure(cfg, batch, device, iters, ratios=(0.3, 0.6, 0.8)):
-    args = cfg.unet_kwargs()
+    args = cfg.model_kwargs()
     torch.manual_seed(0)
     model = UNet(**args)
     sd = model.state_dict()

@@ -32,7 +32,7 @@ def loss_curve(cfg, steps, device, amp, seed=0):
     """Mean training loss over ``steps`` steps from a fixed seed with amp on or off."""
     cfg = cfg.with_overrides([f"fast.amp={amp}"])
     torch.manual_seed(seed)
-    model = UNet(**cfg.unet_kwargs())
+    model = UNet(**cfg.model_kwargs())
     d = cfg.data
     g = torch.Generator().manual_seed(seed)
     data = torch.rand(8, cfg.training.batch_size, d.channels, d.image_size,
@@ -110,7 +110,7 @@ def main(argv=None):
     if device.type == "cuda":
         peak = bf16_peak_tflops(device)
         from models.pruning import count_flops
-        achieved = training_flops(count_flops(dense, cfg.unet_kwargs()), batch / t_ours) / 1e12
+        achieved = training_flops(count_flops(dense, cfg.model_kwargs()), batch / t_ours) / 1e12
         mfu = (achieved, peak)
         print(f"MFU: {achieved:.1f} / {peak:.1f} TFLOP/s", flush=True)
 

@@ -17,7 +17,7 @@ SMOKE = ["model.ch=16", "model.ch_mult=[1,2]", "model.num_res_blocks=1",
 
 def measure_dense(cfg, batch, device, iters):
     torch.manual_seed(0)
-    model = UNet(**cfg.unet_kwargs())
+    model = UNet(**cfg.model_kwargs())
     d = cfg.data
     x = torch.rand(batch, d.channels, d.image_size, d.image_size) * 2 - 1
     reset_peak(device)

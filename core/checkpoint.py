@@ -13,7 +13,7 @@ import os
 
 import torch
 
-from models.unet import UNet
+from models.networks import build_network
 from utils.errors import UserError
 
 VERSION = 2  # 2: epochs_done / epoch_index (version 1 stored epochs_done as 'epoch')
@@ -91,12 +91,12 @@ def build_model(model_args, pruning=None):
     if pruning:
         from models.pruning import rebuild_pruned
         return rebuild_pruned(model_args, pruning["history"])
-    return UNet(**model_args)
+    return build_network(model_args)
 
 
 def architecture_differences(cfg, model_args):
     """Keys of the config's model section whose value differs from a checkpoint's network."""
-    wanted = cfg.unet_kwargs()
+    wanted = cfg.model_kwargs()
     return [k for k in wanted if k in model_args and wanted[k] != model_args[k]]
 
 

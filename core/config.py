@@ -27,7 +27,8 @@ REQUIRED = object()  # marks a key without a sensible default
 # the defaults (a field's type is its default's type; lists are tuples here, lists in YAML).
 @dataclass(frozen=True)
 class DataSettings:
-    dataset: str = REQUIRED         # CIFAR10 | CELEBA | LSUN | FOLDER | DIGITS | FASHION_MNIST
+    dataset: str = REQUIRED         # CIFAR10 | CELEBA | LSUN | FOLDER | DIGITS | MNIST5K |
+                                    # FASHION_MNIST
     image_size: int = REQUIRED
     channels: int = REQUIRED
     path: str = "data"              # data root (torchvision sets) or the image folder (FOLDER)
@@ -43,7 +44,7 @@ class DataSettings:
 
 @dataclass(frozen=True)
 class ModelSettings:
-    type: str = "simple"
+    type: str = "simple"            # simple (the DDIM UNet) | dit (a diffusion transformer)
     ch: int = 128
     ch_mult: tuple = (1, 2, 2, 2)
     num_res_blocks: int = 2
@@ -51,6 +52,13 @@ class ModelSettings:
     dropout: float = 0.1
     resamp_with_conv: bool = True
     gn_groups: int = 32             # GroupNorm groups of the dense network
+    # type: dit (models/dit.py; ch, ch_mult, num_res_blocks, attn_resolutions, dropout,
+    # resamp_with_conv and gn_groups are the UNet's and unused)
+    patch_size: int = 2             # tokens are patch_size x patch_size patches
+    hidden_size: int = 128          # token width
+    depth: int = 4                  # transformer blocks
+    num_heads: int = 4              # attention heads per block (hidden_size / heads wide)
+    mlp_ratio: float = 4.0          # MLP hidden width / hidden_size
     ema: bool = True
     ema_rate: float = 0.9999
     ema_warmup: bool = True         # min(rate, (1+n)/(10+n)): fine-tuned tickets need it
@@ -251,9 +259,15 @@ class Settings:
         return {section: {f.name: _plain(getattr(getattr(self, section), f.name))
                           for f in fields(getattr(self, section))} for section in SECTIONS}
 
-    def unet_kwargs(self):
-        """The keyword arguments of models.unet.UNet (stored in every checkpoint)."""
+    def model_kwargs(self):
+        """The network's keyword arguments (models.networks.build_network; stored in every
+        checkpoint): models.unet.UNet's, or models.dit.DiT's with arch 'dit'."""
         m, d = self.model, self.data
+        if m.type == "dit":
+            return dict(arch="dit", in_channels=d.channels, out_ch=d.channels,
+                        resolution=d.image_size, patch_size=m.patch_size,
+                        hidden_size=m.hidden_size, depth=m.depth, num_heads=m.num_heads,
+                        mlp_ratio=m.mlp_ratio)
         return dict(in_channels=d.channels, out_ch=d.channels, ch=m.ch, ch_mult=list(m.ch_mult),
                     num_res_blocks=m.num_res_blocks,
                     attn_resolutions=list(m.attn_resolutions), dropout=m.dropout,
@@ -284,8 +298,9 @@ def _plain(value):
 
 
 CHOICES = {
-    ("data", "dataset"): ["CIFAR10", "CELEBA", "LSUN", "FOLDER", "DIGITS", "FASHION_MNIST"],
-    ("model", "type"): ["simple"],
+    ("data", "dataset"): ["CIFAR10", "CELEBA", "LSUN", "FOLDER", "DIGITS", "MNIST5K",
+                          "FASHION_MNIST"],
+    ("model", "type"): ["simple", "dit"],
     ("diffusion", "beta_schedule"): ["linear", "quad", "const", "jsd", "sigmoid", "cosine"],
     ("sampling", "skip_type"): ["uniform", "quad"],
     ("sampling", "sample_type"): ["generalized", "ddpm_noisy"],
@@ -410,6 +425,9 @@ RANGES = {
     ("data", "num_workers"): NON_NEGATIVE, ("data", "max_on_device_mb"): NON_NEGATIVE,
     ("model", "ch"): AT_LEAST_ONE, ("model", "num_res_blocks"): AT_LEAST_ONE,
     ("model", "dropout"): (0, 1, True, False), ("model", "gn_groups"): AT_LEAST_ONE,
+    ("model", "patch_size"): AT_LEAST_ONE, ("model", "hidden_size"): AT_LEAST_ONE,
+    ("model", "depth"): AT_LEAST_ONE, ("model", "num_heads"): AT_LEAST_ONE,
+    ("model", "mlp_ratio"): POSITIVE,
     ("model", "ema_rate"): FRACTION,
     ("diffusion", "beta_start"): POSITIVE, ("diffusion", "beta_end"): (0, 1, False, True),
     ("diffusion", "num_diffusion_timesteps"): (2, None, True, False),
@@ -473,13 +491,10 @@ def _check_values(cfg, source):
         if not in_range(v, *spec):
             raise UserError(f"{source}: {section}.{key} must be {_range_text(*spec)}, got {v!r}")
     d, m = cfg["data"], cfg["model"]
-    down = 2 ** (len(m["ch_mult"]) - 1)
-    if d["image_size"] % down:
-        raise UserError(f"{source}: data.image_size {d['image_size']} is not divisible by "
-                        f"{down} (the UNet downsamples {len(m['ch_mult']) - 1} times)")
-    if m["ch"] % m["gn_groups"]:
-        raise UserError(f"{source}: model.ch {m['ch']} is not divisible by "
-                        f"model.gn_groups {m['gn_groups']}")
+    if m["type"] == "dit":
+        _check_dit(m, d, source)
+    else:
+        _check_unet(m, d, source)
     t = cfg["training"]
     if t["batch_size"] % t["grad_accum"]:
         raise UserError(f"{source}: training.batch_size {t['batch_size']} is not divisible by "
@@ -506,6 +521,28 @@ def _check_values(cfg, source):
     for v in cfg["target"]["levels"]:
         if isinstance(v, bool) or not isinstance(v, (int, float)) or v <= 0:
             raise UserError(f"{source}: target.levels must be positive numbers, got {v!r}")
+
+
+def _check_unet(m, d, source):
+    down = 2 ** (len(m["ch_mult"]) - 1)
+    if d["image_size"] % down:
+        raise UserError(f"{source}: data.image_size {d['image_size']} is not divisible by "
+                        f"{down} (the UNet downsamples {len(m['ch_mult']) - 1} times)")
+    if m["ch"] % m["gn_groups"]:
+        raise UserError(f"{source}: model.ch {m['ch']} is not divisible by "
+                        f"model.gn_groups {m['gn_groups']}")
+
+
+def _check_dit(m, d, source):
+    if d["image_size"] % m["patch_size"]:
+        raise UserError(f"{source}: data.image_size {d['image_size']} is not divisible by "
+                        f"model.patch_size {m['patch_size']}")
+    if m["hidden_size"] % m["num_heads"]:
+        raise UserError(f"{source}: model.hidden_size {m['hidden_size']} is not divisible by "
+                        f"model.num_heads {m['num_heads']}")
+    if m["hidden_size"] % 4:
+        raise UserError(f"{source}: model.hidden_size {m['hidden_size']} must be a multiple "
+                        f"of 4 (its 2-D sine-cosine position embedding)")
 
 
 def parse_override(item):
@@ -539,9 +576,31 @@ def apply_overrides(raw, overrides):
 def load_config(name, overrides=None):
     """Load configs/NAME (or a path), apply 'section.key=value' overrides, validate."""
     path = resolve_path(name)
-    raw = load_yaml(path, "config file") or {}
-    raw = apply_overrides(raw, overrides)
+    raw = apply_overrides(load_raw(path), overrides)
     return validate(raw, source=path)
+
+
+def load_raw(path, chain=()):
+    """A config file's sections; with a top-level ``base: OTHER.yml`` (a path, or a name in
+    configs/, relative to this file first), OTHER's sections with this file's keys laid over
+    them key by key (a base may have a base)."""
+    raw = load_yaml(path, "config file") or {}
+    if not isinstance(raw, dict) or "base" not in raw:
+        return raw
+    base = raw.pop("base")
+    if not isinstance(base, str):
+        raise UserError(f"{path}: base must name a config file, got {base!r}")
+    near = os.path.join(os.path.dirname(path), base)
+    base_path = near if os.path.isfile(near) else resolve_path(base)
+    if os.path.realpath(base_path) in chain + (os.path.realpath(path),):
+        raise UserError(f"{path}: base {base!r} leads back to itself")
+    merged = copy.deepcopy(load_raw(base_path, chain + (os.path.realpath(path),)))
+    for section, values in raw.items():
+        if isinstance(values, dict) and isinstance(merged.get(section), dict):
+            merged[section].update(values)
+        else:
+            merged[section] = values
+    return merged
 
 
 def flatten_overrides(groups):

@@ -34,9 +34,18 @@ DEFAULTS_REQUIRED = {"resnet_time_scale_shift": "default", "add_attention": True
                      "downsample_type": "conv", "upsample_type": "conv"}
 
 
+# why no diffusers class computes our DiT (tests/test_dit.py measures both differences)
+DIT_NOT_EXPRESSIBLE = (
+    "diffusers' DiTTransformer2DModel cannot compute this DiT: it embeds timesteps at "
+    "frequencies 10000^(-k/127) where DiT uses 10000^(-k/128), and it is class-conditional "
+    "(it adds a label embedding); export it with --to safetensors")
+
+
 def diffusers_config(model_args):
     """The UNet2DModel config of our model arguments; a UserError for what it cannot express."""
     a = model_args
+    if a.get("arch") == "dit":
+        raise UserError(DIT_NOT_EXPRESSIBLE)
     if not a.get("resamp_with_conv", True):
         raise UserError("diffusers' UNet2DModel resamples with convolutions: a network with "
                         "model.resamp_with_conv false cannot be exported")

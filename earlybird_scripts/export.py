@@ -63,11 +63,13 @@ def main(argv=None):
         if a.config is None:
             raise UserError(f"{a.restore_from}: bare weights; pass --config for their network")
         from core.config import flatten_overrides, load_config
-        c["model_args"] = load_config(a.config, flatten_overrides(a.override)).unet_kwargs()
+        c["model_args"] = load_config(a.config, flatten_overrides(a.override)).model_kwargs()
     weights = pick_weights(c, not a.no_ema, a.restore_from)
     if a.to == "diffusers":
         if a.out.endswith(".safetensors"):
             raise UserError("--to diffusers writes a folder: --out names a folder")
+        if c["model_args"].get("arch") == "dit":
+            raise UserError(f"{a.restore_from}: {interop.DIT_NOT_EXPRESSIBLE}")
         if c.get("pruning"):
             raise UserError(f"{a.restore_from}: a pruned ticket cannot be a diffusers folder "
                             f"(its config would hold the dense widths): export it with "

@@ -32,12 +32,12 @@ def sample_fixed(model, cfg, *, n, timesteps, device, batch_size=250):
     return (torch.cat(out) * 255).round() / 255
 
 
-def digits_quality(cache_dir):
+def digits_quality(cache_dir, dataset="DIGITS"):
     """images [N, 1, S, S] in [0, 1] -> ('digits-FD', value, {'valid': share,
-    'noise_like': share})."""
+    'noise_like': share}) against ``dataset``'s held-out digits."""
 
     def score(images):
-        res = evaluate(images * 2 - 1, images.shape[-1], cache_dir)
+        res = evaluate(images * 2 - 1, images.shape[-1], cache_dir, dataset)
         return "digits-FD", res["digits_fd"], {"valid": res["valid"],
                                                "noise_like": res["noise_like"]}
     return score

@@ -46,7 +46,7 @@ def stitch_diagnostics(cfg, exp, doc, *, pruning_ratio, n, timesteps, cache_path
     cached in ``cache_path`` (JSON) by run, set, variant, n and timesteps."""
     L = Layout(exp)
     cache = read_json(cache_path, {})
-    score = digits_quality(L.metric_cache())
+    score = digits_quality(L.metric_cache(), cfg.data.dataset)
     uniform = L.latest_checkpoint(eb_doc(doc, pruning_ratio))
     uniform = uniform if os.path.isfile(uniform) else None
     T = cfg.diffusion.num_diffusion_timesteps

@@ -2,8 +2,10 @@
 
 NOT Inception FID: Inception weights cannot be downloaded offline. It is the Fréchet distance
 between generated digits and held-out real digits in the 64-d penultimate features of a small
-CNN classifier trained on the digits' training split ("digits-FD"), reported next to that
-classifier's accuracy on held-out real digits (which shows the features mean something).
+CNN classifier trained on the data set's training split ("digits-FD"), reported next to that
+classifier's accuracy on held-out real digits (which shows the features mean something). One
+classifier per digit data set (DIGITS: scikit-learn's 8x8 digits; MNIST5K: 5,000 MNIST digits)
+and image size, trained once and cached.
 
 Beside it, a sample-validity figure: the share of samples the classifier calls one digit with
 softmax confidence >= VALID_CONFIDENCE ("valid"), printed next to the same share on held-out
@@ -17,7 +19,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from PIL import Image
 
-from datasets import data_transform, digits_split, resize_uint8
+from datasets import data_transform, digit_split, resize_uint8
 from core.checkpoint import load_checkpoint
 from utils.io import atomic_save
 from utils.errors import UserError
@@ -44,14 +46,14 @@ class DigitClassifier(nn.Module):
         return self.head(self.features(x))
 
 
-def real_digits(image_size, train):
-    images, labels = digits_split(train)
+def real_digits(image_size, train, dataset="DIGITS"):
+    images, labels = digit_split(dataset, train)
     return data_transform(resize_uint8(images, image_size)), labels
 
 
-def train_classifier(image_size, epochs=15, seed=0):
+def train_classifier(image_size, epochs=15, seed=0, dataset="DIGITS"):
     torch.manual_seed(seed)
-    x, y = real_digits(image_size, train=True)
+    x, y = real_digits(image_size, train=True, dataset=dataset)
     model = DigitClassifier(image_size)
     opt = torch.optim.Adam(model.parameters(), lr=2e-3)
     g = torch.Generator().manual_seed(seed)
@@ -70,14 +72,20 @@ def train_classifier(image_size, epochs=15, seed=0):
     return model.eval()
 
 
-def load_or_train_classifier(image_size, cache_dir):
-    """The classifier for this image size, trained once and cached in ``cache_dir``."""
-    path = os.path.join(cache_dir, f"digits_classifier_{image_size}.pth")
+def classifier_file(cache_dir, image_size, dataset="DIGITS"):
+    prefix = "digits" if dataset == "DIGITS" else dataset.lower()
+    return os.path.join(cache_dir, f"{prefix}_classifier_{image_size}.pth")
+
+
+def load_or_train_classifier(image_size, cache_dir, dataset="DIGITS"):
+    """The classifier for this data set and image size, trained once and cached in
+    ``cache_dir``."""
+    path = classifier_file(cache_dir, image_size, dataset)
     model = DigitClassifier(image_size)
     if os.path.isfile(path):
         model.load_state_dict(load_checkpoint(path)["model"])
         return model.eval(), path
-    model = train_classifier(image_size)
+    model = train_classifier(image_size, dataset=dataset)
     os.makedirs(cache_dir, exist_ok=True)
     atomic_save({"model": model.state_dict(), "model_args": {"image_size": image_size},
                  "version": 1}, path)
@@ -134,11 +142,11 @@ def noise_like_share(samples, real):
     return float((roughness(samples) > roughness(real).max()).float().mean())
 
 
-def evaluate(samples, image_size, cache_dir):
+def evaluate(samples, image_size, cache_dir, dataset="DIGITS"):
     """samples: [N, 1, S, S] in [-1, 1] -> dict(digits_fd, valid, real_valid, noise_like,
-    classifier_acc, n, class_histogram)."""
-    model, _ = load_or_train_classifier(image_size, cache_dir)
-    x_test, y_test = real_digits(image_size, train=False)
+    classifier_acc, n, class_histogram), against ``dataset``'s held-out digits."""
+    model, _ = load_or_train_classifier(image_size, cache_dir, dataset)
+    x_test, y_test = real_digits(image_size, train=False, dataset=dataset)
     with torch.no_grad():
         acc = float((model(x_test).argmax(1) == y_test).float().mean())
     mu_r, s_r = feature_statistics(features_of(model, x_test))

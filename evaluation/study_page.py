@@ -39,7 +39,7 @@ def instrument_noise(cfg, opts, doc):
     dense run and EB ticket): |digits-FD of two sample sets| and |held-out loss with two noise
     sets|. Returns [(model, (fd, fd'), (held-out, held-out'))]."""
     L, p = Layout(opts.exp), cfg.pipeline
-    score = digits_quality(L.metric_cache())
+    score = digits_quality(L.metric_cache(), cfg.data.dataset)
     other = replace(cfg, sampling=replace(cfg.sampling,
                                           seed=cfg.sampling.seed + NOISE_SEED_SHIFT))
     sets = [heldout_set(cfg, images=p.heldout_images, timesteps=p.heldout_timesteps,

@@ -1,7 +1,11 @@
-"""Structural (channel) pruning of the UNet with torch-pruning (docs/design.md, step 2).
+"""Structural (channel) pruning of the UNet and the DiT with torch-pruning (docs/design.md,
+step 2).
 
 Masks: for every pruning group of the dependency graph (in its deterministic order), one 0/1
-entry per channel of the group's root layer (1 = pruned), concatenated.
+entry per channel of the group's root layer (1 = pruned), concatenated. A DiT attention's group
+is rooted at its qkv Linear and prunes whole heads: a head's q, k and v channels (and the
+projection's inputs they feed) are pruned together, ranked by the head's summed importance; the
+MLP's hidden units prune per unit.
 
 How a ratio p becomes kept channels (torch-pruning's GroupNorm handling is not used, see
 docs/pruning.md): every group keeps round((1 - p) * C / u) * u of its
@@ -15,7 +19,7 @@ MACs follow (1 - p)^2 closely and fall monotonically with p, every layer is prun
 GroupNorm stays valid.
 
 A pruned model is stored as its state dict plus torch-pruning's pruning history (lists of
-ints) and rebuilt on a fresh dense UNet with ``DependencyGraph.load_pruning_history``.
+ints) and rebuilt on a fresh dense network with ``DependencyGraph.load_pruning_history``.
 """
 import functools
 import math
@@ -26,7 +30,8 @@ import torch.nn as nn
 import torch_pruning as tp
 
 from models.pruner_names import canonical_pruner
-from models.unet import UNet
+from models.dit import heads_from_widths
+from models.networks import attention_heads, build_network, unprunable_layers
 
 def example_inputs(model_args, device="cpu"):
     r, c = model_args["resolution"], model_args["in_channels"]
@@ -41,14 +46,14 @@ def build_graph(model, model_args):
 
 
 def count_params_macs(model, model_args):
-    """(parameters, MACs per image) of a UNet."""
+    """(parameters, MACs per image) of a network."""
     device = next(model.parameters()).device
     macs, params = tp.utils.count_ops_and_params(model, example_inputs(model_args, device))
     return int(params), int(macs)
 
 
 def count_flops(model, model_args):
-    """Forward FLOPs per image of a UNet, counted by ``torch.utils.flop_counter.FlopCounterMode``
+    """Forward FLOPs per image of a network, counted by ``torch.utils.flop_counter.FlopCounterMode``
     (every matmul and convolution, attention's two matrix products included; 2 FLOPs per
     multiply-add). torch-pruning's MACs skip attention's products, so 2 x MACs undercounts."""
     import copy
@@ -86,11 +91,13 @@ class MaskExtractor:
         self.model_args = dict(model_args)
         self.round_to = int(round_to or 0)
         self.device = torch.device(device)
-        self.model = UNet(**model_args).to(self.device).eval()
+        self.model = build_network(model_args).to(self.device).eval()
         self.DG = build_graph(self.model, model_args)
-        self.groups = list(self.DG.get_all_groups(ignored_layers=[self.model.conv_out],
+        self.groups = list(self.DG.get_all_groups(ignored_layers=unprunable_layers(self.model),
                                                   root_module_types=(nn.Conv2d, nn.Linear)))
         names = {m: n for n, m in self.model.named_modules()}
+        # {qkv name: (heads, head width)}: groups pruned by whole heads
+        self.heads = attention_heads(self.model)
         gn_groups = model_args.get("gn_groups", 32)
         self.layout = []  # (root name, channels, unit)
         for g in self.groups:
@@ -178,13 +185,26 @@ class MaskExtractor:
         if not 0.0 < ratio < 1.0:
             raise ValueError(f"pruning ratio must be in (0, 1), got {ratio}")
         parts = []
-        for (_, c, unit), s in zip(self.layout, scores):
+        for (name, c, unit), s in zip(self.layout, scores):
+            if name in self.heads:
+                parts.append(self._head_mask(name, s, ratio))
+                continue
             keep = kept_channels(c, unit, ratio)
             m = np.zeros(c, dtype=np.uint8)
             order = torch.argsort(s, stable=True).numpy()
             m[order[:c - keep]] = 1
             parts.append(m)
         return np.concatenate(parts)
+
+    def _head_mask(self, name, scores, ratio):
+        """Mask of a qkv group [q | k | v], each heads x head width: the heads of lowest
+        summed importance pruned, at least one kept."""
+        heads, width = self.heads[name]
+        per_head = scores.reshape(3, heads, width).sum(dim=(0, 2))
+        keep = kept_channels(heads, 1, ratio)
+        m = np.zeros((3, heads, width), dtype=np.uint8)
+        m[:, torch.argsort(per_head, stable=True).numpy()[:heads - keep]] = 1
+        return m.reshape(-1)
 
     def split(self, mask):
         """Concatenated mask -> list of per-group masks."""
@@ -198,12 +218,12 @@ class MaskExtractor:
         return out
 
     def prune(self, state_dict, mask):
-        """A new pruned UNet carrying ``state_dict``'s surviving weights, and its history."""
-        model = UNet(**self.model_args).to(self.device)
+        """A new pruned network carrying ``state_dict``'s surviving weights, and its history."""
+        model = build_network(self.model_args).to(self.device)
         model.load_state_dict(state_dict)
         DG = build_graph(model, self.model_args)
         modules = dict(model.named_modules())
-        gn_sizes = _gn_group_sizes(model)
+        gn_sizes, head_widths = _gn_group_sizes(model), _head_widths(model)
         for (name, _, _), m in zip(self.layout, self.split(mask)):
             idxs = np.flatnonzero(m).tolist()
             if not idxs:
@@ -213,9 +233,15 @@ class MaskExtractor:
             group = DG.get_pruning_group(root, handler, idxs)
             group.prune()
         fix_groupnorms(model, gn_sizes)
+        heads_from_widths(model, head_widths)
         history = [[str(n), bool(o), [int(i) for i in idx]] for n, o, idx in
                    DG.pruning_history()]
         return model, history
+
+
+def _head_widths(model):
+    return {name.removesuffix(".qkv"): width
+            for name, (_, width) in attention_heads(model).items()}
 
 
 def _gn_group_sizes(model):
@@ -235,10 +261,11 @@ def fix_groupnorms(model, group_sizes):
 
 
 def rebuild_pruned(model_args, history):
-    """A pruned UNet (random weights) from a dense architecture and a pruning history."""
-    model = UNet(**model_args)
-    gn_sizes = _gn_group_sizes(model)
+    """A pruned network (random weights) from a dense architecture and a pruning history."""
+    model = build_network(model_args)
+    gn_sizes, head_widths = _gn_group_sizes(model), _head_widths(model)
     DG = build_graph(model, model_args)
     DG.load_pruning_history([[n, bool(o), list(idx)] for n, o, idx in history])
     fix_groupnorms(model, gn_sizes)
+    heads_from_widths(model, head_widths)
     return model

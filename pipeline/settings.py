@@ -6,6 +6,7 @@ from dataclasses import replace
 
 from core.config import dump_config, load_config
 from core.regions import require_regions
+from datasets import DIGIT_SETS
 from utils.errors import UserError
 
 
@@ -16,7 +17,7 @@ def resolve(base, source):
     target: up to target.max_epochs), dense training up to target.plateau_max_epochs when it
     runs to a plateau, and taeb.regions: auto planned."""
     t = base.target
-    if t.enabled and base.data.dataset != "DIGITS":
+    if t.enabled and base.data.dataset not in DIGIT_SETS:
         raise UserError("target.enabled: the target is scored with the digits metric; "
                         "other data sets fine-tune for fixed epochs (target.enabled: false)")
     regions = () if base.taeb.auto and not base.taeb.regions else \

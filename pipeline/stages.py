@@ -23,6 +23,7 @@ from core.layout import Layout, eb_doc, eqflops_doc, plan_set, region_doc, taeb_
 from core.options import Experiment
 from core.regions import read_manifest
 from core.runlog import read_costs, record_cost, summed_cost
+from datasets import DIGIT_SETS
 from evaluation.costs import cumulative
 from evaluation.curves import digits_quality, eval_epochs, evaluate_curve, on_axis
 from evaluation.heldout import heldout_set
@@ -214,7 +215,7 @@ class Pipeline:
     # --- quality along training ------------------------------------------------------------
     def scorer(self):
         if self._score is None:
-            self._score = digits_quality(self.layout.metric_cache())
+            self._score = digits_quality(self.layout.metric_cache(), self.cfg.data.dataset)
         return self._score
 
     def heldout(self):
@@ -474,9 +475,10 @@ class Pipeline:
 
     def score(self, name, folder, metric):
         p, n = self.cfg.pipeline, str(self.cfg.sampling.n_samples)
-        if self.cfg.data.dataset == "DIGITS":
+        if self.cfg.data.dataset in DIGIT_SETS:
             run([PY, script("digits_metric.py"), folder, "--image_size",
-                 str(self.cfg.data.image_size), "--n_samples", n, "--cache_dir",
+                 str(self.cfg.data.image_size), "--dataset", self.cfg.data.dataset,
+                 "--n_samples", n, "--cache_dir",
                  self.layout.metric_cache(), "--output", metric], f"digits metric {name}")
         elif p.fid_ref:
             cmd = [PY, script("fid.py"), folder, p.fid_ref, "--n_samples", n, "--output", metric]
@@ -486,7 +488,7 @@ class Pipeline:
     # --- 7b. quality along training, 8. the report -----------------------------------------
     def curves(self):
         """Quality along training of every run, each on the same fixed noise."""
-        if self.cfg.data.dataset != "DIGITS":
+        if self.cfg.data.dataset not in DIGIT_SETS:
             print("note: quality curves are scored with the digits metric only; skipped")
             return
         every, L = self.cfg.pipeline.eval_every, self.layout

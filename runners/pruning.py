@@ -22,7 +22,7 @@ def _weights(c, path, cfg):
         raise UserError(f"{path}: already a pruned model; prune dense checkpoints")
     model_args = c.get("model_args")
     if model_args is None:
-        model_args = cfg.unet_kwargs()
+        model_args = cfg.model_kwargs()
     return model_args, ck.pick_weights(c, cfg.pruning.use_ema, path)
 
 

@@ -55,7 +55,7 @@ def load_sampling_model(cfg, opts, device):
         c = ck.load_checkpoint(path)
         args = c.get("model_args")
         if args is None:
-            args = cfg.unet_kwargs()
+            args = cfg.model_kwargs()
         else:
             diff = ck.architecture_differences(cfg, args)
             if diff:

@@ -25,7 +25,7 @@ class Source:
 def _refuse_other_architecture(cfg, model_args, source, what):
     diff = ck.architecture_differences(cfg, model_args)
     if diff:
-        shown = ", ".join(f"{k} (config {cfg.unet_kwargs()[k]!r}, checkpoint "
+        shown = ", ".join(f"{k} (config {cfg.model_kwargs()[k]!r}, checkpoint "
                           f"{model_args[k]!r})" for k in diff)
         raise UserError(f"{source}: cannot {what} with another architecture: {shown}")
 
@@ -35,7 +35,7 @@ def resolve_source(cfg, opts, layout):
     if opts.resume:
         c, latest = _resume_state(layout, opts.doc)
         if c is None:
-            return Source(cfg.unet_kwargs(), restart=True)
+            return Source(cfg.model_kwargs(), restart=True)
         _refuse_other_architecture(cfg, c["model_args"], latest, "resume")
         return Source(c["model_args"], c.get("pruning"), resume=c, weights_from=latest)
     if layout.checkpoint_files(opts.doc) and not opts.ni:
@@ -55,8 +55,8 @@ def resolve_source(cfg, opts, layout):
             _refuse_other_architecture(cfg, rs["model_args"], opts.restore_from, "train on")
         if rs.get("pruning"):
             return Source(rs["model_args"], rs["pruning"], sd, opts.restore_from)
-        return Source(cfg.unet_kwargs(), None, sd, opts.restore_from)
-    return Source(cfg.unet_kwargs())
+        return Source(cfg.model_kwargs(), None, sd, opts.restore_from)
+    return Source(cfg.model_kwargs())
 
 
 def _resume_state(layout, doc):

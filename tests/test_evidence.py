@@ -288,7 +288,7 @@ def test_heldout_score_is_bit_identical_and_moves_with_the_batch_below_1e_6(tiny
     from evaluation.heldout import heldout_loss, heldout_set
     cfg = load_config(tiny_cfg)
     torch.manual_seed(0)
-    model = build_model(cfg.unet_kwargs())
+    model = build_model(cfg.model_kwargs())
     ho = heldout_set(cfg, images=24, timesteps=4)
     assert ho.x0.shape[0] == 24 and len(ho.t) <= 4 and int(ho.t[0]) == 0
     d = vars(cfg.diffusion)

@@ -227,7 +227,7 @@ def test_sampling_and_fid_statistics_project_their_disk_use_first(tiny_cfg, tmp_
     folder = str(tmp_path / "s")
     with pytest.raises(UserError, match=r"sampling 500 images needs about 2.0 MB under .*, "
                                          r"0.4 MB are free: free space or sample fewer"):
-        sample_to_folder(UNet(**cfg.unet_kwargs()), cfg, folder, device=torch.device("cpu"),
+        sample_to_folder(UNet(**cfg.model_kwargs()), cfg, folder, device=torch.device("cpu"),
                          progress=False)
     assert [f for f in os.listdir(folder) if f.endswith(".png")] == []  # nothing sampled
     ref = tmp_path / "ref"
