@@ -33,7 +33,7 @@ def unet():
     z = _load("unet_tiny.npz")
     meta = json.loads(str(z["meta.config_json"]))
     keys = [str(k) for k in z["meta.state_dict_keys"]]
-    model = UNet(**meta["project_model_kwargs"])
+    model = UNet(**meta["project_unet_kwargs"])
     assert list(model.state_dict().keys()) == keys  # same names, same order
     missing, unexpected = model.load_state_dict(
         {k: torch.from_numpy(z[k]) for k in keys}, strict=True)
