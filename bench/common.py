@@ -16,7 +16,7 @@ from models.diffusion import Diffusion  # noqa: E402
 from models.ema import EMA  # noqa: E402
 from models.pruning import MaskExtractor, count_params_macs  # noqa: E402
 from models.resample import AntitheticSampler  # noqa: E402
-from models.unet import UNet  # noqa: E402
+from models.networks import build_network  # noqa: E402
 from core.config import load_config  # noqa: E402
 from core.device import autocast_for, use_channels_last  # noqa: E402
 from runners.step import train_step  # noqa: E402
@@ -58,10 +58,10 @@ def reset_peak(device):
 
 
 def tickets(cfg, ratios, device="cpu", round_to=0):
-    """{ratio: (pruned UNet, params, MACs)} pruned by magnitude from one random dense net."""
+    """{ratio: (pruned network, params, MACs)} pruned by magnitude from one random dense net."""
     args = cfg.model_kwargs()
     torch.manual_seed(0)
-    dense = UNet(**args)
+    dense = build_network(args)
     ex = MaskExtractor(args, round_to=round_to)
     sd = dense.state_dict()
     ex.load_weights(sd)

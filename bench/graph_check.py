@@ -28,7 +28,7 @@ from core.device import autocast_for  # noqa: E402
 from models.diffusion import Diffusion  # noqa: E402
 from models.ema import EMA  # noqa: E402
 from models.resample import AntitheticSampler  # noqa: E402
-from models.unet import UNet  # noqa: E402
+from models.networks import build_network  # noqa: E402
 from runners.graph_step import GraphStep  # noqa: E402
 from runners.optim import make_optimizer  # noqa: E402
 from runners.step import MasterWeights, NonFinite, train_step  # noqa: E402
@@ -38,7 +38,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def make_run(cfg, device, *, bf16=False, graph_safe=True, seed=0):
     torch.manual_seed(seed)
-    model = UNet(**cfg.model_kwargs()).to(device)
+    model = build_network(cfg.model_kwargs()).to(device)
     master = MasterWeights(model) if bf16 else None
     opt = make_optimizer(cfg, model.parameters(), device, graph_safe=graph_safe)
     return types.SimpleNamespace(model=model, train_model=master.compute if bf16 else model,

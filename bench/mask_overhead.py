@@ -13,7 +13,7 @@ import torch
 from common import bench_config, median_time, our_step_fn, print_table
 from models.diffusion import Diffusion
 from models.pruning import MaskExtractor
-from models.unet import UNet
+from models.networks import build_network
 from train_step import SMOKE
 
 DATASET_SIZE = {"CIFAR10": 50000, "CELEBA": 162770, "DIGITS": 1437, "FASHION_MNIST": 60000}
@@ -22,7 +22,7 @@ DATASET_SIZE = {"CIFAR10": 50000, "CELEBA": 162770, "DIGITS": 1437, "FASHION_MNI
 def measure(cfg, batch, device, iters, ratios=(0.3, 0.6, 0.8)):
     args = cfg.model_kwargs()
     torch.manual_seed(0)
-    model = UNet(**args)
+    model = build_network(args)
     sd = model.state_dict()
     t0 = time.perf_counter()
     ex = MaskExtractor(args)  # built once per run (online) or per process (offline)

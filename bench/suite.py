@@ -16,7 +16,7 @@ from common import (LiveRows, bench_config, median_time, our_step_fn, peak_mb, p
                     reset_peak, seed_loop, sync, tickets)
 from models.diffusion import Diffusion, sample_images
 from models.stitched import StitchedTickets
-from models.unet import UNet
+from models.networks import build_network
 from core.runlog import training_flops
 from train_step import SMOKE
 
@@ -32,7 +32,7 @@ def loss_curve(cfg, steps, device, amp, seed=0):
     """Mean training loss over ``steps`` steps from a fixed seed with amp on or off."""
     cfg = cfg.with_overrides([f"fast.amp={amp}"])
     torch.manual_seed(seed)
-    model = UNet(**cfg.model_kwargs())
+    model = build_network(cfg.model_kwargs())
     d = cfg.data
     g = torch.Generator().manual_seed(seed)
     data = torch.rand(8, cfg.training.batch_size, d.channels, d.image_size,

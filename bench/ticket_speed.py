@@ -1,11 +1,14 @@
-"""Training-step time of the dense UNet and of tickets at pruning ratios 0.3 / 0.6 / 0.8,
+"""Training-step time of a dense network and of its tickets at pruning ratios 0.3 / 0.6 / 0.8,
 measured in the same process, next to each ticket's MACs reduction; with and without
-kernel-friendly widths (pruning.round_to).
+kernel-friendly widths (pruning.round_to). One table per config: by default the UNet and the
+DiT of CIFAR-10 (configs/cifar10.yml, configs/cifar10_dit.yml: 6.07 GMACs each).
 
-  python bench/ticket_speed.py --config cifar10.yml --batch 8 --round_to 0 8
+  python bench/ticket_speed.py --config cifar10.yml cifar10_dit.yml --batch 8 --round_to 0 8
 
 "speed-up / MACs reduction" is 1.00 when step time falls as fast as the MACs; the column
-"odd widths" counts convolutions whose output width is not a multiple of 8.
+"odd widths" counts convolutions and Linear layers whose output width is not a multiple of 8
+(a DiT prunes whole heads and per-unit MLP widths; round_to rounds the UNet's channels and
+the DiT's MLP widths, its heads are whole anyway).
 """
 import argparse
 
@@ -16,8 +19,9 @@ from train_step import SMOKE
 
 
 def odd_widths(model, multiple=8):
-    convs = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
-    return sum(1 for m in convs if m.out_channels % multiple), len(convs)
+    layers = [m.out_channels if isinstance(m, torch.nn.Conv2d) else m.out_features
+              for m in model.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
+    return sum(1 for w in layers if w % multiple), len(layers)
 
 
 def measure(cfg, ratios, batch, device, iters, round_tos=(0,)):
@@ -49,7 +53,8 @@ def measure(cfg, ratios, batch, device, iters, round_tos=(0,)):
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--config", default="cifar10.yml")
+    p.add_argument("--config", nargs="+", default=["cifar10.yml", "cifar10_dit.yml"],
+                   help="one table per config (default: %(default)s)")
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--ratios", type=float, nargs="+", default=[0.3, 0.6, 0.8])
     p.add_argument("--round_to", type=int, nargs="+", default=[0, 8],
@@ -60,16 +65,19 @@ def main(argv=None):
                    help="time every network's step under torch.compile (fast.compile)")
     p.add_argument("--smoke", action="store_true")
     a = p.parse_args(argv)
-    cfg = bench_config(a.config, (SMOKE if a.smoke else []) +
-                       [f"fast.compile={str(a.compile).lower()}"])
     device = torch.device(a.device)
-    rows = measure(cfg, a.ratios, a.batch, device, 2 if a.smoke else a.iters, a.round_to)
-    print_table(f"ticket speed ({a.config}, batch {a.batch}, {device}, "
-                + ("torch.compile, " if a.compile else "")
-                + f"{torch.get_num_threads()} threads)",
-                ["network", "round_to", "params (M)", "GMACs", "MACs reduction", "step (ms)",
-                 "speed-up", "speed-up / MACs reduction", "odd widths"], rows)
-    return rows
+    tables = {}
+    for name in a.config:
+        cfg = bench_config(name, (SMOKE if a.smoke else []) +
+                           [f"fast.compile={str(a.compile).lower()}"])
+        rows = measure(cfg, a.ratios, a.batch, device, 2 if a.smoke else a.iters, a.round_to)
+        print_table(f"ticket speed ({name}: {cfg.model.type}, batch {a.batch}, {device}, "
+                    + ("torch.compile, " if a.compile else "")
+                    + f"{torch.get_num_threads()} threads)",
+                    ["network", "round_to", "params (M)", "GMACs", "MACs reduction",
+                     "step (ms)", "speed-up", "speed-up / MACs reduction", "odd widths"], rows)
+        tables[name] = rows
+    return tables
 
 
 if __name__ == "__main__":

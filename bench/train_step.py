@@ -1,4 +1,4 @@
-"""Median training-step time and images/s of the dense UNet for a config and batch size.
+"""Median training-step time and images/s of the dense network for a config and batch size.
 
   python bench/train_step.py --config cifar10.yml --batch 8
   python bench/train_step.py --config digits.yml --batch 64
@@ -9,15 +9,16 @@ import torch
 
 from common import (bench_config, median_time, our_step_fn, peak_mb, print_table,
                     reset_peak)
-from models.unet import UNet
+from models.networks import build_network
 
 SMOKE = ["model.ch=16", "model.ch_mult=[1,2]", "model.num_res_blocks=1",
-         "model.attn_resolutions=[]", "model.gn_groups=8", "data.image_size=8"]
+         "model.attn_resolutions=[]", "model.gn_groups=8", "data.image_size=8",
+         "model.hidden_size=32", "model.depth=2", "model.num_heads=4"]  # (DiT: the last 3)
 
 
 def measure_dense(cfg, batch, device, iters):
     torch.manual_seed(0)
-    model = UNet(**cfg.model_kwargs())
+    model = build_network(cfg.model_kwargs())
     d = cfg.data
     x = torch.rand(batch, d.channels, d.image_size, d.image_size) * 2 - 1
     reset_peak(device)
