@@ -279,25 +279,30 @@ def test_dit_masks_feed_find_earlybird(tmp_path):
 
 
 @pytest.mark.slow
-def test_dit_whole_pipeline(tmp_path):
-    """Every stage with a DiT: dense, EB epochs, EB ticket, train-prune-finetune, TA-EB tickets
-    of different widths, stitched sampling, the report."""
-    path = pipeline_config(tmp_path / "pipe.yml", 4)
+def test_dit_study_writes_a_page(tmp_path):
+    """The study with a DiT backbone (one seed, tiny): every stage of the pipeline (dense, EB
+    epochs, EB ticket, train-prune-finetune, TA-EB tickets of different widths, stitched
+    sampling), then the page, its verdict lines and data."""
+    path = pipeline_config(tmp_path / "s.yml", 2)
     cfg = yaml.safe_load(open(path))
     cfg["model"].update(DIT_MODEL)
     write_config(path, cfg)
-    exp = str(tmp_path / "runs")
-    res = run_py(["earlybird_scripts/run_pipeline.py", "--config", path, "--exp", exp,
-                  "--doc", "pipe", "--pruning_ratio", "0.5", "--finetune_epochs", "1",
-                  "--n_samples", "12"], timeout=900)
-    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
-    table = open(os.path.join(exp, "report", "pipe", "results.md")).read()
-    for row in ("| Dense |", "| Train-prune-finetune (p=0.5) |", "| EB ticket (p=0.5) |",
-                "| TA-EB ([0,40):0.3, [40,100):0.5) |"):
-        assert row in table
+    out = tmp_path / "page" / "dit.md"
+    res = run_py(["earlybird_scripts/study.py", "--config", path, "--exp", str(tmp_path / "e"),
+                  "--doc", "d", "--seeds", "1", "--eval_samples", "16", "--eval_timesteps", "3",
+                  "--final_samples", "16", "--out", str(out), "--override", "target.every=1",
+                  "target.max_epochs=2", "target.axis=heldout", "target.evaluations=2",
+                  "taeb.plan_images=8", "taeb.plan_bins=4"], timeout=900)
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
+    page = out.read_text()
+    for row in ("| Dense |", "| EB ticket (p=0.5) |", "| Train-prune-finetune (p=0.5) |",
+                "| TA-EB ([0,40):0.3, [40,100):0.5) |", "(b) the EB ticket reaches"):
+        assert row in page, row
+    data = json.load(open(out.with_suffix(".json")))
+    assert {r["method"] for r in data["rows"]} >= {"Dense", "EB ticket (p=0.5)"}
     from core.regions import read_manifest
     heads = []
-    for t in read_manifest(os.path.join(exp, "tickets", "pipe", "tickets.yml")).tickets:
+    for t in read_manifest(str(tmp_path / "e" / "tickets" / "d_s0" / "tickets.yml")).tickets:
         net = model_from_checkpoint(load_checkpoint(t.checkpoint), t.checkpoint)
         heads.append(net.blocks[0].attn.num_heads)
     assert heads == [3, 2]  # ratios 0.3 and 0.5 of 4 heads
