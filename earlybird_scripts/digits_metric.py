@@ -15,8 +15,9 @@ def build_parser():
     p.add_argument("samples", help="folder of generated digits")
     p.add_argument("--image_size", type=int, default=16,
                    help="size the digits are compared at (default: %(default)s)")
-    p.add_argument("--dataset", default="DIGITS", choices=["DIGITS", "MNIST5K"],
-                   help="the real digits compared with (default: %(default)s)")
+    p.add_argument("--dataset", default="DIGITS",
+                   help="the real digits compared with: DIGITS or MNIST5K (default: "
+                        "%(default)s)")
     p.add_argument("--n_samples", type=int, default=None,
                    help="use (and require) N samples (default: all)")
     p.add_argument("--cache_dir", default="data",

@@ -68,8 +68,7 @@ def main(argv=None):
     if a.to == "diffusers":
         if a.out.endswith(".safetensors"):
             raise UserError("--to diffusers writes a folder: --out names a folder")
-        if c["model_args"].get("arch") == "dit":
-            raise UserError(f"{a.restore_from}: {interop.DIT_NOT_EXPRESSIBLE}")
+        interop.diffusers_config(c["model_args"])  # refuses what no diffusers config can be
         if c.get("pruning"):
             raise UserError(f"{a.restore_from}: a pruned ticket cannot be a diffusers folder "
                             f"(its config would hold the dense widths): export it with "

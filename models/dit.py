@@ -141,11 +141,11 @@ class DiT(nn.Module):
         return self.unpatchify(self.final_layer(h, c))
 
 
-def heads_from_widths(model, head_dims):
-    """After pruning: each Attention's head count from its projection's input width and the
-    head width it was built with (``head_dims``: module name -> head_dim)."""
-    for name, m in model.named_modules():
-        if isinstance(m, Attention) and name in head_dims:
-            m.head_dim = head_dims[name]
+def heads_from_widths(model):
+    """After pruning: each Attention's head count from its projection's input width. Pruning
+    removes whole heads, so ``head_dim`` (an attribute torch-pruning leaves alone) is still the
+    width every head was built with."""
+    for m in model.modules():
+        if isinstance(m, Attention):
             m.attn_dim = m.proj.in_features
             m.num_heads = m.attn_dim // m.head_dim

@@ -5,9 +5,6 @@ before the DiT existed load unchanged)."""
 from models.dit import Attention, DiT
 from models.unet import UNet
 
-BACKBONES = ("simple", "dit")
-
-
 def is_dit(model_args):
     return (model_args or {}).get("arch") == "dit"
 

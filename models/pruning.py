@@ -223,7 +223,7 @@ class MaskExtractor:
         model.load_state_dict(state_dict)
         DG = build_graph(model, self.model_args)
         modules = dict(model.named_modules())
-        gn_sizes, head_widths = _gn_group_sizes(model), _head_widths(model)
+        gn_sizes = _gn_group_sizes(model)
         for (name, _, _), m in zip(self.layout, self.split(mask)):
             idxs = np.flatnonzero(m).tolist()
             if not idxs:
@@ -233,15 +233,10 @@ class MaskExtractor:
             group = DG.get_pruning_group(root, handler, idxs)
             group.prune()
         fix_groupnorms(model, gn_sizes)
-        heads_from_widths(model, head_widths)
+        heads_from_widths(model)
         history = [[str(n), bool(o), [int(i) for i in idx]] for n, o, idx in
                    DG.pruning_history()]
         return model, history
-
-
-def _head_widths(model):
-    return {name.removesuffix(".qkv"): width
-            for name, (_, width) in attention_heads(model).items()}
 
 
 def _gn_group_sizes(model):
@@ -263,9 +258,9 @@ def fix_groupnorms(model, group_sizes):
 def rebuild_pruned(model_args, history):
     """A pruned network (random weights) from a dense architecture and a pruning history."""
     model = build_network(model_args)
-    gn_sizes, head_widths = _gn_group_sizes(model), _head_widths(model)
+    gn_sizes = _gn_group_sizes(model)
     DG = build_graph(model, model_args)
     DG.load_pruning_history([[n, bool(o), list(idx)] for n, o, idx in history])
     fix_groupnorms(model, gn_sizes)
-    heads_from_widths(model, head_widths)
+    heads_from_widths(model)
     return model
