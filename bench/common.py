@@ -62,7 +62,7 @@ def tickets(cfg, ratios, device="cpu", round_to=0):
     args = cfg.model_kwargs()
     torch.manual_seed(0)
     dense = build_network(args)
-    ex = MaskExtractor(args, round_to=round_to)
+    ex = MaskExtractor(args, round_to=round_to, depth_scale=cfg.pruning.depth_scale)
     sd = dense.state_dict()
     ex.load_weights(sd)
     scores, _ = ex.scores("magnitude")

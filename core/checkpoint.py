@@ -90,7 +90,8 @@ def build_model(model_args, pruning=None):
     """A fresh network (random weights) of the stored architecture."""
     if pruning:
         from models.pruning import rebuild_pruned
-        return rebuild_pruned(model_args, pruning["history"])
+        return rebuild_pruned(model_args, pruning["history"],
+                              pruning.get("removed_blocks", ()))
     return build_network(model_args)
 
 

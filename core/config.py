@@ -153,6 +153,8 @@ class PruningSettings:
     use_ema: bool = True            # masks and tickets come from the EMA weights
     round_to: int = 0               # keep a multiple of lcm(round_to, GroupNorm group size)
                                     # channels per group (0: only the GroupNorm group size)
+    depth_scale: float = 0.0        # a DiT: a mask at ratio p also removes round(depth_scale
+                                    # * p * depth) whole blocks (0: width only)
 
 
 @dataclass(frozen=True)
@@ -446,7 +448,7 @@ RANGES = {
     ("training", "keep_last"): NON_NEGATIVE, ("training", "dist_timeout_s"): AT_LEAST_ONE,
     ("pruning", "taylor_batch_size"): AT_LEAST_ONE, ("pruning", "taylor_steps"): AT_LEAST_ONE,
     ("pruning", "thr"): FRACTION, ("pruning", "diff_stride"): AT_LEAST_ONE,
-    ("pruning", "round_to"): NON_NEGATIVE,
+    ("pruning", "round_to"): NON_NEGATIVE, ("pruning", "depth_scale"): (0, 1, True, True),
     ("earlybird", "window"): (2, None, True, False), ("earlybird", "threshold"): FRACTION,
     ("taeb", "finetune_epochs"): NON_NEGATIVE, ("taeb", "overlap"): NON_NEGATIVE,
     ("taeb", "max_regions"): AT_LEAST_ONE, ("taeb", "plan_bins"): (2, None, True, False),
@@ -495,6 +497,9 @@ def _check_values(cfg, source):
         _check_dit(m, d, source)
     else:
         _check_unet(m, d, source)
+        if cfg["pruning"]["depth_scale"]:
+            raise UserError(f"{source}: pruning.depth_scale removes a DiT's blocks; this "
+                            f"UNet (model.type: {m['type']}) prunes by width only (set it to 0)")
     t = cfg["training"]
     if t["batch_size"] % t["grad_accum"]:
         raise UserError(f"{source}: training.batch_size {t['batch_size']} is not divisible by "

@@ -11,9 +11,12 @@ every block starts as the identity); a final adaLN LayerNorm and Linear give p *
 values per token, folded back into the image.
 
 What prunes (models/pruning.py): whole attention heads (q, k, v and the projection's inputs
-together) and the MLP's hidden units. The token width (``hidden_size``) is shared by every
-residual branch and stays. A pruned block keeps its head width; ``heads_from_widths`` restores
-each Attention's head count from its projection's width after a pruning history is replayed.
+together), the MLP's hidden units and, with ``pruning.depth_scale``, whole blocks (a removed
+block becomes a ``SkippedBlock``, which passes its tokens through, so the other blocks keep
+their names and a pruning history still replays). The token width (``hidden_size``) is shared
+by every residual branch and stays. A pruned block keeps its head width; ``heads_from_widths``
+restores each Attention's head count from its projection's width after a pruning history is
+replayed.
 """
 import math
 
@@ -68,6 +71,14 @@ class DiTBlock(nn.Module):
         shift1, scale1, gate1, shift2, scale2, gate2 = self.adaLN_modulation(c).chunk(6, dim=1)
         x = x + gate1[:, None] * self.attn(modulate(self.norm1(x), shift1, scale1))
         return x + gate2[:, None] * self.mlp(modulate(self.norm2(x), shift2, scale2))
+
+
+class SkippedBlock(nn.Module):
+    """A block removed by depth pruning: its residual branches contribute nothing, so the
+    tokens pass through unchanged (no parameters)."""
+
+    def forward(self, x, c):
+        return x
 
 
 class FinalLayer(nn.Module):
@@ -149,3 +160,16 @@ def heads_from_widths(model):
         if isinstance(m, Attention):
             m.attn_dim = m.proj.in_features
             m.num_heads = m.attn_dim // m.head_dim
+
+
+def drop_blocks(model, indices):
+    """Replace the blocks at ``indices`` with ``SkippedBlock`` (in place); returns the model."""
+    for i in indices:
+        model.blocks[int(i)] = SkippedBlock()
+    return model
+
+
+def dropped_blocks(model):
+    """Indices of the blocks depth pruning removed ([] for a UNet or an unpruned DiT)."""
+    return [i for i, b in enumerate(getattr(model, "blocks", []))
+            if isinstance(b, SkippedBlock)]

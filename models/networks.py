@@ -25,6 +25,14 @@ def unprunable_layers(model):
     return [model.conv_out]
 
 
+def transformer_blocks(model):
+    """{index: name prefix} of a DiT's blocks, the units depth pruning removes (empty for a
+    UNet)."""
+    if not isinstance(model, DiT):
+        return {}
+    return {i: f"blocks.{i}." for i in range(len(model.blocks))}
+
+
 def attention_heads(model):
     """{name of an attention's qkv Linear: (heads, head width)} of a DiT (empty for a UNet,
     whose attention is one head over all channels and prunes by channel)."""

@@ -5,7 +5,11 @@ Masks: for every pruning group of the dependency graph (in its deterministic ord
 entry per channel of the group's root layer (1 = pruned), concatenated. A DiT attention's group
 is rooted at its qkv Linear and prunes whole heads: a head's q, k and v channels (and the
 projection's inputs they feed) are pruned together, ranked by the head's summed importance; the
-MLP's hidden units prune per unit.
+MLP's hidden units prune per unit. With ``depth_scale`` d > 0 (``pruning.depth_scale``, a DiT
+only) a mask at ratio p also removes round(d * p * depth) whole blocks (at most depth - 1), those
+of least block importance; a removed block's groups are masked entirely (every head and unit of
+it pruned), so the mask format, its length and the early-bird rule stay as they are and a
+changed choice of block weighs in the Hamming distance by the block's channels.
 
 How a ratio p becomes kept channels (torch-pruning's GroupNorm handling is not used, see
 docs/pruning.md): every group keeps round((1 - p) * C / u) * u of its
@@ -30,8 +34,9 @@ import torch.nn as nn
 import torch_pruning as tp
 
 from models.pruner_names import canonical_pruner
-from models.dit import heads_from_widths
-from models.networks import attention_heads, build_network, unprunable_layers
+from models.dit import drop_blocks, heads_from_widths
+from models.networks import (attention_heads, build_network, transformer_blocks,
+                             unprunable_layers)
 
 def example_inputs(model_args, device="cpu"):
     r, c = model_args["resolution"], model_args["in_channels"]
@@ -87,9 +92,10 @@ class MaskExtractor:
     """Dependency graph and group layout of one architecture, built once; computes importance
     scores from any weights of that architecture and masks at any ratio."""
 
-    def __init__(self, model_args, device="cpu", round_to=0):
+    def __init__(self, model_args, device="cpu", round_to=0, depth_scale=0.0):
         self.model_args = dict(model_args)
         self.round_to = int(round_to or 0)
+        self.depth_scale = float(depth_scale or 0.0)
         self.device = torch.device(device)
         self.model = build_network(model_args).to(self.device).eval()
         self.DG = build_graph(self.model, model_args)
@@ -106,6 +112,11 @@ class MaskExtractor:
             has_gn = any(isinstance(d.dep.target.module, nn.GroupNorm) for d in g)
             unit = c // gn_groups if has_gn and c % gn_groups == 0 and c >= gn_groups else 1
             self.layout.append((names[root], int(c), channel_unit(c, unit, self.round_to)))
+        # {block index: its prefix}: blocks that depth pruning may remove
+        self.blocks = transformer_blocks(self.model) if self.depth_scale else {}
+        if self.depth_scale and not self.blocks:
+            raise ValueError("depth pruning (pruning.depth_scale) needs a network with "
+                             "transformer blocks (model.type: dit)")
 
     @functools.cached_property
     def dense_cost(self):
@@ -129,10 +140,12 @@ class MaskExtractor:
         if pruner == "magnitude":
             imp = tp.importance.GroupMagnitudeImportance(p=2)
             with torch.no_grad():
-                return [imp(g).float().cpu() for g in self.groups], {}
+                return [imp(g).float().cpu() for g in self.groups] + self._block_scores(
+                    pruner), {}
         if pruner == "random":
             gen = torch.Generator().manual_seed(seed)
-            return [torch.rand(c, generator=gen) for _, c, _ in self.layout], {}
+            return [torch.rand(c, generator=gen) for _, c, _ in self.layout] + (
+                [torch.rand(len(self.blocks), generator=gen)] if self.blocks else []), {}
         if data is None or diffusion is None:
             raise ValueError(f"the {pruner} pruner needs a batch of real data")
         self.model.zero_grad(set_to_none=True)
@@ -141,9 +154,28 @@ class MaskExtractor:
         else:
             info = self._diff_pruning_gradients(diffusion, data, thr, stride, seed)
         imp = tp.importance.GroupTaylorImportance()
-        out = [imp(g).float().cpu() for g in self.groups]
+        out = [imp(g).float().cpu() for g in self.groups] + self._block_scores(pruner)
         self.model.zero_grad(set_to_none=True)
         return out, info
+
+    def _block_scores(self, pruner):
+        """[one tensor of a score per block] with depth pruning, else []: the block's L2 norm
+        over all its weights (magnitude), or sum |w * dL/dw| over them (the gradient pruners:
+        the first-order change of the loss if the block's weights were zero). Group scores are
+        normalised within each group, so they cannot rank blocks."""
+        if not self.blocks:
+            return []
+        params = dict(self.model.named_parameters())
+        out = []
+        for prefix in self.blocks.values():
+            ws = [w for n, w in params.items() if n.startswith(prefix)]
+            with torch.no_grad():
+                if pruner == "magnitude":
+                    out.append(torch.sqrt(sum((w.double() ** 2).sum() for w in ws)))
+                else:
+                    out.append(sum((w.double() * w.grad.double()).abs().sum() for w in ws
+                                   if w.grad is not None))
+        return [torch.stack(out).float().cpu()]
 
     def _taylor_gradients(self, diffusion, x0, steps, seed):
         """Sum the eps-loss gradients at ``steps`` timesteps spread evenly over [0, T), each
@@ -184,8 +216,12 @@ class MaskExtractor:
         """0/1 uint8 mask (1 = pruned) at ``ratio``, concatenated over groups."""
         if not 0.0 < ratio < 1.0:
             raise ValueError(f"pruning ratio must be in (0, 1), got {ratio}")
+        removed = self.removed_blocks(scores, ratio)
         parts = []
         for (name, c, unit), s in zip(self.layout, scores):
+            if any(name.startswith(self.blocks[i]) for i in removed):
+                parts.append(np.ones(c, dtype=np.uint8))
+                continue
             if name in self.heads:
                 parts.append(self._head_mask(name, s, ratio))
                 continue
@@ -195,6 +231,16 @@ class MaskExtractor:
             m[order[:c - keep]] = 1
             parts.append(m)
         return np.concatenate(parts)
+
+    def removed_blocks(self, scores, ratio):
+        """The blocks depth pruning removes at ``ratio``: round(depth_scale * ratio * depth) of
+        least block importance (the score list's last entry), at most all but one."""
+        if not self.blocks:
+            return []
+        n = len(self.blocks)
+        k = min(n - 1, int(np.floor(self.depth_scale * ratio * n + 0.5)))
+        order = torch.argsort(scores[len(self.layout)], stable=True).tolist()
+        return sorted(list(self.blocks)[i] for i in order[:k])
 
     def _head_mask(self, name, scores, ratio):
         """Mask of a qkv group [q | k | v], each heads x head width: the heads of lowest
@@ -224,9 +270,16 @@ class MaskExtractor:
         DG = build_graph(model, self.model_args)
         modules = dict(model.named_modules())
         gn_sizes = _gn_group_sizes(model)
-        for (name, _, _), m in zip(self.layout, self.split(mask)):
+        parts = self.split(mask)
+        # a block whose every group is masked whole is removed, not narrowed
+        whole = {n for (n, c, _), m in zip(self.layout, parts) if int(m.sum()) == c}
+        removed = [i for i, prefix in transformer_blocks(model).items()
+                   if any(n.startswith(prefix) for n, _, _ in self.layout)
+                   and all(n in whole for n, _, _ in self.layout if n.startswith(prefix))]
+        inside = tuple(f"blocks.{i}." for i in removed)
+        for (name, _, _), m in zip(self.layout, parts):
             idxs = np.flatnonzero(m).tolist()
-            if not idxs:
+            if not idxs or name.startswith(inside):
                 continue
             root = modules[name]
             handler = DG.get_pruner_of_module(root).prune_out_channels
@@ -234,6 +287,7 @@ class MaskExtractor:
             group.prune()
         fix_groupnorms(model, gn_sizes)
         heads_from_widths(model)
+        drop_blocks(model, removed)
         history = [[str(n), bool(o), [int(i) for i in idx]] for n, o, idx in
                    DG.pruning_history()]
         return model, history
@@ -255,12 +309,13 @@ def fix_groupnorms(model, group_sizes):
             m.num_groups = min(divisors, key=lambda d: (abs(d - target), -d))
 
 
-def rebuild_pruned(model_args, history):
-    """A pruned network (random weights) from a dense architecture and a pruning history."""
+def rebuild_pruned(model_args, history, removed_blocks=()):
+    """A pruned network (random weights) from a dense architecture, a pruning history and the
+    blocks depth pruning removed."""
     model = build_network(model_args)
     gn_sizes = _gn_group_sizes(model)
     DG = build_graph(model, model_args)
     DG.load_pruning_history([[n, bool(o), list(idx)] for n, o, idx in history])
     fix_groupnorms(model, gn_sizes)
     heads_from_widths(model)
-    return model
+    return drop_blocks(model, removed_blocks)

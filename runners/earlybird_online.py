@@ -30,7 +30,8 @@ class OnlineEarlyBird:
         # epoch on its GPU. Magnitude reads weights only and stays on the CPU.
         where = device if needs_gradients(self.pruner) else "cpu"
         self.extractor = MaskExtractor(model_args, device=where,
-                                       round_to=cfg.pruning.round_to)
+                                       round_to=cfg.pruning.round_to,
+                                       depth_scale=cfg.pruning.depth_scale)
         self.diffusion, self.data = pruning_inputs(cfg, self.pruner, dataset, where)
         self.detectors = {r: EarlyBirdDetector(self.window, self.threshold) for r in self.ratios}
 

@@ -60,6 +60,7 @@ def mask_meta(extractor, mask, *, ratio, pruner, epoch, source, use_ema, info):
     """The JSON sidecar of a mask."""
     return dict({"ratio": ratio, "pruner": pruner, "epoch": epoch, "source": source,
                  "use_ema": bool(use_ema), "round_to": extractor.round_to,
+                 "depth_scale": extractor.depth_scale,
                  "pruned_fraction": float(np.mean(mask)),
                  "group_sizes": [c for _, c, _ in extractor.layout]}, **info)
 

@@ -10,6 +10,7 @@ from core import checkpoint as ck
 from core.interop import is_diffusers_folder
 from core.layout import epoch_of_checkpoint
 from datasets import get_dataset
+from models.dit import dropped_blocks
 from models.pruner_names import needs_gradients
 from models.pruning import MaskExtractor, count_params_macs
 from runners.masks import compute_masks, mask_meta, pruning_inputs, save_mask
@@ -44,7 +45,8 @@ def prune_checkpoints(xp, checkpoints, ratios, *, save_masks=True, save_models=F
         model_args, sd = _weights(c, path, cfg)
         if extractor is None:
             extractor = MaskExtractor(model_args, device=device,
-                                      round_to=cfg.pruning.round_to)
+                                      round_to=cfg.pruning.round_to,
+                                      depth_scale=cfg.pruning.depth_scale)
         elif model_args != extractor.model_args:
             raise UserError(f"{path}: architecture differs from the first checkpoint's")
         try:
@@ -81,6 +83,8 @@ def save_ticket(extractor, state_dict, mask, *, model_args, cfg, meta, out_path,
     pruned, history = extractor.prune(state_dict, mask)
     p1, m1 = count_params_macs(pruned, model_args)
     pruning = dict(meta, history=history, params=p1, macs=m1, dense_params=p0, dense_macs=m0)
+    if dropped_blocks(pruned):  # depth pruning: rebuilt with these blocks skipped
+        pruning["removed_blocks"] = dropped_blocks(pruned)
     state = ck.make_checkpoint(model=ck.cpu_state_dict(pruned), config=cfg.as_dict(),
                                model_args=model_args, pruning=pruning)
     atomic_save(state, out_path)
@@ -96,31 +100,39 @@ def ticket_for(xp, ratio, epoch, *, log=None):
     its mask) on first use, reused after. Returns its path."""
     cfg, layout, doc = xp.cfg, xp.layout, xp.doc
     out = layout.ticket_file(doc, ratio, cfg.earlybird.pruner, epoch)
+    wanted = pruning_shape(vars(cfg.pruning))
     if os.path.isfile(out):
-        kept = (ck.load_checkpoint(out).get("pruning") or {}).get("round_to", 0)
-        if kept == cfg.pruning.round_to:
+        kept = pruning_shape(ck.load_checkpoint(out).get("pruning") or {})
+        if kept == wanted:
             return out
         if log:
-            log(f"{out}: pruned with round_to {kept}, the config says "
-                f"{cfg.pruning.round_to}: pruned again")
+            log(f"{out}: pruned with round_to {kept[0]}, depth_scale {kept[1]:g}; the config "
+                f"says {wanted[0]}, {wanted[1]:g}: pruned again")
     src = weights_of_epoch(layout, doc, epoch)
     if src is None:
         raise UserError(f"ratio {ratio:g}: no checkpoint of epoch {epoch} in "
                         f"{layout.run_dir(doc)} (dense training must reach epoch {epoch}, and "
                         f"training.epoch_ckpt / epoch_ckpt_until must keep it)")
     # the mask is saved too, unless that epoch's mask exists already (online masks equal it)
-    have_mask = _mask_round_to(layout.mask_file(doc, ratio, cfg.earlybird.pruner,
-                                                epoch)) == cfg.pruning.round_to
+    have_mask = _mask_shape(layout.mask_file(doc, ratio, cfg.earlybird.pruner,
+                                             epoch)) == wanted
     prune_checkpoints(xp, [(epoch, src)], [ratio], save_masks=not have_mask, save_models=True,
                       log=log)
     return out
 
 
-def _mask_round_to(path):
-    """The round_to a saved mask was made with (0 before the key existed); None: no mask."""
+def pruning_shape(record):
+    """(round_to, depth_scale) of a pruning record, a mask's sidecar or the config's pruning
+    section: what must match for a saved mask or ticket to be reused (0 for keys written
+    before they existed)."""
+    return int(record.get("round_to", 0) or 0), float(record.get("depth_scale", 0.0) or 0.0)
+
+
+def _mask_shape(path):
+    """The pruning_shape a saved mask was made with; None: no mask."""
     if not os.path.isfile(path):
         return None
-    return read_json(path[:-4] + ".json", {}).get("round_to", 0)
+    return pruning_shape(read_json(path[:-4] + ".json", {}))
 
 
 def weights_of_epoch(layout, doc, epoch):

@@ -183,6 +183,71 @@ def test_dit_pruning_removes_whole_heads_consistently(pruner, tmp_path):
         assert torch.equal(back.eval()(x, t), got)
 
 
+@pytest.mark.parametrize("pruner", ["magnitude", "taylor"])
+def test_dit_depth_pruning_removes_whole_blocks(pruner, tmp_path):
+    """pruning.depth_scale: a mask at ratio p also removes round(scale * p * depth) blocks, the
+    least important (here the block whose weights were shrunk); their groups are masked whole,
+    the ticket skips them, and it round-trips through a checkpoint."""
+    from models.dit import SkippedBlock, dropped_blocks
+    from runners.masks import mask_meta
+    from runners.pruning import save_ticket
+    args = dict(ARGS, depth=4)
+    model = _random_dit(depth=4)
+    with torch.no_grad():
+        for q in model.blocks[2].parameters():
+            q.mul_(0.05)
+    ex = MaskExtractor(args, depth_scale=0.5)
+    ex.load_weights(model.state_dict())
+    if pruner == "taylor":
+        from models.diffusion import Diffusion
+        diffusion = Diffusion(beta_schedule="linear", beta_start=1e-4, beta_end=0.02,
+                              num_diffusion_timesteps=1000)
+        scores, _ = ex.scores("taylor", diffusion=diffusion, data=_inputs()[0], taylor_steps=3)
+    else:
+        scores, _ = ex.scores("magnitude")
+    assert ex.removed_blocks(scores, 0.2) == [] and len(ex.removed_blocks(scores, 0.8)) == 2
+    assert ex.removed_blocks(scores, 0.5) == [2]  # round(0.5 * 0.5 * 4) = 1: the shrunk one
+    mask = ex.masks_from_scores(scores, 0.5)
+    width_only = MaskExtractor(args)
+    assert mask.size == width_only.mask_length  # the same mask format
+    for (name, c, _), m in zip(ex.layout, ex.split(mask)):
+        if name.startswith("blocks.2."):
+            assert int(m.sum()) == c  # every head and unit of the removed block
+        elif name.endswith(".qkv"):
+            assert int(m.reshape(3, 4, 8)[0, :, 0].sum()) == 2
+    pruned, history = ex.prune(model.state_dict(), mask)
+    assert isinstance(pruned.blocks[2], SkippedBlock) and dropped_blocks(pruned) == [2]
+    assert [b.attn.num_heads for i, b in enumerate(pruned.blocks) if i != 2] == [2, 2, 2]
+    ref = _zero_removed(model, ex, mask)
+    ref.blocks[2] = SkippedBlock()
+    x, t = _inputs()
+    with torch.no_grad():
+        got, want = pruned.eval()(x, t), ref.eval()(x, t)
+    assert float((got - want).abs().max()) < 1e-5 * float(want.abs().max())
+    narrow, _ = width_only.prune(model.state_dict(), width_only.masks_from_scores(
+        width_only.scores("magnitude")[0], 0.5))
+    assert count_params_macs(pruned, args)[1] < 0.8 * count_params_macs(narrow, args)[1]
+    cfg = load_config(write_config(tmp_path / "c.yml", dict(
+        copy.deepcopy(TINY), model=dict(DIT_MODEL, depth=4), pruning={"depth_scale": 0.5})))
+    meta = mask_meta(ex, mask, ratio=0.5, pruner=pruner, epoch=0, source="x", use_ema=True,
+                     info={})
+    out = save_ticket(ex, model.state_dict(), mask, model_args=args, cfg=cfg, meta=meta,
+                      out_path=str(tmp_path / "ticket.pth"), log=None)
+    rec = load_checkpoint(out)["pruning"]
+    assert rec["removed_blocks"] == [2] and rec["depth_scale"] == 0.5
+    back = model_from_checkpoint(load_checkpoint(out), out, use_ema=False)
+    with torch.no_grad():
+        assert torch.equal(back.eval()(x, t), got)
+
+
+def test_depth_pruning_is_refused_for_a_unet(tmp_path):
+    with pytest.raises(UserError, match="depth_scale removes a DiT's blocks"):
+        load_config(write_config(tmp_path / "u.yml", dict(copy.deepcopy(TINY),
+                                                           pruning={"depth_scale": 0.5})))
+    with pytest.raises(ValueError, match="transformer blocks"):
+        MaskExtractor(load_config("digits.yml").model_kwargs(), depth_scale=0.5)
+
+
 def test_dit_head_ratios_round_per_block():
     ex = MaskExtractor(dict(ARGS, num_heads=8, hidden_size=64))
     scores, _ = ex.scores("magnitude")
