@@ -345,12 +345,13 @@ def test_dit_masks_feed_find_earlybird(tmp_path):
 
 @pytest.mark.slow
 def test_dit_study_writes_a_page(tmp_path):
-    """The study with a DiT backbone (one seed, tiny): every stage of the pipeline (dense, EB
-    epochs, EB ticket, train-prune-finetune, TA-EB tickets of different widths, stitched
-    sampling), then the page, its verdict lines and data."""
+    """The study with a DiT backbone (one seed, tiny) pruned in width and depth: every stage of
+    the pipeline (dense, EB epochs, EB ticket, train-prune-finetune, TA-EB tickets of different
+    widths and depths, stitched sampling), then the page, its verdict lines and data."""
     path = pipeline_config(tmp_path / "s.yml", 2)
     cfg = yaml.safe_load(open(path))
-    cfg["model"].update(DIT_MODEL)
+    cfg["model"].update(DIT_MODEL, depth=4)
+    cfg.setdefault("pruning", {})["depth_scale"] = 1.0
     write_config(path, cfg)
     out = tmp_path / "page" / "dit.md"
     res = run_py(["earlybird_scripts/study.py", "--config", path, "--exp", str(tmp_path / "e"),
@@ -366,8 +367,12 @@ def test_dit_study_writes_a_page(tmp_path):
     data = json.load(open(out.with_suffix(".json")))
     assert {r["method"] for r in data["rows"]} >= {"Dense", "EB ticket (p=0.5)"}
     from core.regions import read_manifest
-    heads = []
+    from models.dit import SkippedBlock
+    shapes = []
     for t in read_manifest(str(tmp_path / "e" / "tickets" / "d_s0" / "tickets.yml")).tickets:
         net = model_from_checkpoint(load_checkpoint(t.checkpoint), t.checkpoint)
-        heads.append(net.blocks[0].attn.num_heads)
-    assert heads == [3, 2]  # ratios 0.3 and 0.5 of 4 heads
+        shapes.append(sorted({b.attn.num_heads for b in net.blocks
+                              if not isinstance(b, SkippedBlock)}) +
+                      [sum(not isinstance(b, SkippedBlock) for b in net.blocks)])
+    # ratios 0.3 and 0.5: 3 and 2 of 4 heads, in 4 - round(0.3 * 4) = 3 and 4 - 2 = 2 blocks
+    assert shapes == [[3, 3], [2, 2]]
