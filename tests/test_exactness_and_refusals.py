@@ -157,7 +157,7 @@ def test_online_gradient_importance_runs_on_the_training_device(monkeypatch, pru
     import runners.earlybird_online as online
     seen = {}
 
-    def fake_extractor(model_args, device="cpu", round_to=0):
+    def fake_extractor(model_args, device="cpu", round_to=0, depth_scale=0.0):
         seen["extractor"] = str(device)
 
     def fake_inputs(cfg, pruner, dataset, device="cpu"):
