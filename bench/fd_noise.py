@@ -1,10 +1,12 @@
-"""How much digits-FD moves with the sampling noise alone, by sample count: one network, two
-disjoint noise sets of N images each, digits-FD (and 'valid') of the first n images of each for
-every n. The gap between the two sets at a count is the noise a verdict reading digits-FD at
-that count has to beat (the study scores its final samples at the count chosen from this).
+"""How much digits-FD moves with the sampling noise alone, by sample count: one network,
+``--sets`` disjoint noise sets of N images each, digits-FD (and 'valid') of the first n images
+of each for every n. The spread over the sets at a count (their standard deviation, and the
+largest gap between two of them) is the noise a verdict reading digits-FD at that count has to
+beat; one gap between two sets is a single draw of it (the study scores its final samples at
+the count chosen from this).
 
   python bench/fd_noise.py --checkpoint runs/logs/digits/ckpt.pth --config digits.yml \
-      --counts 250 500 1000 2000
+      --counts 250 500 1000 2000 --sets 4
 """
 import argparse
 import os
@@ -28,6 +30,7 @@ def main(argv=None):
     p.add_argument("--checkpoint", required=True)
     p.add_argument("--config", default="digits.yml")
     p.add_argument("--counts", type=int, nargs="+", default=[250, 500, 1000, 2000])
+    p.add_argument("--sets", type=int, default=2, help="disjoint noise sets (>= 2)")
     p.add_argument("--cache_dir", default=os.path.join("bench", "out", "metric_cache"))
     a = p.parse_args(argv)
     cfg = load_config(a.config)
@@ -35,21 +38,26 @@ def main(argv=None):
                                      use_ema=True).eval()
     score = digits_quality(a.cache_dir)
     n = max(a.counts)
+    if a.sets < 2:
+        p.error("--sets needs at least 2 noise sets to measure a spread")
     sets = []
-    for k in (0, 1):
+    for k in range(a.sets):
         c = replace(cfg, sampling=replace(cfg.sampling, seed=cfg.sampling.seed + k * NOISE_SEED_SHIFT))
         with torch.no_grad():
             sets.append(sample_fixed(model, c, n=n, timesteps=c.sampling.timesteps,
                                      device="cpu"))
     rows = []
     for m in sorted(a.counts):
-        (_, fa, ea), (_, fb, eb) = (score(s[:m]) for s in sets)
-        rows.append([m, f"{fa:.2f}", f"{fb:.2f}", f"{abs(fa - fb):.2f}",
-                     f"{ea['valid']:.1%} / {eb['valid']:.1%}"])
+        scored = [score(s[:m]) for s in sets]
+        fd = torch.tensor([f for _, f, _ in scored], dtype=torch.float64)
+        rows.append([m, " / ".join(f"{v:.2f}" for v in fd.tolist()), f"{fd.mean():.2f}",
+                     f"{fd.std():.2f}", f"{fd.max() - fd.min():.2f}",
+                     " / ".join(f"{e['valid']:.1%}" for _, _, e in scored)])
     s = cfg.sampling
-    print_table(f"digits-FD of two noise sets by sample count ({a.checkpoint}, EMA, "
+    print_table(f"digits-FD of {a.sets} noise sets by sample count ({a.checkpoint}, EMA, "
                 f"{s.timesteps} {s.skip_type} steps, eta {s.eta:g})",
-                ["images", "digits-FD, set A", "set B", "gap", "valid, A / B"], rows)
+                ["images", "digits-FD of each set", "mean", "SD over sets", "largest gap",
+                 "valid of each set"], rows)
     return rows
 
 
