@@ -133,6 +133,16 @@ def _zero_removed(model, extractor, mask):
     return ref
 
 
+def _scores(ex, pruner):
+    """The extractor's group scores by magnitude, or by Taylor on a few training steps."""
+    if pruner == "taylor":
+        from models.diffusion import Diffusion
+        diffusion = Diffusion(beta_schedule="linear", beta_start=1e-4, beta_end=0.02,
+                              num_diffusion_timesteps=1000)
+        return ex.scores("taylor", diffusion=diffusion, data=_inputs()[0], taylor_steps=3)[0]
+    return ex.scores("magnitude")[0]
+
+
 @pytest.mark.parametrize("pruner", ["magnitude", "taylor"])
 def test_dit_pruning_removes_whole_heads_consistently(pruner, tmp_path):
     model = _random_dit()
@@ -141,13 +151,7 @@ def test_dit_pruning_removes_whole_heads_consistently(pruner, tmp_path):
     names = [n for n, _, _ in ex.layout]
     assert sorted(names) == sorted(["t_embedder.0", "blocks.0.attn.qkv", "blocks.0.mlp.fc1",
                                     "blocks.1.attn.qkv", "blocks.1.mlp.fc1"])
-    if pruner == "taylor":
-        from models.diffusion import Diffusion
-        diffusion = Diffusion(beta_schedule="linear", beta_start=1e-4, beta_end=0.02,
-                              num_diffusion_timesteps=1000)
-        scores, _ = ex.scores("taylor", diffusion=diffusion, data=_inputs()[0], taylor_steps=3)
-    else:
-        scores, _ = ex.scores("magnitude")
+    scores = _scores(ex, pruner)
     mask = ex.masks_from_scores(scores, 0.5)
     for (name, c, _), m in zip(ex.layout, ex.split(mask)):
         if name.endswith(".qkv"):  # whole heads: the same heads pruned in q, k and v
@@ -198,13 +202,7 @@ def test_dit_depth_pruning_removes_whole_blocks(pruner, tmp_path):
             q.mul_(0.05)
     ex = MaskExtractor(args, depth_scale=0.5)
     ex.load_weights(model.state_dict())
-    if pruner == "taylor":
-        from models.diffusion import Diffusion
-        diffusion = Diffusion(beta_schedule="linear", beta_start=1e-4, beta_end=0.02,
-                              num_diffusion_timesteps=1000)
-        scores, _ = ex.scores("taylor", diffusion=diffusion, data=_inputs()[0], taylor_steps=3)
-    else:
-        scores, _ = ex.scores("magnitude")
+    scores = _scores(ex, pruner)
     assert ex.removed_blocks(scores, 0.2) == [] and len(ex.removed_blocks(scores, 0.8)) == 2
     assert ex.removed_blocks(scores, 0.5) == [2]  # round(0.5 * 0.5 * 4) = 1: the shrunk one
     mask = ex.masks_from_scores(scores, 0.5)
