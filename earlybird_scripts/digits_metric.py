@@ -14,7 +14,8 @@ def build_parser():
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("samples", help="folder of generated digits")
     p.add_argument("--image_size", type=int, default=16,
-                   help="size the digits are compared at (default: %(default)s)")
+                   help="size the digits are compared at; smaller square samples are "
+                        "upsampled as the data set's digits are (default: %(default)s)")
     p.add_argument("--dataset", default="DIGITS",
                    help="the real digits compared with: DIGITS or MNIST5K (default: "
                         "%(default)s)")

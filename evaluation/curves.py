@@ -11,7 +11,7 @@ import torch
 
 from core import checkpoint as ck
 from core.runlog import append_jsonl
-from evaluation.digits_metric import evaluate
+from evaluation.digits_metric import compare_size, evaluate
 from models.stitched import StitchedTickets
 from evaluation.heldout import heldout_loss
 from runners.sample import sample_indexed
@@ -34,10 +34,10 @@ def sample_fixed(model, cfg, *, n, timesteps, device, batch_size=250):
 
 def digits_quality(cache_dir, dataset="DIGITS"):
     """images [N, 1, S, S] in [0, 1] -> ('digits-FD', value, {'valid': share,
-    'noise_like': share}) against ``dataset``'s held-out digits."""
+    'noise_like': share}) against ``dataset``'s held-out digits (at ``compare_size(S)``)."""
 
     def score(images):
-        res = evaluate(images * 2 - 1, images.shape[-1], cache_dir, dataset)
+        res = evaluate(images * 2 - 1, compare_size(images.shape[-1]), cache_dir, dataset)
         return "digits-FD", res["digits_fd"], {"valid": res["valid"],
                                                "noise_like": res["noise_like"]}
     return score

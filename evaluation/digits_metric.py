@@ -5,7 +5,10 @@ between generated digits and held-out real digits in the 64-d penultimate featur
 CNN classifier trained on the data set's training split ("digits-FD"), reported next to that
 classifier's accuracy on held-out real digits (which shows the features mean something). One
 classifier per digit data set (DIGITS: scikit-learn's 8x8 digits; MNIST5K: 5,000 MNIST digits)
-and image size, trained once and cached.
+and image size, trained once and cached. Digits are never compared below COMPARE_MIN (16x16):
+smaller samples are upsampled exactly as the data set upsamples its real digits (quantised to
+uint8, then ``resize_uint8``), so a model trained at the digits' native 8x8 is scored by the
+same classifier, against the same held-out digits, as one trained at 16x16.
 
 Beside it, a sample-validity figure: the share of samples the classifier calls one digit with
 softmax confidence >= VALID_CONFIDENCE ("valid"), printed next to the same share on held-out
@@ -26,6 +29,24 @@ from utils.errors import UserError
 from evaluation.fid import feature_statistics, frechet_distance
 
 VALID_CONFIDENCE = 0.9
+COMPARE_MIN = 16
+
+
+def compare_size(image_size):
+    """The size samples of ``image_size`` are compared at: their own, at least COMPARE_MIN."""
+    return max(int(image_size), COMPARE_MIN)
+
+
+def upsample_like_data(samples, size):
+    """Samples [N, 1, s, s] in [-1, 1] with s <= ``size`` -> [N, 1, size, size], the way a real
+    digit reaches ``size``: quantised to uint8 (as a PNG is), then ``resize_uint8``."""
+    if samples.shape[-1] == size:
+        return samples
+    if samples.shape[-1] > size or samples.shape[-1] != samples.shape[-2]:
+        raise UserError(f"samples of {tuple(samples.shape[-2:])} cannot be compared at "
+                        f"{size}x{size}")
+    u8 = ((samples.float() + 1.0) * 127.5).round().clamp(0, 255).to(torch.uint8)
+    return data_transform(resize_uint8(u8, size))
 
 
 class DigitClassifier(nn.Module):
@@ -98,7 +119,8 @@ def features_of(model, x):
 
 
 def load_folder(folder, image_size, n=None):
-    """A folder of generated PNGs -> float [-1, 1] tensor [N, 1, S, S]."""
+    """A folder of generated PNGs -> float [-1, 1] tensor [N, 1, S, S], S = ``image_size``
+    (square images of one smaller size are upsampled as the data set's digits are)."""
     if not os.path.isdir(folder):
         raise UserError(f"sample folder not found: {folder}")
     files = sorted(f for f in os.listdir(folder) if f.lower().endswith(".png"))
@@ -115,11 +137,13 @@ def load_folder(folder, image_size, n=None):
                 a = np.array(im.convert("L"))
         except OSError:
             raise UserError(f"{os.path.join(folder, f)}: not a readable image")
-        if a.shape != (image_size, image_size):
+        side = arrs[0].shape[0] if arrs else a.shape[0]
+        if a.shape != (side, side) or side > image_size:
             raise UserError(f"{os.path.join(folder, f)}: size {a.shape[::-1]}, expected "
-                            f"{image_size}x{image_size}")
+                            f"{side}x{side}, at most {image_size}x{image_size}")
         arrs.append(a)
-    return data_transform(torch.from_numpy(np.stack(arrs))[:, None])
+    images = torch.from_numpy(np.stack(arrs))[:, None]
+    return data_transform(resize_uint8(images, image_size))
 
 
 @torch.no_grad()
@@ -143,8 +167,10 @@ def noise_like_share(samples, real):
 
 
 def evaluate(samples, image_size, cache_dir, dataset="DIGITS"):
-    """samples: [N, 1, S, S] in [-1, 1] -> dict(digits_fd, valid, real_valid, noise_like,
-    classifier_acc, n, class_histogram), against ``dataset``'s held-out digits."""
+    """samples: [N, 1, s, s] in [-1, 1], s <= ``image_size`` (upsampled like the data) ->
+    dict(digits_fd, valid, real_valid, noise_like, classifier_acc, n, class_histogram), at
+    ``image_size`` against ``dataset``'s held-out digits."""
+    samples = upsample_like_data(samples, image_size)
     model, _ = load_or_train_classifier(image_size, cache_dir, dataset)
     x_test, y_test = real_digits(image_size, train=False, dataset=dataset)
     with torch.no_grad():

@@ -26,6 +26,7 @@ from core.runlog import read_costs, record_cost, summed_cost
 from datasets import DIGIT_SETS
 from evaluation.costs import cumulative
 from evaluation.curves import digits_quality, eval_epochs, evaluate_curve, on_axis
+from evaluation.digits_metric import compare_size
 from evaluation.heldout import heldout_set
 from evaluation.evidence import best_equal_ratio, cost_to_reach, sampling_average_macs
 from evaluation.targets import read_record, write_record
@@ -476,8 +477,9 @@ class Pipeline:
     def score(self, name, folder, metric):
         p, n = self.cfg.pipeline, str(self.cfg.sampling.n_samples)
         if self.cfg.data.dataset in DIGIT_SETS:
-            run([PY, script("digits_metric.py"), folder, "--image_size",
-                 str(self.cfg.data.image_size), "--dataset", self.cfg.data.dataset,
+            size = compare_size(self.cfg.data.image_size)
+            run([PY, script("digits_metric.py"), folder, "--image_size", str(size),
+                 "--dataset", self.cfg.data.dataset,
                  "--n_samples", n, "--cache_dir",
                  self.layout.metric_cache(), "--output", metric], f"digits metric {name}")
         elif p.fid_ref:

@@ -104,3 +104,31 @@ def test_digits_metric_is_meaningful(trained, tmp_path):
     gen = evaluate(load_folder(str(folder), 8), 8, cache)
     assert real["digits_fd"] < gen["digits_fd"] < noise["digits_fd"]
     assert real["digits_fd"] < 0.1 * noise["digits_fd"]
+
+
+def test_small_digits_are_compared_upsampled_like_the_data(tmp_path):
+    """Samples at the digits' native 8x8 are scored at 16x16 after the same uint8 resize the
+    data set applies to real digits: real 8x8 digits then are exactly real 16x16 digits, and a
+    folder of 8x8 PNGs loads at 16x16; larger or mixed sizes are refused."""
+    from PIL import Image
+    from datasets import data_transform, digit_split
+    from evaluation.digits_metric import (compare_size, load_folder, real_digits,
+                                          upsample_like_data)
+    assert (compare_size(8), compare_size(16), compare_size(28)) == (16, 16, 28)
+    native, _ = digit_split("DIGITS", False)
+    assert native.shape[-1] == 8
+    up = upsample_like_data(data_transform(native), 16)
+    assert torch.equal(up, real_digits(16, train=False)[0])
+    assert torch.equal(upsample_like_data(up, 16), up)   # already there: unchanged
+    folder = tmp_path / "gen"
+    folder.mkdir()
+    for i in range(4):
+        Image.fromarray(native[i, 0].numpy()).save(folder / f"{i:06d}.png")
+    assert torch.equal(load_folder(str(folder), 16), up[:4])
+    with pytest.raises(UserError, match="at most 4x4"):
+        load_folder(str(folder), 4)
+    Image.fromarray(np.zeros((16, 16), np.uint8)).save(folder / "000009.png")
+    with pytest.raises(UserError, match="expected 8x8"):
+        load_folder(str(folder), 16)
+    with pytest.raises(UserError, match="cannot be compared"):
+        upsample_like_data(torch.zeros(2, 1, 28, 28), 16)
