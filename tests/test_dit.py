@@ -261,7 +261,13 @@ def test_dit_config_and_refusals(tmp_path):
     cfg = load_config("digits_dit.yml")
     assert cfg.model.type == "dit" and cfg.model_kwargs()["arch"] == "dit"
     base = load_config("digits.yml")
-    assert cfg.training == base.training and cfg.taeb == base.taeb  # from its base config
+    # from its base config, but for the size and recipe length it keeps from before the UNet
+    # default moved to 8x8 and 100 epochs
+    assert cfg.optim == base.optim and cfg.earlybird == base.earlybird
+    assert cfg.taeb.regions == base.taeb.regions
+    assert cfg.training.batch_size == base.training.batch_size
+    assert (cfg.data.image_size, cfg.training.n_epochs, cfg.taeb.finetune_epochs) == (16, 50, 6)
+    assert (base.data.image_size, base.training.n_epochs) == (8, 100)
     assert "arch" not in base.model_kwargs()  # UNet arguments (and checkpoints) unchanged
     bad = dict(copy.deepcopy(TINY), model=dict(DIT_MODEL, patch_size=3))
     with pytest.raises(UserError, match="not divisible by model.patch_size 3"):
