@@ -273,10 +273,11 @@ class MaskExtractor:
         parts = self.split(mask)
         # a block whose every group is masked whole is removed, not narrowed
         whole = {n for (n, c, _), m in zip(self.layout, parts) if int(m.sum()) == c}
-        removed = [i for i, prefix in transformer_blocks(model).items()
+        prefixes = transformer_blocks(model)
+        removed = [i for i, prefix in prefixes.items()
                    if any(n.startswith(prefix) for n, _, _ in self.layout)
                    and all(n in whole for n, _, _ in self.layout if n.startswith(prefix))]
-        inside = tuple(f"blocks.{i}." for i in removed)
+        inside = tuple(prefixes[i] for i in removed)
         for (name, _, _), m in zip(self.layout, parts):
             idxs = np.flatnonzero(m).tolist()
             if not idxs or name.startswith(inside):

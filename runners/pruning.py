@@ -83,8 +83,9 @@ def save_ticket(extractor, state_dict, mask, *, model_args, cfg, meta, out_path,
     pruned, history = extractor.prune(state_dict, mask)
     p1, m1 = count_params_macs(pruned, model_args)
     pruning = dict(meta, history=history, params=p1, macs=m1, dense_params=p0, dense_macs=m0)
-    if dropped_blocks(pruned):  # depth pruning: rebuilt with these blocks skipped
-        pruning["removed_blocks"] = dropped_blocks(pruned)
+    removed = dropped_blocks(pruned)
+    if removed:  # depth pruning: rebuilt with these blocks skipped
+        pruning["removed_blocks"] = removed
     state = ck.make_checkpoint(model=ck.cpu_state_dict(pruned), config=cfg.as_dict(),
                                model_args=model_args, pruning=pruning)
     atomic_save(state, out_path)
