@@ -261,12 +261,14 @@ def test_dit_config_and_refusals(tmp_path):
     cfg = load_config("digits_dit.yml")
     assert cfg.model.type == "dit" and cfg.model_kwargs()["arch"] == "dit"
     base = load_config("digits.yml")
-    # from its base config, but for the size and recipe length it keeps from before the UNet
-    # default moved to 8x8 and 100 epochs
+    # from its base config, but for the longer recipe a DiT needs (fine-tunes in proportion)
     assert cfg.optim == base.optim and cfg.earlybird == base.earlybird
-    assert cfg.taeb.regions == base.taeb.regions
+    assert cfg.taeb.regions == base.taeb.regions and cfg.target.levels == base.target.levels
     assert cfg.training.batch_size == base.training.batch_size
-    assert (cfg.data.image_size, cfg.training.n_epochs, cfg.taeb.finetune_epochs) == (16, 50, 6)
+    assert cfg.data == base.data and cfg.model_kwargs()["patch_size"] == 2
+    assert (cfg.training.n_epochs, cfg.taeb.finetune_epochs) == (150, 18)
+    assert cfg.taeb.finetune_epochs / cfg.training.n_epochs == \
+        base.taeb.finetune_epochs / base.training.n_epochs
     assert (base.data.image_size, base.training.n_epochs) == (8, 100)
     assert "arch" not in base.model_kwargs()  # UNet arguments (and checkpoints) unchanged
     bad = dict(copy.deepcopy(TINY), model=dict(DIT_MODEL, patch_size=3))
