@@ -30,6 +30,23 @@ def select_device(requested=None):
     return torch.device("cpu")
 
 
+def cpu_threads():
+    """CPU threads this process may hand to its children: an ``OMP_NUM_THREADS`` it was started
+    with (a caller's limit, e.g. for jobs run side by side), else the cores it may run on. More
+    compute threads than cores make OpenMP spin against itself: a ticket took 20x longer per
+    epoch with three 2-thread processes on 2 cores."""
+    try:
+        limit = int(os.environ.get("OMP_NUM_THREADS", ""))
+    except ValueError:
+        limit = 0
+    if limit > 0:
+        return limit
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
 def configure_device(device):
     if device.type == "cuda":
         torch.cuda.set_device(device)

@@ -302,7 +302,7 @@ def _protocol(cfg, opts, study_s):
         "and wall-clock, on the critical path: the EB ticket and TA-EB pay for dense training "
         "up to their EB epoch, train-prune-finetune for the whole dense run (Diff-Pruning's "
         "protocol: prune the final weights), TA-EB for its slowest ticket (the tickets ran one "
-        "at a time, each with the whole machine); TA-EB also at total FLOPs (every ticket). "
+        "at a time, each with the threads every other run had); TA-EB also at total FLOPs (every ticket). "
         "Budgets are in FLOPs: each method may spend up to the dense run's cost to the target "
         "(its dense prefix included; train-prune-finetune, which carries the whole dense run, "
         "gets the EB ticket's fine-tuning budget), its learning-rate schedule spans that "

@@ -59,7 +59,7 @@ def run_local(jobs, groups, *, k, threads, n_epochs, layout, poll_s, progress):
             os.makedirs(os.path.dirname(r.log_file), exist_ok=True)
             fh = open(r.log_file, "a")
             fh.write(f"$ CUDA_VISIBLE_DEVICES={env['CUDA_VISIBLE_DEVICES']} "
-                     f"{shlex.join(cmd)}\n")
+                     f"OMP_NUM_THREADS={threads} {shlex.join(cmd)}\n")
             fh.flush()
             procs[id(r)] = (subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env,
                                              cwd=os.getcwd()), r, fh, slot)

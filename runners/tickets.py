@@ -10,6 +10,7 @@ from typing import Optional
 import yaml
 
 from core.checkpoint import epochs_done, load_checkpoint
+from core.device import cpu_threads
 from core.layout import ratio_key, region_doc
 from core.lock import RunLock
 from core.regions import Region, require_regions, training_range, visited_top
@@ -216,15 +217,17 @@ def _run_here(xp, jobs, todo, launch):
     commands = [(j, ticket_command(_region_args(
         xp, j, resume=os.path.isfile(xp.layout.latest_checkpoint(j.run_doc)),
         until_epoch=launch.until_epoch), per)) for j in todo]
-    # one ticket per slot; without GPUs one at a time, each with the whole machine, so each
-    # ticket's time is what it would take on a device of its own (a fair critical path)
+    # one ticket per slot; without GPUs one at a time, each with all the threads this process
+    # may use, so each ticket's time is what it would take on a device of its own (a fair
+    # critical path)
     k = launch.max_parallel or (len(groups) if gpus else 1)
     k = max(1, min(k, len(commands) or 1))
-    threads = max(1, (os.cpu_count() or 1) // (k * per))
+    threads = max(1, cpu_threads() // (k * per))
     each = f"{per} GPUs" if per > 1 else "one GPU"
+    n_threads = f"{threads} thread{'s' if threads > 1 else ''}"
     schedule = (f"{k} at a time, {each} each" if gpus else
-                "one at a time, each with the whole machine" if k == 1 else
-                f"{k} at a time sharing the CPU ({threads} threads per process)")
+                f"one at a time, {n_threads} each" if k == 1 else
+                f"{k} at a time sharing the CPU ({n_threads} per process)")
     if per > 1:
         schedule += f", {per} DDP processes per ticket"
     if share > 1:

@@ -126,6 +126,10 @@ def test_train_tickets_parallel_failure_and_rerun(trained, tmp_path):
     assert res.returncode == 0, res.stderr
     assert os.path.getmtime(good_ckpt) == mtime  # the finished ticket was not retrained
     man = yaml.safe_load(open(manifest))
+    # run_py starts it with OMP_NUM_THREADS=1: the tickets keep that limit, whatever the cores
+    assert man["schedule"] == "one at a time, 1 thread each"
+    assert "OMP_NUM_THREADS=1 " in open(os.path.join(
+        exp, "tickets", "tiny", "logs", "region_0_40.log")).read()
     assert [t["range"] for t in man["tickets"]] == [[0, 40], [40, 100]]
     assert [t["pruning_ratio"] for t in man["tickets"]] == [0.3, 0.5]
     assert man["tickets"][0]["macs"] > man["tickets"][1]["macs"] > 0
@@ -174,3 +178,17 @@ def test_ticket_whose_architecture_does_not_match_its_weights(trained, tmp_path)
     with pytest.raises(UserError, match="parameter '.*' has shape"):
         main(["--config", trained["cfg"], "--exp", str(tmp_path), "--doc", "x", "--ni",
               "--load_pruned_model", str(bad)])
+
+
+def test_ticket_processes_keep_the_callers_thread_limit(monkeypatch):
+    """Three 2-thread tickets on 2 cores (a study run three seeds side by side) trained 20x
+    slower per epoch than with one thread each: an OMP_NUM_THREADS the caller set bounds the
+    threads handed to ticket processes; without one, the cores this process may run on."""
+    from core.device import cpu_threads
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    assert cpu_threads() == 1
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    assert cpu_threads() == 3
+    for unset in ("", "x", "0"):
+        monkeypatch.setenv("OMP_NUM_THREADS", unset)
+        assert cpu_threads() == len(os.sched_getaffinity(0))
