@@ -252,6 +252,9 @@ def _ratio_verdict(both, word_if, what):
                       f"evaluation interval alone allows x/÷ {math.exp(res):.2f})")
 
 
+SEEDS_WORTH_QUOTING = 100  # beyond this, "about N seeds would decide" says only "none would"
+
+
 def _margin(v, fmt=lambda m: f"{m:.2f}"):
     """'; margin M' of a verdict that had one (none from fewer than MIN_SEEDS seeds), and for
     one within noise what would decide it."""
@@ -261,7 +264,10 @@ def _margin(v, fmt=lambda m: f"{m:.2f}"):
     if v.word.endswith("(within noise)") and v.mean and v.n:
         # the interval shrinks as 1 / sqrt(seeds): about this many would separate this mean
         need = math.ceil(v.n * (v.margin / abs(v.mean)) ** 2)
-        text += f"; about {need} seeds would decide a difference of this size"
+        text += (f"; about {need} seeds would decide a difference of this size"
+                 if need <= SEEDS_WORTH_QUOTING else
+                 f"; a difference this small would take over {SEEDS_WORTH_QUOTING} seeds to tell "
+                 f"from none")
     return text
 
 

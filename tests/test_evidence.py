@@ -316,3 +316,7 @@ def test_intervals_need_three_values_and_never_mix_bounds():
     assert g.startswith("2.00x [")
     assert verdict([-5.0, -6.0], 0.0).word.startswith("inconclusive (2 seeds")
     assert verdict([-5.0, -6.0, -5.5], 0.0).word == "holds"
+    # within noise: how many seeds would decide, unless the difference is all but none
+    from evaluation.study import _margin
+    assert "about 43 seeds would decide" in _margin(verdict([1.0, -0.5, 2.0], 0.0))
+    assert "over 100 seeds to tell from none" in _margin(verdict([1.0, -1.0, 0.001], 0.0))
