@@ -11,6 +11,7 @@ Markdown page with small figures.
 """
 import argparse
 import os
+import shlex
 import subprocess
 import sys
 import time
@@ -137,7 +138,7 @@ def main(argv=None):
     total_s = record_wall_time(layout.study_wall(), 0.0 if a.page_only else
                                time.perf_counter() - t0)
     opts = StudyOptions(exp=a.exp, seeds=tuple(seeds), speed=a.speed, notes=tuple(a.note),
-                        command=" ".join(sys.argv[1:] if argv is None else argv))
+                        command=page_command(sys.argv[1:] if argv is None else argv))
     write_page(cfg, opts, docs, out=out, study_s=total_s)
     print(f"\nstudy page: {out} ({time.perf_counter() - t0:.0f}s now, {total_s:.0f}s in all)")
     return 0
@@ -159,6 +160,20 @@ def project_disk(exp, seed_docs, k):
     check_free(exp, each * left, f"the study's {left} unfinished seed(s) (at the "
                f"{each / 2**20:.0f} MB each of the finished ones)",
                "free space, or run fewer seeds (--seed_ids)")
+
+
+def page_command(argv):
+    """The invocation as the page quotes it: copy-pasteable, without the --note sentences
+    (the page prints them as their own paragraph)."""
+    args, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == "--note":
+            skip = True
+        elif not arg.startswith("--note="):
+            args.append(arg)
+    return shlex.join(args)
 
 
 def record_wall_time(path, seconds):

@@ -14,16 +14,26 @@ SCRIPTS = ["main.py"] + sorted(
     if f.endswith(".py") and not f.startswith("_"))
 
 
-def _parser(script):
+def _module(script):
     sys.path.insert(0, os.path.join(ROOT, "earlybird_scripts"))
     try:
         spec = importlib.util.spec_from_file_location(
             "script_" + os.path.basename(script)[:-3], os.path.join(ROOT, script))
         mod = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(mod)
-        return mod.build_parser()
+        return mod
     finally:
         sys.path.pop(0)
+
+
+def _parser(script):
+    return _module(script).build_parser()
+
+
+def test_the_study_page_quotes_a_command_that_pastes_without_its_notes():
+    page_command = _module("earlybird_scripts/study.py").page_command
+    assert page_command(["--config", "digits.yml", "--note", "two words", "--note=x y",
+                         "--out", "a b.md"]) == "--config digits.yml --out 'a b.md'"
 
 
 @pytest.mark.parametrize("script", SCRIPTS)
