@@ -158,6 +158,8 @@ class Verdict:
     mean: float
     margin: float
     n: int = 0           # the values it was decided from
+    spread: float = float("nan")  # the half-width of the mean's 95% interval
+    floor: float = float("nan")   # the noise floor (margin: the larger of the two)
 
     def text(self):
         return f"**{self.word}**"
@@ -176,11 +178,9 @@ def verdict(diffs, noise_floor):
         return Verdict(f"inconclusive ({len(vals)} seed{'s' if len(vals) != 1 else ''}; "
                        f"{MIN_SEEDS} or more decide)", m, float("nan"))
     margin = max(noise_floor, h or 0.0)
-    if m < -margin:
-        return Verdict("holds", m, margin, len(vals))
-    if m > margin:
-        return Verdict("does not hold", m, margin, len(vals))
-    return Verdict("inconclusive (within noise)", m, margin, len(vals))
+    word = "holds" if m < -margin else "does not hold" if m > margin else \
+        "inconclusive (within noise)"
+    return Verdict(word, m, margin, len(vals), h or 0.0, noise_floor)
 
 
 def best_equal_ratio(ratio_macs, target_macs):

@@ -248,23 +248,28 @@ def _ratio_verdict(both, word_if, what):
     # per seed: A cheaper (+1) or dearer (-1) beyond that seed's resolution, else 0
     sides = [(math.log(r) < -e) - (math.log(r) > e) for r, e in zip(ratios, resolution)]
     return v, sides, (f"cost to {what} {word_if} = {fmt_ratios(ratios, suffix='')} in FLOPs "
-                      f"(geometric mean{_margin(v, lambda m: f'x/÷ {math.exp(m):.2f}')}; one "
+                      f"(geometric mean{_margin(v, lambda m: f'x/÷ {math.exp(m):.2f}', GRID)}; one "
                       f"evaluation interval alone allows x/÷ {math.exp(res):.2f})")
 
 
+GRID = "evaluating more often (target.every)"
 SEEDS_WORTH_QUOTING = 100  # beyond this, "about N seeds would decide" says only "none would"
 
 
-def _margin(v, fmt=lambda m: f"{m:.2f}"):
+def _margin(v, fmt=lambda m: f"{m:.2f}", finer="a finer measurement"):
     """'; margin M' of a verdict that had one (none from fewer than MIN_SEEDS seeds), and for
     one within noise what would decide it."""
     if math.isnan(v.margin):
         return ""
     text = f"; margin {fmt(v.margin)}"
     if v.word.endswith("(within noise)") and v.mean and v.n:
+        if v.spread < abs(v.mean):  # the interval over seeds separates it; the floor does not
+            return text + (f"; the floor, not the spread over seeds, is wider than the "
+                           f"difference: {finer} would decide it, more seeds would not")
         # the interval shrinks as 1 / sqrt(seeds): about this many would separate this mean
-        need = math.ceil(v.n * (v.margin / abs(v.mean)) ** 2)
-        text += (f"; about {need} seeds would decide a difference of this size"
+        need = math.ceil(v.n * (v.spread / abs(v.mean)) ** 2)
+        also = f" and {finer}" if v.floor >= abs(v.mean) else ""
+        text += (f"; about {need} seeds{also} would decide a difference of this size"
                  if need <= SEEDS_WORTH_QUOTING else
                  f"; a difference this small would take over {SEEDS_WORTH_QUOTING} seeds to tell "
                  f"from none")

@@ -320,3 +320,9 @@ def test_intervals_need_three_values_and_never_mix_bounds():
     from evaluation.study import _margin
     assert "about 43 seeds would decide" in _margin(verdict([1.0, -0.5, 2.0], 0.0))
     assert "over 100 seeds to tell from none" in _margin(verdict([1.0, -1.0, 0.001], 0.0))
+    # a tight interval inside a wide floor (one evaluation interval): more seeds would not help
+    grid = _margin(verdict([-0.30, -0.28, -0.29], 0.35), finer="a finer grid")
+    assert "a finer grid would decide it, more seeds would not" in grid
+    assert "seeds would decide" not in grid
+    assert "about 43 seeds and a finer grid would decide" in _margin(
+        verdict([1.0, -0.5, 2.0], 1.0), finer="a finer grid")
