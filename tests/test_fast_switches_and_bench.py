@@ -2,6 +2,7 @@
 import copy
 import math
 import os
+import sys
 
 import pytest
 import torch
@@ -91,7 +92,9 @@ def test_bench_suite_smoke():
 @pytest.mark.slow
 def test_gpu_check_falls_back_on_cpu(tmp_path):
     import subprocess
-    env = dict(os.environ, OUT=str(tmp_path), CUDA_VISIBLE_DEVICES="", OMP_NUM_THREADS="1")
+    # the test's interpreter (a checkout without .venv/ would otherwise get the system python3)
+    env = dict(os.environ, OUT=str(tmp_path), CUDA_VISIBLE_DEVICES="", OMP_NUM_THREADS="1",
+               PYTHON=sys.executable)
     res = subprocess.run(["bash", os.path.join(ROOT, "bench", "gpu_check.sh")], cwd=ROOT,
                          env=env, capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stderr[-2000:]
