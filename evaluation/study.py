@@ -247,9 +247,10 @@ def _ratio_verdict(both, word_if, what):
     v = verdict([math.log(r) for r in ratios], res)
     # per seed: A cheaper (+1) or dearer (-1) beyond that seed's resolution, else 0
     sides = [(math.log(r) < -e) - (math.log(r) > e) for r, e in zip(ratios, resolution)]
+    margin = _margin(v, lambda m: f'x/÷ {math.exp(m):.2f}', GRID)
     return v, sides, (f"cost to {what} {word_if} = {fmt_ratios(ratios, suffix='')} in FLOPs "
-                      f"(geometric mean{_margin(v, lambda m: f'x/÷ {math.exp(m):.2f}', GRID)}; one "
-                      f"evaluation interval alone allows x/÷ {math.exp(res):.2f})")
+                      f"(geometric mean{margin}; one evaluation interval alone allows "
+                      f"x/÷ {math.exp(res):.2f})")
 
 
 GRID = "evaluating more often (target.every)"
