@@ -164,14 +164,15 @@ def project_disk(exp, seed_docs, k):
 
 def page_command(argv):
     """The invocation as the page quotes it: copy-pasteable, without the --note sentences
-    (the page prints them as their own paragraph)."""
+    (the page prints them as their own paragraph) and without --page_only (a page rewritten
+    from finished runs is the page the full command writes)."""
     args, skip = [], False
     for arg in argv:
         if skip:
             skip = False
         elif arg == "--note":
             skip = True
-        elif not arg.startswith("--note="):
+        elif arg != "--page_only" and not arg.startswith("--note="):
             args.append(arg)
     return shlex.join(args)
 

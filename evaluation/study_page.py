@@ -313,10 +313,14 @@ def _protocol(cfg, opts, study_s):
         "(interpolated between evaluations; `<` marks an upper bound on the speed-up: the "
         "method never got there within its budget, its whole cost counts). Cost ratios are "
         "geometric means with the 95% Student-t interval of the mean log ratio, other spreads "
-        f"the half-width of the 95% interval of the mean over {len(opts.seeds)} seeds; fewer "
+        f"the half-width of the 95% interval of the mean over {_seeds(len(opts.seeds))}; fewer "
         "than 3 values are printed as they are. Float kernels differ between CPU types, so "
         "these numbers move on another machine by about the seed-to-seed spread; compare "
         "methods within one page.", ""] + [n + "\n" for n in opts.notes]
+
+
+def _seeds(n):
+    return f"{n} seed" if n == 1 else f"{n} seeds"
 
 
 def write_page(cfg, opts, docs, *, out, study_s):
@@ -335,7 +339,8 @@ def write_page(cfg, opts, docs, *, out, study_s):
         figs[unit] = os.path.join(out_dir, f"{stem}_quality_{unit}.png")
         plot_curves(results, figs[unit], unit)
     variants = [("plain", "")] + ([("speed", " + SpeeD")] if "speed" in results else [])
-    lines = [f"# Evidence: {cfg.data.dataset.lower()} ({len(opts.seeds)} seeds)", ""]
+    backbone = ", DiT backbone" if cfg.model.type == "dit" else ""
+    lines = [f"# Evidence: {cfg.data.dataset.lower()}{backbone} ({_seeds(len(opts.seeds))})", ""]
     lines += _protocol(cfg, opts, study_s) + dense_lines(cfg, opts, docs["plain"], results)
     lines += ["## Headline: the cost to reach the dense reference's quality", ""]
     lines += headline_rows(results, variants) + [""]

@@ -30,10 +30,10 @@ def _parser(script):
     return _module(script).build_parser()
 
 
-def test_the_study_page_quotes_a_command_that_pastes_without_its_notes():
+def test_the_study_page_quotes_a_command_that_pastes_without_notes_or_page_only():
     page_command = _module("earlybird_scripts/study.py").page_command
     assert page_command(["--config", "digits.yml", "--note", "two words", "--note=x y",
-                         "--out", "a b.md"]) == "--config digits.yml --out 'a b.md'"
+                         "--out", "a b.md", "--page_only"]) == "--config digits.yml --out 'a b.md'"
 
 
 @pytest.mark.parametrize("script", SCRIPTS)

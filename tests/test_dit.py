@@ -367,6 +367,8 @@ def test_dit_study_writes_a_page(tmp_path):
                   "taeb.plan_images=8", "taeb.plan_bins=4"], timeout=900)
     assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
     page = out.read_text()
+    assert page.splitlines()[0].endswith(", DiT backbone (1 seed)")
+    assert "mean over 1 seed;" in page
     for row in ("| Dense |", "| EB ticket (p=0.5) |", "| Train-prune-finetune (p=0.5) |",
                 "| TA-EB ([0,40):0.3, [40,100):0.5) |", "(b) the EB ticket reaches"):
         assert row in page, row
