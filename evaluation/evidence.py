@@ -152,6 +152,11 @@ def quality_at(curve, cost):
     return float(curve[-1][1])
 
 
+def n_seeds(n):
+    """'1 seed', '3 seeds'."""
+    return f"{n} seed" if n == 1 else f"{n} seeds"
+
+
 @dataclass(frozen=True)
 class Verdict:
     word: str            # holds | does not hold | inconclusive (within noise)
@@ -175,7 +180,7 @@ def verdict(diffs, noise_floor):
     if m is None:
         return Verdict("inconclusive (no data)", float("nan"), float("nan"))
     if len(vals) < MIN_SEEDS:
-        return Verdict(f"inconclusive ({len(vals)} seed{'s' if len(vals) != 1 else ''}; "
+        return Verdict(f"inconclusive ({n_seeds(len(vals))}; "
                        f"{MIN_SEEDS} or more decide)", m, float("nan"))
     margin = max(noise_floor, h or 0.0)
     word = "holds" if m < -margin else "does not hold" if m > margin else \

@@ -14,7 +14,7 @@ from typing import Optional
 from evaluation.costs import cost_to_target, curve_views, method_curves
 from evaluation.evidence import (MIN_SEEDS, cost_to_reach, equal_quality_speedup,
                                  fmt_interval, fmt_ratios, fmt_values, geometric_interval,
-                                 interval, quality_at,
+                                 interval, n_seeds, quality_at,
                                  reach_bounds, verdict)
 from evaluation.methods import BY_KIND, METHODS
 from evaluation.report import collect, target_axis
@@ -339,7 +339,7 @@ def _cost_claim(name, pairs, word_if, level=None, how=""):
         word = _majority(only_a, only_b, len(pairs)) if only_a or only_b else \
             f"inconclusive (neither reached {what})"
         nums = f"no seed where both reached {what}"
-    nums += f" ({len(both)} seed{'s' if len(both) != 1 else ''} where both reached it; only " \
+    nums += f" ({n_seeds(len(both))} where both reached it; only " \
             f"the first: {only_a}, only the second: {only_b})"
     at = "the dense target" if level is None else \
         f"the fixed level {_reach(pairs[0][0], level)[1]:.4g}, set before the runs"

@@ -10,7 +10,8 @@ from core.layout import Layout, eb_doc
 from evaluation.curves import digits_quality, sample_fixed
 from evaluation.diagnostics import stitch_diagnostics
 from evaluation.curves import read_curve
-from evaluation.evidence import fmt_interval, fmt_ratios, fmt_values, rank_agreement
+from evaluation.evidence import (fmt_interval, fmt_ratios, fmt_values, n_seeds,
+                                 rank_agreement)
 from evaluation.heldout import HELDOUT_SEED, heldout_loss, heldout_set
 from evaluation.methods import BY_KIND
 from evaluation.report import report_config
@@ -313,14 +314,10 @@ def _protocol(cfg, opts, study_s):
         "(interpolated between evaluations; `<` marks an upper bound on the speed-up: the "
         "method never got there within its budget, its whole cost counts). Cost ratios are "
         "geometric means with the 95% Student-t interval of the mean log ratio, other spreads "
-        f"the half-width of the 95% interval of the mean over {_seeds(len(opts.seeds))}; fewer "
+        f"the half-width of the 95% interval of the mean over {n_seeds(len(opts.seeds))}; fewer "
         "than 3 values are printed as they are. Float kernels differ between CPU types, so "
         "these numbers move on another machine by about the seed-to-seed spread; compare "
         "methods within one page.", ""] + [n + "\n" for n in opts.notes]
-
-
-def _seeds(n):
-    return f"{n} seed" if n == 1 else f"{n} seeds"
 
 
 def write_page(cfg, opts, docs, *, out, study_s):
@@ -340,7 +337,7 @@ def write_page(cfg, opts, docs, *, out, study_s):
         plot_curves(results, figs[unit], unit)
     variants = [("plain", "")] + ([("speed", " + SpeeD")] if "speed" in results else [])
     backbone = ", DiT backbone" if cfg.model.type == "dit" else ""
-    lines = [f"# Evidence: {cfg.data.dataset.lower()}{backbone} ({_seeds(len(opts.seeds))})", ""]
+    lines = [f"# Evidence: {cfg.data.dataset.lower()}{backbone} ({n_seeds(len(opts.seeds))})", ""]
     lines += _protocol(cfg, opts, study_s) + dense_lines(cfg, opts, docs["plain"], results)
     lines += ["## Headline: the cost to reach the dense reference's quality", ""]
     lines += headline_rows(results, variants) + [""]
